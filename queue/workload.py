@@ -1,0 +1,78 @@
+"""The engine's view of one job: what it asks for, where it queues, and where it stands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from rayqueue.quota.quantity import Resources
+
+
+class WorkloadState(StrEnum):
+    PENDING = "Pending"
+    ADMITTED = "Admitted"
+    PREEMPTING = "Preempting"  # asked to stop; its quota is held until the front end confirms
+    FINISHED = "Finished"
+    REJECTED = "Rejected"
+    CANCELLED = "Cancelled"
+
+
+class ReasonCode(StrEnum):
+    QUEUED = "Queued"  # not yet considered
+    QUOTA_MAX_EXCEEDED = "QuotaMaxExceeded"
+    NO_CAPACITY_IN_UNITS = "NoCapacityInUnits"
+    WAITING_FOR_RECLAIM = "WaitingForReclaim"
+    WAITING_FOR_PREEMPTION = "WaitingForPreemption"
+    BLOCKED_BY_HEAD = "BlockedByHead"
+    BACKOFF = "Backoff"
+    NEVER_FITS = "NeverFits"
+    INVALID = "Invalid"
+    ADMITTED = "Admitted"
+    RECLAIMED = "Reclaimed"  # preempted to give a queue back its guarantee
+    PREEMPTED_BY_PRIORITY = "PreemptedByPriority"
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """A typed reason code and a sentence a user can act on."""
+
+    code: ReasonCode
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.code.value}: {self.message}"
+
+
+@dataclass(slots=True, eq=False)
+class Workload:
+    """A gang of pods admitted whole or not at all.
+
+    ``request`` is the total over all pods (milli-units); ``pods`` is how many pods the gang has (it
+    counts against a unit's ``max``). Everything below the first block is owned by the engine.
+    """
+
+    uid: str
+    queue: str
+    request: Resources
+    pods: int = 1
+    priority: int = 0
+    priority_class: str | None = None
+    submitted_at: float = 0.0
+    expected_duration: float | None = None
+    name: str = ""
+
+    state: WorkloadState = WorkloadState.PENDING
+    reason: Reason | None = None
+    admitted_at: float | None = None
+    unit: str | None = None
+    preemptions: int = 0
+    failures: int = 0  # consecutive attempts that did not fit (drives backoff)
+    retry_after: float = 0.0
+    seq: int = 0  # arrival order, the last tie-breaker
+    park_token: int = 0  # invalidates stale entries in wake-up indexes
+    preempted_by: str | None = None
+    waiting_for: set[str] = field(default_factory=set)  # victims this job waits on
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.uid

@@ -1,0 +1,133 @@
+"""Kubernetes resource quantities, parsed exactly.
+
+Every quantity is held as an integer number of *milli-units* (``"500m"`` cpu is 500, ``"1"`` is 1000,
+``"40Gi"`` memory is 40 * 2**30 * 1000). Integers never drift, so a tree that admits and releases a
+million jobs ends with usage exactly zero.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+
+GPU = "nvidia.com/gpu"
+CPU = "cpu"
+MEMORY = "memory"
+MAX_JOBS = "kube-queue/max-jobs"
+PODS = "pods"
+
+MILLI = 1000
+
+#: Resources as the engine holds them: name -> milli-units. Absent means zero in a request.
+Resources = dict[str, int]
+
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL = {
+    "n": Fraction(1, 10**9),
+    "u": Fraction(1, 10**6),
+    "m": Fraction(1, 10**3),
+    "": Fraction(1),
+    "k": Fraction(10**3),
+    "M": Fraction(10**6),
+    "G": Fraction(10**9),
+    "T": Fraction(10**12),
+    "P": Fraction(10**15),
+    "E": Fraction(10**18),
+}
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
+
+# Short names accepted in traces, CLI flags and config files.
+ALIASES = {"gpu": GPU, "gpus": GPU, "num_gpus": GPU, "mem": MEMORY, "max-jobs": MAX_JOBS}
+
+
+class QuantityError(ValueError):
+    """A value that is not a Kubernetes quantity."""
+
+
+def parse_quantity(value: str | int | float, *, field: str = "quantity") -> int:
+    """Parse ``value`` into integer milli-units; rounds up below one milli-unit like Kubernetes does."""
+    if isinstance(value, bool):
+        raise QuantityError(f"{field}: {value!r} is not a quantity")
+    if isinstance(value, int):
+        return value * MILLI
+    if isinstance(value, float):
+        try:
+            number = Fraction(Decimal(repr(value)))
+        except InvalidOperation as exc:  # nan, inf
+            raise QuantityError(f"{field}: {value!r} is not a quantity") from exc
+        scale = Fraction(1)
+    else:
+        text = str(value).strip()
+        match = _QUANTITY.match(text)
+        if not match:
+            raise QuantityError(
+                f"{field}: {value!r} is not a quantity (expected e.g. 500m, 2, 40Gi, 1.5)"
+            )
+        try:
+            number = Fraction(Decimal(match.group(1)))
+        except InvalidOperation as exc:
+            raise QuantityError(f"{field}: {value!r} is not a quantity") from exc
+        suffix = match.group(2) or ""
+        scale = Fraction(_BINARY[suffix]) if suffix in _BINARY else _DECIMAL[suffix]
+    milli = number * scale * MILLI
+    # Kubernetes rounds a quantity up to the smallest unit it can represent.
+    result = -((-milli.numerator) // milli.denominator)
+    return int(result)
+
+
+def format_quantity(milli: int, resource: str = "") -> str:
+    """Render milli-units the way a person writes them (``2``, ``500m``, ``40Gi``)."""
+    if resource == MEMORY or resource.endswith("memory") or resource.endswith("storage"):
+        if milli % MILLI == 0:
+            units = milli // MILLI
+            for suffix in ("Ti", "Gi", "Mi", "Ki"):
+                size = _BINARY[suffix]
+                if units and units % size == 0:
+                    return f"{units // size}{suffix}"
+            return str(units)
+    if milli % MILLI == 0:
+        return str(milli // MILLI)
+    return f"{milli}m"
+
+
+def canonical_resource(name: str) -> str:
+    """The full resource name for a short alias (``gpu`` -> ``nvidia.com/gpu``)."""
+    return ALIASES.get(name, name)
+
+
+def parse_resources(raw: Mapping[str, object] | None, *, field: str = "resources") -> Resources:
+    """Parse a ``{name: quantity}`` mapping; the error names the field and the resource."""
+    out: Resources = {}
+    for name, value in (raw or {}).items():
+        if value is None:
+            continue
+        if not isinstance(value, (str, int, float)):
+            raise QuantityError(f"{field}.{name}: {value!r} is not a quantity")
+        out[canonical_resource(str(name))] = parse_quantity(value, field=f"{field}.{name}")
+    return out
+
+
+def add(a: Mapping[str, int], b: Mapping[str, int]) -> Resources:
+    out = dict(a)
+    for name, value in b.items():
+        out[name] = out.get(name, 0) + value
+    return out
+
+
+def total(items: Iterable[Mapping[str, int]]) -> Resources:
+    out: Resources = {}
+    for item in items:
+        for name, value in item.items():
+            out[name] = out.get(name, 0) + value
+    return out
+
+
+def scale(res: Mapping[str, int], factor: int) -> Resources:
+    return {name: value * factor for name, value in res.items()}
+
+
+def describe(res: Mapping[str, int]) -> str:
+    """``cpu=2, memory=4Gi, nvidia.com/gpu=1`` for messages and tables."""
+    return ", ".join(f"{name}={format_quantity(value, name)}" for name, value in sorted(res.items()))

@@ -1,0 +1,471 @@
+"""The hierarchical quota tree: validation, usage accounting, borrowing and headroom.
+
+Admit and release walk from a leaf to the root, so both cost O(depth x resources). The tree knows
+nothing of queues or jobs: it accounts resource vectors against named leaves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import yaml
+from pydantic import ValidationError
+
+from rayqueue.quota.model import API_VERSION, KIND, ElasticQuotaTreeManifest, QuotaNodeSpec
+from rayqueue.quota.quantity import (
+    MAX_JOBS,
+    QuantityError,
+    Resources,
+    describe,
+    format_quantity,
+    parse_resources,
+)
+
+WEIGHT_ATTRIBUTE = "weight"
+QUEUEING_ATTRIBUTE = "queueingStrategy"
+PREEMPTION_ATTRIBUTE = "preemptionPolicy"
+
+
+class QuotaTreeError(ValueError):
+    """An invalid tree; ``violations`` holds every problem found, each naming the node and the field."""
+
+    def __init__(self, violations: list[str], source: str = "ElasticQuotaTree") -> None:
+        self.violations = violations
+        lines = "\n".join(f"  - {v}" for v in violations)
+        super().__init__(f"{source} is invalid ({len(violations)} problem(s)):\n{lines}")
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaViolation:
+    """Why a request does not fit: the first node on the leaf's path whose ``max`` it would exceed."""
+
+    node: str
+    resource: str
+    used: int
+    requested: int
+    limit: int
+
+    def sentence(self) -> str:
+        r = self.resource
+        would = format_quantity(self.used + self.requested, r)
+        return (
+            f"{self.node} would use {would} of max {format_quantity(self.limit, r)} {r} "
+            f"({format_quantity(self.used, r)} in use + {format_quantity(self.requested, r)} requested)"
+        )
+
+
+class QuotaNode:
+    __slots__ = (
+        "name",
+        "path",
+        "parent",
+        "children",
+        "min",
+        "max",
+        "usage",
+        "namespaces",
+        "attributes",
+        "weight",
+        "depth",
+        "lineage",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        path: str,
+        parent: QuotaNode | None,
+        min_: Resources,
+        max_: Resources,
+        namespaces: list[str],
+        attributes: dict[str, Any],
+        weight: float,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.parent = parent
+        self.children: list[QuotaNode] = []
+        self.min = min_
+        self.max = max_
+        self.usage: Resources = {}
+        self.namespaces = namespaces
+        self.attributes = attributes
+        self.weight = weight
+        self.depth = 0 if parent is None else parent.depth + 1
+        # self, parent, ..., root: the walk every admit/release does.
+        self.lineage: tuple[QuotaNode, ...] = (self,) if parent is None else (self, *parent.lineage)
+
+    @property
+    def is_leaf(self) -> bool:
+        return not self.children
+
+    def borrowed(self, resources: Iterable[str] | None = None) -> Resources:
+        """Usage above this node's ``min``, per resource (what a reclaim could take back)."""
+        names = self.usage.keys() if resources is None else resources
+        out: Resources = {}
+        for r in names:
+            over = self.usage.get(r, 0) - self.min.get(r, 0)
+            if over > 0:
+                out[r] = over
+        return out
+
+    def __repr__(self) -> str:
+        return f"QuotaNode({self.path})"
+
+
+class QuotaTree:
+    """A validated ``ElasticQuotaTree`` with live usage."""
+
+    def __init__(self, root: QuotaNode, nodes: dict[str, QuotaNode], name: str = "elasticquotatree") -> None:
+        self.root = root
+        self.nodes = nodes
+        self.name = name
+        self.leaves: dict[str, QuotaNode] = {n.name: n for n in nodes.values() if n.is_leaf}
+        self.namespace_to_leaf: dict[str, QuotaNode] = {
+            ns: leaf for leaf in self.leaves.values() for ns in leaf.namespaces
+        }
+        # Resources some node guarantees: reclaim and "fits in guarantee" speak only of these.
+        self.guaranteed: frozenset[str] = frozenset(
+            r for n in nodes.values() for r in n.min if r != MAX_JOBS
+        )
+        self.bounded: frozenset[str] = frozenset(r for n in nodes.values() for r in n.max)
+        self._share_scale: dict[str, float] = {}
+        for r in self.guaranteed | self.bounded:
+            denom = root.min.get(r) or root.max.get(r) or 1
+            self._share_scale[r] = 1.0 / denom
+
+    # ---------------------------------------------------------------- loading
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> QuotaTree:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise QuotaTreeError([f"cannot read {source}: {exc.strerror}"], source) from exc
+        return cls.from_yaml_text(text, source)
+
+    @classmethod
+    def from_yaml_text(cls, text: str, source: str = "ElasticQuotaTree") -> QuotaTree:
+        try:
+            docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        except yaml.YAMLError as exc:
+            raise QuotaTreeError([f"malformed YAML: {exc}"], source) from exc
+        trees = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
+        if len(trees) != 1:
+            found = ", ".join(str(d.get("kind")) if isinstance(d, dict) else type(d).__name__ for d in docs)
+            raise QuotaTreeError(
+                [f"expected exactly one document of kind {KIND}, found {len(trees)} (documents: {found or 'none'})"],
+                source,
+            )
+        return cls.from_dict(trees[0], source)
+
+    @classmethod
+    def from_dict(cls, manifest: Mapping[str, Any], source: str = "ElasticQuotaTree") -> QuotaTree:
+        if not isinstance(manifest, Mapping):
+            raise QuotaTreeError([f"expected a mapping, got {type(manifest).__name__}"], source)
+        cycle = _find_alias_cycle(manifest)
+        if cycle:
+            raise QuotaTreeError([f"{cycle}: the tree refers back to itself (a YAML alias cycle)"], source)
+        try:
+            model = ElasticQuotaTreeManifest.model_validate(manifest)
+        except ValidationError as exc:
+            raise QuotaTreeError([_pydantic_message(e) for e in exc.errors()], source) from exc
+        problems: list[str] = []
+        if model.apiVersion != API_VERSION:
+            problems.append(f"apiVersion: expected {API_VERSION}, got {model.apiVersion}")
+        if model.kind != KIND:
+            problems.append(f"kind: expected {KIND}, got {model.kind}")
+        tree = _build(model.spec.root, problems)
+        if problems or tree is None:
+            raise QuotaTreeError(problems, f"{source} ({model.metadata.name})")
+        tree.name = model.metadata.name
+        return tree
+
+    # ---------------------------------------------------------------- lookup
+
+    def leaf(self, name: str) -> QuotaNode:
+        try:
+            return self.leaves[name]
+        except KeyError:
+            if name in self.nodes:
+                raise KeyError(f"quota node {name!r} is not a leaf; jobs queue only at leaves") from None
+            raise KeyError(f"no leaf named {name!r} in the quota tree") from None
+
+    def leaf_for(self, namespace: str | None = None, quota: str | None = None) -> QuotaNode:
+        """The leaf a job maps to: an explicit quota name first, else its namespace."""
+        if quota:
+            return self.leaf(quota)
+        if namespace and namespace in self.namespace_to_leaf:
+            return self.namespace_to_leaf[namespace]
+        raise KeyError(f"namespace {namespace!r} belongs to no leaf of the quota tree and no quota was named")
+
+    def __iter__(self) -> Iterator[QuotaNode]:
+        return iter(self.nodes.values())
+
+    # ---------------------------------------------------------------- accounting
+
+    def fits(self, leaf: QuotaNode, request: Mapping[str, int]) -> QuotaViolation | None:
+        """None when usage + request stays within ``max`` on every node from ``leaf`` to the root."""
+        for node in leaf.lineage:
+            limits = node.max
+            if not limits:
+                continue
+            usage = node.usage
+            for r, v in request.items():
+                m = limits.get(r)
+                if m is not None:
+                    used = usage.get(r, 0)
+                    if used + v > m:
+                        return QuotaViolation(node.path, r, used, v, m)
+        return None
+
+    def never_fits(self, leaf: QuotaNode, request: Mapping[str, int]) -> QuotaViolation | None:
+        """A violation even on an empty tree: the request is larger than a ``max`` on its path."""
+        for node in leaf.lineage:
+            for r, v in request.items():
+                m = node.max.get(r)
+                if m is not None and v > m:
+                    return QuotaViolation(node.path, r, 0, v, m)
+        return None
+
+    def within_guarantee(self, leaf: QuotaNode, request: Mapping[str, int]) -> bool:
+        """True when the leaf's usage + request stays within its ``min`` on every guaranteed resource."""
+        usage, mins = leaf.usage, leaf.min
+        for r, v in request.items():
+            if v and r in self.guaranteed and usage.get(r, 0) + v > mins.get(r, 0):
+                return False
+        return True
+
+    def admit(self, leaf: QuotaNode, request: Mapping[str, int]) -> None:
+        for node in leaf.lineage:
+            usage = node.usage
+            for r, v in request.items():
+                usage[r] = usage.get(r, 0) + v
+
+    def release(self, leaf: QuotaNode, request: Mapping[str, int]) -> None:
+        for node in leaf.lineage:
+            usage = node.usage
+            for r, v in request.items():
+                left = usage.get(r, 0) - v
+                if left < 0:
+                    raise RuntimeError(f"quota accounting error: {node.path} {r} would go to {left}")
+                usage[r] = left
+
+    def headroom(self, leaf: QuotaNode) -> Resources:
+        """How much more the leaf could take now on each bounded resource (min over its path)."""
+        out: Resources = {}
+        for node in leaf.lineage:
+            for r, m in node.max.items():
+                room = max(0, m - node.usage.get(r, 0))
+                if r not in out or room < out[r]:
+                    out[r] = room
+        return out
+
+    def borrowed(self, node: QuotaNode) -> Resources:
+        return node.borrowed(self.guaranteed)
+
+    def fair_share(self, leaf: QuotaNode) -> float:
+        """Dominant borrowed share over the leaf's weight: lower goes first among borrowers."""
+        share = 0.0
+        usage, mins = leaf.usage, leaf.min
+        for r in self.guaranteed:
+            over = usage.get(r, 0) - mins.get(r, 0)
+            if over > 0:
+                s = over * self._share_scale[r]
+                if s > share:
+                    share = s
+        return share / leaf.weight
+
+    def reset_usage(self) -> None:
+        for node in self.nodes.values():
+            node.usage = {}
+
+    # ---------------------------------------------------------------- views
+
+    def to_dict(self) -> dict[str, Any]:
+        """The tree back in the admin's format (quantities rendered)."""
+
+        def render(res: Resources) -> dict[str, str]:
+            return {r: format_quantity(v, r) for r, v in sorted(res.items())}
+
+        def node_dict(node: QuotaNode) -> dict[str, Any]:
+            d: dict[str, Any] = {"name": node.name}
+            if node.min:
+                d["min"] = render(node.min)
+            if node.max:
+                d["max"] = render(node.max)
+            if node.namespaces:
+                d["namespaces"] = list(node.namespaces)
+            if node.attributes:
+                d["attributes"] = dict(node.attributes)
+            if node.children:
+                d["children"] = [node_dict(c) for c in node.children]
+            return d
+
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": self.name},
+            "spec": {"root": node_dict(self.root)},
+        }
+
+
+def diff_trees(old: QuotaTree, new: QuotaTree) -> list[str]:
+    """Human-readable differences between two trees' structure and limits."""
+    lines: list[str] = []
+    for name in sorted(old.nodes.keys() - new.nodes.keys()):
+        lines.append(f"- removed node {old.nodes[name].path}")
+    for name in sorted(new.nodes.keys() - old.nodes.keys()):
+        lines.append(f"+ added node {new.nodes[name].path}")
+    for name in sorted(old.nodes.keys() & new.nodes.keys()):
+        a, b = old.nodes[name], new.nodes[name]
+        if a.path != b.path:
+            lines.append(f"~ {name}: moved {a.path} -> {b.path}")
+        for field in ("min", "max"):
+            ra: Resources = getattr(a, field)
+            rb: Resources = getattr(b, field)
+            for r in sorted(ra.keys() | rb.keys()):
+                va, vb = ra.get(r), rb.get(r)
+                if va != vb:
+                    fa = "unset" if va is None else format_quantity(va, r)
+                    fb = "unset" if vb is None else format_quantity(vb, r)
+                    lines.append(f"~ {b.path} {field}.{r}: {fa} -> {fb}")
+        if sorted(a.namespaces) != sorted(b.namespaces):
+            lines.append(f"~ {b.path} namespaces: {sorted(a.namespaces)} -> {sorted(b.namespaces)}")
+        if a.weight != b.weight:
+            lines.append(f"~ {b.path} weight: {a.weight:g} -> {b.weight:g}")
+        for key in (QUEUEING_ATTRIBUTE, PREEMPTION_ATTRIBUTE):
+            if a.attributes.get(key) != b.attributes.get(key):
+                lines.append(f"~ {b.path} {key}: {a.attributes.get(key)} -> {b.attributes.get(key)}")
+    return lines
+
+
+# -------------------------------------------------------------------- building and rules
+
+
+def _build(spec: QuotaNodeSpec, problems: list[str]) -> QuotaTree | None:
+    graph: nx.DiGraph = nx.DiGraph()
+    nodes: dict[str, QuotaNode] = {}
+    seen_paths: dict[str, str] = {}
+    namespace_owner: dict[str, str] = {}
+
+    def visit(s: QuotaNodeSpec, parent: QuotaNode | None) -> QuotaNode:
+        path = s.name if parent is None else f"{parent.path}/{s.name}"
+        where = f"node {path}"
+        if not s.name.strip():
+            problems.append(f"{where}: name must not be empty")
+        if s.name in seen_paths:
+            problems.append(f"{where}: duplicate name {s.name!r} (also at {seen_paths[s.name]})")
+        else:
+            seen_paths[s.name] = path
+        mins = _resources(s.min, f"{where}: min", problems)
+        maxs = _resources(s.max, f"{where}: max", problems)
+        for r, v in (*mins.items(), *maxs.items()):
+            if v < 0:
+                problems.append(f"{where}: {r} must not be negative (got {format_quantity(v, r)})")
+        for r, lo in mins.items():
+            hi = maxs.get(r)
+            if hi is not None and lo > hi:
+                problems.append(
+                    f"{where}: min.{r} {format_quantity(lo, r)} is above max.{r} {format_quantity(hi, r)}"
+                )
+        attributes = dict(s.attributes or {})
+        weight = 1.0
+        if WEIGHT_ATTRIBUTE in attributes:
+            try:
+                weight = float(attributes[WEIGHT_ATTRIBUTE])
+                if weight <= 0:
+                    raise ValueError
+            except (TypeError, ValueError):
+                problems.append(
+                    f"{where}: attributes.weight must be a positive number "
+                    f"(got {attributes[WEIGHT_ATTRIBUTE]!r})"
+                )
+                weight = 1.0
+        for key, allowed in ((QUEUEING_ATTRIBUTE, QUEUEING_STRATEGIES), (PREEMPTION_ATTRIBUTE, PREEMPTION_POLICIES)):
+            if key in attributes and attributes[key] not in allowed:
+                problems.append(
+                    f"{where}: attributes.{key} must be one of {', '.join(allowed)} (got {attributes[key]!r})"
+                )
+        node = QuotaNode(s.name, path, parent, mins, maxs, list(s.namespaces or []), attributes, weight)
+        key = id(node)
+        graph.add_node(key)
+        if parent is not None:
+            graph.add_edge(id(parent), key)
+        if s.name not in nodes:
+            nodes[s.name] = node
+        children = s.children or []
+        if s.namespaces and children:
+            problems.append(f"{where}: namespaces are allowed on leaves only (this node has children)")
+        for ns in s.namespaces or []:
+            if ns in namespace_owner:
+                problems.append(f"{where}: namespace {ns!r} is already mapped to {namespace_owner[ns]}")
+            else:
+                namespace_owner[ns] = path
+        for child_spec in children:
+            node.children.append(visit(child_spec, node))
+        if node.children:
+            for r in {r for c in node.children for r in c.min}:
+                total = sum(c.min.get(r, 0) for c in node.children)
+                cap = node.min.get(r, 0)
+                if total > cap:
+                    problems.append(
+                        f"{where}: children's min.{r} add up to {format_quantity(total, r)}, "
+                        f"above this node's min.{r} {format_quantity(cap, r)}"
+                    )
+        return node
+
+    root = visit(spec, None)
+    if not nx.is_arborescence(graph):  # guards the builder itself; specs are trees by construction
+        problems.append("the quota tree is not a tree")
+    if problems:
+        return None
+    return QuotaTree(root, nodes)
+
+
+QUEUEING_STRATEGIES = ("StrictFIFO", "BestEffortFIFO")
+PREEMPTION_POLICIES = ("Never", "LowerPriority")
+
+
+def _resources(raw: Mapping[str, object] | None, field: str, problems: list[str]) -> Resources:
+    try:
+        return parse_resources(raw, field=field)
+    except QuantityError as exc:
+        problems.append(str(exc))
+        return {}
+
+
+def _pydantic_message(error: Any) -> str:
+    loc = error.get("loc", ())
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    where = "".join(parts) or "document"
+    return f"{where}: {error.get('msg')}"
+
+
+def _find_alias_cycle(obj: Any, path: str = "", active: set[int] | None = None) -> str | None:
+    active = set() if active is None else active
+    if isinstance(obj, (dict, list)):
+        if id(obj) in active:
+            return path or "document"
+        active.add(id(obj))
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+        for key, value in items:
+            found = _find_alias_cycle(value, f"{path}.{key}" if path else str(key), active)
+            if found:
+                return found
+        active.discard(id(obj))
+    return None
+
+
+def request_summary(request: Mapping[str, int]) -> str:
+    return describe({r: v for r, v in request.items() if r != MAX_JOBS})
