@@ -68,6 +68,7 @@ class Workload:
     preemptions: int = 0
     failures: int = 0  # consecutive attempts that did not fit (drives backoff)
     retry_after: float = 0.0
+    pending_since: float = 0.0  # start of the current wait (submission or requeue)
     seq: int = 0  # arrival order, the last tie-breaker
     park_token: int = 0  # invalidates stale entries in wake-up indexes
     preempted_by: str | None = None

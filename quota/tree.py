@@ -14,7 +14,6 @@ from typing import Any
 import networkx as nx
 import yaml
 from pydantic import ValidationError
-
 from rayqueue.quota.model import API_VERSION, KIND, ElasticQuotaTreeManifest, QuotaNodeSpec
 from rayqueue.quota.quantity import (
     MAX_JOBS,
@@ -95,7 +94,7 @@ class QuotaNode:
         self.namespaces = namespaces
         self.attributes = attributes
         self.weight = weight
-        self.depth = 0 if parent is None else parent.depth + 1
+        self.depth: int = 0 if parent is None else parent.depth + 1
         # self, parent, ..., root: the walk every admit/release does.
         self.lineage: tuple[QuotaNode, ...] = (self,) if parent is None else (self, *parent.lineage)
 
@@ -387,10 +386,10 @@ def _build(spec: QuotaNodeSpec, problems: list[str]) -> QuotaTree | None:
                     f"(got {attributes[WEIGHT_ATTRIBUTE]!r})"
                 )
                 weight = 1.0
-        for key, allowed in ((QUEUEING_ATTRIBUTE, QUEUEING_STRATEGIES), (PREEMPTION_ATTRIBUTE, PREEMPTION_POLICIES)):
-            if key in attributes and attributes[key] not in allowed:
+        for attr, allowed in ((QUEUEING_ATTRIBUTE, QUEUEING_STRATEGIES), (PREEMPTION_ATTRIBUTE, PREEMPTION_POLICIES)):
+            if attr in attributes and attributes[attr] not in allowed:
                 problems.append(
-                    f"{where}: attributes.{key} must be one of {', '.join(allowed)} (got {attributes[key]!r})"
+                    f"{where}: attributes.{attr} must be one of {', '.join(allowed)} (got {attributes[attr]!r})"
                 )
         node = QuotaNode(s.name, path, parent, mins, maxs, list(s.namespaces or []), attributes, weight)
         key = id(node)

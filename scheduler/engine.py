@@ -1,0 +1,698 @@
+"""The admission engine: quota tree + queues + ResourcePolicy units, no I/O.
+
+Front ends feed it events (``submit``, ``finish``, ``suspended``, ``cancel``) and call ``schedule``,
+which returns decisions as data (``Admit``, ``Preempt``, ``Reject``). Every waiting job carries a typed
+reason.
+
+Why it stays fast with 100,000 pending jobs: a cycle never scans the queues. Queues that have a job to
+try sit in one heap ordered across queues; a job that does not fit is *parked* in a wake-up index keyed
+by what blocked it (a quota node's ``max`` or a unit's capacity, per resource, sorted by how much it
+needs), and only a release on that node or unit that leaves enough room wakes it. A decision therefore
+costs O(log pending + depth x resources), independent of how many jobs wait.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from rayqueue.queue.queues import LeafQueue, PreemptionPolicy, QueueingStrategy
+from rayqueue.queue.workload import Reason, ReasonCode, Workload, WorkloadState
+from rayqueue.quota.quantity import MAX_JOBS, MILLI, Resources, describe, format_quantity
+from rayqueue.quota.tree import (
+    PREEMPTION_ATTRIBUTE,
+    QUEUEING_ATTRIBUTE,
+    QuotaNode,
+    QuotaTree,
+    QuotaTreeError,
+    diff_trees,
+)
+from rayqueue.scheduler.decisions import Admit, Decision, Placement, Preempt, Reject
+from rayqueue.scheduler.resourcepolicy import Unit, Units
+from sortedcontainers import SortedList
+
+
+class UnknownQueue(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class DuplicateJob(ValueError):
+    pass
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    default_queueing: QueueingStrategy = "BestEffortFIFO"
+    default_preemption: PreemptionPolicy = "Never"
+    reclaim: bool = True
+    # A job that is woken and still does not fit waits base * 2**(k-1) (capped) before it is tried
+    # again; the first wake after it parks is never delayed.
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    uid: str
+    state: WorkloadState
+    queue: str
+    position: int | None
+    pending_in_queue: int
+    reason: Reason | None
+    unit: str | None = None
+    admitted_at: float | None = None
+    expected_start: float | None = None
+
+
+# A wake-up index: ("node", name, resource) | ("unit", name, resource) | ("pods", name, "")
+BlockerKey = tuple[str, str, str]
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """Why one attempt did not admit: the reason and what to wait on."""
+
+    reason: Reason
+    blockers: list[tuple[BlockerKey, int]]
+    retry_at: float | None = None
+
+
+class Engine:
+    def __init__(
+        self,
+        tree: QuotaTree,
+        units: Units | None = None,
+        config: EngineConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.tree = tree
+        self.units = units if units is not None else Units.single(None)
+        self.config = config or EngineConfig()
+        self.clock = clock
+        self.workloads: dict[str, Workload] = {}
+        self.queues: dict[str, LeafQueue] = {}
+        self._seq = itertools.count(1)
+        self._heap: list[tuple[tuple[int, int, float, float, int], int, str]] = []
+        self._index: dict[BlockerKey, SortedList] = {}
+        self._timers: list[tuple[float, int, str, int]] = []
+        self._now = 0.0  # the time of the latest cycle: backoff is measured against it
+        self._sync_queues()
+
+    # ================================================================ events from a front end
+
+    def submit(self, w: Workload) -> Reject | None:
+        """Queue a job. Raises ``UnknownQueue`` / ``DuplicateJob``; returns ``Reject`` if it can never fit."""
+        if w.uid in self.workloads:
+            raise DuplicateJob(f"job {w.uid!r} is already known to the engine (state {self.workloads[w.uid].state})")
+        if w.queue not in self.tree.leaves:
+            raise UnknownQueue(self._unknown_queue_message(w.queue))
+        if MAX_JOBS not in w.request:
+            w.request = {**w.request, MAX_JOBS: MILLI}
+        w.seq = next(self._seq)
+        w.state = WorkloadState.PENDING
+        w.pending_since = w.submitted_at if w.submitted_at else self.clock()
+        never = self._never_fits(w)
+        if never is not None:
+            w.state = WorkloadState.REJECTED
+            w.reason = never
+            return Reject(w, never)
+        w.reason = Reason(ReasonCode.QUEUED, "waiting for the next admission cycle")
+        self.workloads[w.uid] = w
+        q = self.queues[w.queue]
+        q.add(w)
+        self._offer(q)
+        return None
+
+    def finish(self, uid: str) -> Workload:
+        """The job finished, failed or was deleted: release what it held. Pending jobs are removed."""
+        w = self._get(uid)
+        if w.state in (WorkloadState.ADMITTED, WorkloadState.PREEMPTING):
+            self._release(w)
+        elif w.state == WorkloadState.PENDING:
+            self._dequeue(w)
+        w.state = WorkloadState.FINISHED
+        self.workloads.pop(uid, None)
+        return w
+
+    def cancel(self, uid: str) -> Workload:
+        w = self.finish(uid)
+        w.state = WorkloadState.CANCELLED
+        return w
+
+    def suspended(self, uid: str, now: float | None = None) -> Workload:
+        """A preempted (or externally suspended) job stopped: release its quota and requeue it."""
+        w = self._get(uid)
+        if w.state not in (WorkloadState.ADMITTED, WorkloadState.PREEMPTING):
+            return w
+        now = self.clock() if now is None else now
+        preempted = w.state == WorkloadState.PREEMPTING
+        self._release(w)
+        if preempted:
+            w.preemptions += 1
+        w.state = WorkloadState.PENDING
+        w.unit = None
+        w.admitted_at = None
+        w.failures = 0
+        w.retry_after = 0.0
+        w.pending_since = now
+        w.waiting_for = set()
+        q = self.queues[w.queue]
+        q.add(w)
+        self._offer(q)
+        return w
+
+    def restore(self, w: Workload, unit: str | None, admitted_at: float) -> None:
+        """Count a job that already runs (rebuilding after a restart); no checks, nothing twice."""
+        if w.uid in self.workloads:
+            raise DuplicateJob(f"job {w.uid!r} is already known to the engine")
+        if w.queue not in self.tree.leaves:
+            raise UnknownQueue(self._unknown_queue_message(w.queue))
+        if MAX_JOBS not in w.request:
+            w.request = {**w.request, MAX_JOBS: MILLI}
+        unit_name = unit if unit in self.units.by_name else self.units.units[0].name
+        w.seq = next(self._seq)
+        w.state = WorkloadState.ADMITTED
+        w.unit = unit_name
+        w.admitted_at = admitted_at
+        w.reason = Reason(ReasonCode.ADMITTED, f"running on unit {unit_name} (restored)")
+        self.workloads[w.uid] = w
+        self.tree.admit(self.tree.leaves[w.queue], w.request)
+        self.units.by_name[unit_name].take(w.request, w.pods)
+        self.queues[w.queue].admitted[w.uid] = w
+
+    # ================================================================ the admission cycle
+
+    def schedule(self, now: float | None = None) -> list[Decision]:
+        """One admission cycle: try queues in order until none has a job that could be admitted now."""
+        now = self.clock() if now is None else now
+        self._fire_timers(now)
+        decisions: list[Decision] = []
+        heap = self._heap
+        queues = self.queues
+        while heap:
+            _, version, name = heapq.heappop(heap)
+            q = queues.get(name)
+            if q is None or version != q.heap_version:
+                continue
+            w = q.candidate()
+            if w is None:
+                continue
+            decision = self._attempt(w, q, now)
+            if decision is not None:
+                decisions.extend(decision)
+            self._offer(q)
+        return decisions
+
+    def next_wakeup(self) -> float | None:
+        timers = self._timers
+        while timers:
+            at, _, uid, token = timers[0]
+            w = self.workloads.get(uid)
+            if w is not None and w.park_token == token and w.uid in self.queues[w.queue].parked:
+                return at
+            heapq.heappop(timers)
+        return None
+
+    # ================================================================ views
+
+    def explain(self, uid: str) -> Explanation:
+        w = self._get(uid)
+        q = self.queues[w.queue]
+        position = None
+        reason = w.reason
+        if w.state == WorkloadState.PENDING:
+            position = q.position(w)
+            head = q.head()
+            if q.strategy == "StrictFIFO" and head is not None and head is not w:
+                reason = Reason(
+                    ReasonCode.BLOCKED_BY_HEAD,
+                    f"queue {q.name} is StrictFIFO and its head {head.display_name} waits "
+                    f"({head.reason or 'not yet tried'})",
+                )
+        return Explanation(
+            uid=w.uid,
+            state=w.state,
+            queue=w.queue,
+            position=position,
+            pending_in_queue=len(q),
+            reason=reason,
+            unit=w.unit,
+            admitted_at=w.admitted_at,
+        )
+
+    def pending(self, queue: str | None = None) -> Iterable[Workload]:
+        """Pending jobs in queue order (one queue, or every queue one after another)."""
+        names = [queue] if queue else list(self.queues)
+        for name in names:
+            q = self.queues[name]
+            for key in q.pending:
+                yield q.jobs[key]
+
+    def admitted(self) -> Iterable[Workload]:
+        for q in self.queues.values():
+            yield from q.admitted.values()
+
+    # ================================================================ tree and capacity changes
+
+    def set_unit_capacity(self, name: str, capacity: Resources | None, max_pods: int | None = -1) -> None:
+        unit = self.units.by_name[name]
+        unit.capacity = dict(capacity) if capacity is not None else None
+        if max_pods != -1:
+            unit.max_pods = max_pods
+        self._wake_all()
+
+    def set_units(self, units: Units) -> None:
+        """Swap the ResourcePolicy; running jobs keep their unit when it still exists."""
+        for w in self.admitted():
+            if w.unit not in units.by_name:
+                w.unit = units.units[0].name
+            units.by_name[w.unit].take(w.request, w.pods)
+        self.units = units
+        self._wake_all()
+
+    def preview_tree(self, tree: QuotaTree) -> list[str]:
+        """What applying ``tree`` would change; raises ``QuotaTreeError`` if it would lose a job."""
+        try:
+            return self._tree_effects(tree)
+        finally:
+            tree.reset_usage()
+
+    def set_tree(self, tree: QuotaTree) -> list[str]:
+        effects = self._tree_effects(tree)  # leaves ``tree`` accounting every admitted job
+        self.tree = tree
+        self._sync_queues()
+        self._wake_all()
+        return effects
+
+    # ================================================================ internals: attempts
+
+    def _attempt(self, w: Workload, q: LeafQueue, now: float) -> list[Decision] | None:
+        never = self._never_fits(w)
+        if never is not None:
+            q.remove(w)
+            self.workloads.pop(w.uid, None)
+            w.state = WorkloadState.REJECTED
+            w.reason = never
+            return [Reject(w, never)]
+        leaf = self.tree.leaves[w.queue]
+        outcome = self._try_admit(w, leaf, now)
+        if isinstance(outcome, Unit):
+            return [self._admit(w, q, leaf, outcome, now)]
+        preemptions = self._plan_preemption(w, q, leaf, now, outcome)
+        self._park(w, q, outcome, now, backoff=not preemptions)
+        return list(preemptions) if preemptions else None
+
+    def _try_admit(self, w: Workload, leaf: QuotaNode, now: float) -> Unit | _Outcome:
+        violation = self.tree.fits(leaf, w.request)
+        if violation is not None:
+            node = self.tree.nodes[violation.node.rsplit("/", 1)[-1]]
+            return _Outcome(
+                Reason(ReasonCode.QUOTA_MAX_EXCEEDED, violation.sentence()),
+                [(("node", node.name, violation.resource), w.request[violation.resource])],
+            )
+        return self._place(w, now)
+
+    def _place(self, w: Workload, now: float) -> Unit | _Outcome:
+        policy = self.units.when_try_next
+        lacks: list[str] = []
+        blockers: list[tuple[BlockerKey, int]] = []
+        retry_at: float | None = None
+        request, pods = w.request, w.pods
+        for unit in self.units.units:
+            if unit.max_pods is not None and unit.pods + pods > unit.max_pods:
+                lacks.append(f"{unit.name} at max {unit.max_pods} pods ({unit.pods} in use, {pods} requested)")
+                if unit.can_ever_hold(request, pods):
+                    blockers.append((("pods", unit.name, ""), pods))
+                continue  # every policy moves on when a unit's max is exceeded
+            short = self._unit_shortfall(unit, request)
+            if short is None:
+                return unit
+            resource, message = short
+            lacks.append(message)
+            if not unit.can_ever_hold(request, pods):
+                continue
+            blockers.append((("unit", unit.name, resource), request[resource]))
+            if policy == "LackResourceOrExceedMax":
+                continue
+            if policy == "TimeoutOrExceedMax":
+                deadline = w.pending_since + self.units.timeout_s
+                if now >= deadline:
+                    continue
+                retry_at = deadline
+            break  # ExceedMax, or the timeout has not passed: wait for this unit
+        return _Outcome(Reason(ReasonCode.NO_CAPACITY_IN_UNITS, "; ".join(lacks)), blockers, retry_at)
+
+    @staticmethod
+    def _unit_shortfall(unit: Unit, request: Resources) -> tuple[str, str] | None:
+        cap = unit.capacity
+        if cap is None:
+            return None
+        usage = unit.usage
+        for r, v in request.items():
+            c = cap.get(r)
+            if c is not None and usage.get(r, 0) + v > c:
+                used = usage.get(r, 0)
+                return r, (
+                    f"{unit.name} full ({format_quantity(used, r)}/{format_quantity(c, r)} {r} in use, "
+                    f"{format_quantity(v, r)} requested)"
+                )
+        return None
+
+    def _never_fits(self, w: Workload) -> Reason | None:
+        leaf = self.tree.leaves.get(w.queue)
+        if leaf is None:
+            return Reason(ReasonCode.INVALID, self._unknown_queue_message(w.queue))
+        violation = self.tree.never_fits(leaf, w.request)
+        if violation is not None:
+            r = violation.resource
+            return Reason(
+                ReasonCode.NEVER_FITS,
+                f"needs {format_quantity(violation.requested, r)} {r}, max of {violation.node} is "
+                f"{format_quantity(violation.limit, r)}",
+            )
+        if not any(u.can_ever_hold(w.request, w.pods) for u in self.units.units):
+            units = "; ".join(u.describe_capacity() for u in self.units.units)
+            return Reason(
+                ReasonCode.NEVER_FITS,
+                f"needs {describe(_visible(w.request))} in {w.pods} pods, larger than every unit ({units})",
+            )
+        return None
+
+    def _admit(self, w: Workload, q: LeafQueue, leaf: QuotaNode, unit: Unit, now: float) -> Admit:
+        q.remove(w)
+        q.admitted[w.uid] = w
+        self.tree.admit(leaf, w.request)
+        unit.take(w.request, w.pods)
+        w.state = WorkloadState.ADMITTED
+        w.unit = unit.name
+        w.admitted_at = now
+        w.failures = 0
+        w.waiting_for = set()
+        borrowing = self.tree.borrowed(leaf)
+        note = f", borrowing {describe(borrowing)}" if borrowing else ""
+        w.reason = Reason(ReasonCode.ADMITTED, f"admitted to {leaf.path} on unit {unit.name}{note}")
+        placement = Placement(
+            unit=unit.name,
+            resource=unit.resource,
+            node_selector=dict(unit.node_selector),
+            pod_labels=dict(unit.pod_labels),
+            tolerations=list(unit.tolerations),
+        )
+        return Admit(w, placement)
+
+    # ================================================================ internals: preemption
+
+    def _plan_preemption(self, w: Workload, q: LeafQueue, leaf: QuotaNode, now: float, outcome: _Outcome) -> list[Preempt]:
+        if w.waiting_for and any(
+            (v := self.workloads.get(uid)) is not None and v.state == WorkloadState.PREEMPTING for uid in w.waiting_for
+        ):
+            waiting = ", ".join(sorted(w.waiting_for))
+            outcome.reason = Reason(ReasonCode.WAITING_FOR_RECLAIM, f"waiting for {waiting} to stop; then {outcome.reason}")
+            return []
+        if self.config.reclaim and self.tree.within_guarantee(leaf, w.request):
+            victims = self._choose_victims(w, leaf, now, self._reclaim_candidates(leaf))
+            if victims:
+                return self._preempt(w, victims, outcome, ReasonCode.RECLAIMED, leaf)
+        if q.preemption == "LowerPriority":
+            candidates = sorted(
+                (v for v in q.admitted.values() if v.state == WorkloadState.ADMITTED and v.priority < w.priority),
+                key=lambda v: (v.priority, -(v.admitted_at or 0.0), -v.seq),
+            )
+            victims = self._choose_victims(w, leaf, now, candidates)
+            if victims:
+                return self._preempt(w, victims, outcome, ReasonCode.PREEMPTED_BY_PRIORITY, leaf)
+        return []
+
+    def _reclaim_candidates(self, leaf: QuotaNode) -> list[Workload]:
+        """Borrowed work elsewhere: nearest in the tree first, lowest priority, newest."""
+        depth_of = {node.name: node.depth for node in leaf.lineage}
+        guaranteed = self.tree.guaranteed
+        ranked: list[tuple[int, int, float, int, Workload]] = []
+        for name, other in self.queues.items():
+            if name == leaf.name or not other.admitted:
+                continue
+            other_leaf = self.tree.leaves[name]
+            if not self.tree.borrowed(other_leaf):
+                continue
+            lca_depth = next(depth_of[n.name] for n in other_leaf.lineage if n.name in depth_of)
+            for v in other.admitted.values():
+                if v.state == WorkloadState.ADMITTED and any(v.request.get(r, 0) for r in guaranteed):
+                    ranked.append((-lca_depth, v.priority, -(v.admitted_at or 0.0), -v.seq, v))
+        ranked.sort(key=lambda t: t[:4])
+        return [t[4] for t in ranked]
+
+    def _choose_victims(self, w: Workload, leaf: QuotaNode, now: float, candidates: list[Workload]) -> list[Workload]:
+        """A small set of candidates whose removal lets ``w`` fit; empty if none does."""
+        if not candidates:
+            return []
+        guaranteed = self.tree.guaranteed
+        removed: list[Workload] = []
+        fits = False
+        try:
+            for v in candidates:
+                v_leaf = self.tree.leaves[v.queue]
+                # Never push a victim's queue below its own guarantee.
+                if v_leaf is not leaf and any(
+                    v_leaf.usage.get(r, 0) - x < v_leaf.min.get(r, 0) for r, x in v.request.items() if r in guaranteed
+                ):
+                    continue
+                self._unaccount(v)
+                removed.append(v)
+                if isinstance(self._try_admit(w, leaf, now), Unit):
+                    fits = True
+                    break
+            if not fits:
+                return []
+            # Give back every victim that is not needed, newest choice first.
+            needed: list[Workload] = []
+            for v in reversed(removed[:-1]):
+                self._account(v)
+                if isinstance(self._try_admit(w, leaf, now), Unit):
+                    removed.remove(v)
+                else:
+                    self._unaccount(v)
+                    needed.append(v)
+            return [removed[-1], *reversed(needed)]
+        finally:
+            for v in removed:
+                self._account(v)
+
+    def _preempt(
+        self, w: Workload, victims: list[Workload], outcome: _Outcome, code: ReasonCode, leaf: QuotaNode
+    ) -> list[Preempt]:
+        decisions: list[Preempt] = []
+        for v in victims:
+            v.state = WorkloadState.PREEMPTING
+            v.preempted_by = w.uid
+            if code == ReasonCode.RECLAIMED:
+                message = (
+                    f"preempted to return {leaf.path} its guarantee for {w.display_name} "
+                    f"({self.tree.leaves[v.queue].path} is borrowing {describe(self.tree.borrowed(self.tree.leaves[v.queue]))})"
+                )
+            else:
+                message = f"preempted by higher-priority {w.display_name} (priority {w.priority} > {v.priority}) in {leaf.path}"
+            v.reason = Reason(code, message)
+            decisions.append(Preempt(v, v.reason, w.uid))
+        w.waiting_for = {v.uid for v in victims}
+        wait_code = ReasonCode.WAITING_FOR_RECLAIM if code == ReasonCode.RECLAIMED else ReasonCode.WAITING_FOR_PREEMPTION
+        names = ", ".join(v.display_name for v in victims)
+        outcome.reason = Reason(wait_code, f"preempting {names} to make room; {outcome.reason}")
+        return decisions
+
+    def _account(self, v: Workload) -> None:
+        self.tree.admit(self.tree.leaves[v.queue], v.request)
+        self.units.by_name[v.unit or ""].take(v.request, v.pods)
+
+    def _unaccount(self, v: Workload) -> None:
+        self.tree.release(self.tree.leaves[v.queue], v.request)
+        self.units.by_name[v.unit or ""].give_back(v.request, v.pods)
+
+    # ================================================================ internals: parking and waking
+
+    def _park(self, w: Workload, q: LeafQueue, outcome: _Outcome, now: float, backoff: bool) -> None:
+        q.park(w)
+        w.reason = outcome.reason
+        w.park_token += 1
+        token = w.park_token
+        if backoff:
+            w.failures += 1
+            if w.failures > 1 and self.config.backoff_base_s > 0:
+                delay = min(self.config.backoff_base_s * 2 ** (w.failures - 2), self.config.backoff_max_s)
+                w.retry_after = now + delay
+        else:
+            w.failures = 0
+            w.retry_after = 0.0
+        for key, need in outcome.blockers:
+            index = self._index.get(key)
+            if index is None:
+                index = self._index[key] = SortedList()
+            index.add((need, w.seq, token, w.uid))
+        if outcome.retry_at is not None:
+            heapq.heappush(self._timers, (outcome.retry_at, w.seq, w.uid, token))
+        if not outcome.blockers and outcome.retry_at is None:
+            # Nothing to wait on that a release would signal (e.g. waiting for victims): retry on any wake.
+            self._index.setdefault(("any", "", ""), SortedList()).add((0, w.seq, token, w.uid))
+
+    def _wake(self, w: Workload) -> None:
+        q = self.queues.get(w.queue)
+        if q is None or w.state != WorkloadState.PENDING or w.uid not in q.parked:
+            return
+        w.park_token += 1  # every other index entry of this parking is now stale
+        q.unpark(w)
+        self._offer(q)
+
+    def _wake_index(self, key: BlockerKey, room: int) -> None:
+        index = self._index.get(key)
+        if not index:
+            return
+        now_ready: list[tuple[int, int, int, str]] = []
+        while index and index[0][0] <= room:
+            now_ready.append(index.pop(0))
+        for _, _, token, uid in now_ready:
+            w = self.workloads.get(uid)
+            if w is None or w.park_token != token:
+                continue
+            if w.retry_after > self._now:
+                heapq.heappush(self._timers, (w.retry_after, w.seq, uid, token))
+                continue
+            self._wake(w)
+
+    def _fire_timers(self, now: float) -> None:
+        self._now = now
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, uid, token = heapq.heappop(timers)
+            w = self.workloads.get(uid)
+            if w is not None and w.park_token == token:
+                self._wake(w)
+
+    def _release(self, w: Workload) -> None:
+        leaf = self.tree.leaves[w.queue]
+        unit = self.units.by_name[w.unit or ""]
+        self.tree.release(leaf, w.request)
+        unit.give_back(w.request, w.pods)
+        self.queues[w.queue].admitted.pop(w.uid, None)
+        # Wake what this release could have unblocked: its quota path, then its unit.
+        for node in leaf.lineage:
+            for r in w.request:
+                m = node.max.get(r)
+                if m is not None:
+                    self._wake_index(("node", node.name, r), m - node.usage.get(r, 0))
+        if unit.capacity is not None:
+            for r in w.request:
+                c = unit.capacity.get(r)
+                if c is not None:
+                    self._wake_index(("unit", unit.name, r), c - unit.usage.get(r, 0))
+        if unit.max_pods is not None:
+            self._wake_index(("pods", unit.name, ""), unit.max_pods - unit.pods)
+        self._wake_index(("any", "", ""), 0)
+        # The leaf's usage fell, so its queue's order across queues may improve.
+        q = self.queues[w.queue]
+        if q.candidate() is not None:
+            self._offer(q)
+
+    def _wake_all(self) -> None:
+        self._index.clear()
+        self._timers.clear()
+        for q in self.queues.values():
+            for uid in list(q.parked):
+                w = self.workloads[uid]
+                w.failures = 0
+                w.retry_after = 0.0
+                self._wake(w)
+            self._offer(q)
+
+    def _offer(self, q: LeafQueue) -> None:
+        """(Re)place the queue in the cross-queue heap under its current candidate's key."""
+        w = q.candidate()
+        q.heap_version += 1
+        if w is None:
+            return
+        leaf = self.tree.leaves[q.name]
+        within = 0 if self.tree.within_guarantee(leaf, w.request) else 1
+        key = (within, -w.priority, self.tree.fair_share(leaf), w.submitted_at, w.seq)
+        heapq.heappush(self._heap, (key, q.heap_version, q.name))
+
+    # ================================================================ internals: bookkeeping
+
+    def _get(self, uid: str) -> Workload:
+        try:
+            return self.workloads[uid]
+        except KeyError:
+            raise KeyError(f"no job {uid!r} is pending or running") from None
+
+    def _dequeue(self, w: Workload) -> None:
+        q = self.queues[w.queue]
+        q.remove(w)
+        w.park_token += 1
+        self._offer(q)
+
+    def _unknown_queue_message(self, name: str) -> str:
+        leaves = sorted(self.tree.leaves)
+        shown = ", ".join(leaves[:10]) + (" ..." if len(leaves) > 10 else "")
+        if name in self.tree.nodes:
+            return f"queue {name!r} is not a leaf of the quota tree; jobs queue at leaves ({shown})"
+        return f"unknown queue {name!r}: no leaf of the quota tree has that name (leaves: {shown})"
+
+    def _strategy(self, leaf: QuotaNode) -> tuple[QueueingStrategy, PreemptionPolicy]:
+        strategy = leaf.attributes.get(QUEUEING_ATTRIBUTE, self.config.default_queueing)
+        preemption = leaf.attributes.get(PREEMPTION_ATTRIBUTE, self.config.default_preemption)
+        return strategy, preemption
+
+    def _sync_queues(self) -> None:
+        """One queue per leaf of the current tree; existing queues keep their jobs."""
+        for name, leaf in self.tree.leaves.items():
+            strategy, preemption = self._strategy(leaf)
+            q = self.queues.get(name)
+            if q is None:
+                self.queues[name] = LeafQueue(name, strategy, preemption)
+            else:
+                q.strategy, q.preemption = strategy, preemption
+        for name in list(self.queues):
+            if name not in self.tree.leaves:
+                del self.queues[name]
+
+    def _tree_effects(self, tree: QuotaTree) -> list[str]:
+        lost = [w for w in self.workloads.values() if w.queue not in tree.leaves]
+        if lost:
+            by_queue: dict[str, list[str]] = {}
+            for w in lost:
+                by_queue.setdefault(w.queue, []).append(w.display_name)
+            problems = [
+                f"leaf {name} would be removed (or stop being a leaf) but holds {len(jobs)} job(s): "
+                f"{', '.join(sorted(jobs)[:5])}{' ...' if len(jobs) > 5 else ''}"
+                for name, jobs in sorted(by_queue.items())
+            ]
+            raise QuotaTreeError(problems, f"ElasticQuotaTree {tree.name}")
+        tree.reset_usage()
+        for w in self.admitted():
+            tree.admit(tree.leaves[w.queue], w.request)
+        effects = diff_trees(self.tree, tree) or ["no change to the tree"]
+        for node in tree:
+            for r, m in node.max.items():
+                used = node.usage.get(r, 0)
+                if used > m:
+                    effects.append(
+                        f"! {node.path} uses {format_quantity(used, r)} {r}, over its new max "
+                        f"{format_quantity(m, r)}: running jobs keep running, nothing more is admitted there"
+                    )
+            old = self.tree.nodes.get(node.name)
+            now_borrowed = tree.borrowed(node)
+            was_borrowed = self.tree.borrowed(old) if old is not None else {}
+            if now_borrowed and now_borrowed != was_borrowed:
+                effects.append(f"! {node.path} would be borrowing {describe(now_borrowed)} (reclaimable)")
+        for w in self.pending():
+            leaf = tree.leaves[w.queue]
+            violation = tree.never_fits(leaf, w.request)
+            if violation is not None:
+                effects.append(f"! pending job {w.display_name} would never fit: {violation.sentence()}")
+        return effects
+
+
+def _visible(request: Resources) -> Resources:
+    return {r: v for r, v in request.items() if r != MAX_JOBS}
+

@@ -1,0 +1,267 @@
+"""Alibaba's ``ResourcePolicy`` as ordered capacity pools (ECS first, then ACS).
+
+A gang is placed whole in one unit: a Ray cluster's head and workers stay in one pool (one network, one
+price), and the engine never half-starts a cluster across pools. Capacity is the unit's aggregate
+(the sum over its nodes); fitting pods onto individual nodes is left to kube-scheduler or Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from rayqueue.quota.quantity import Resources, describe, format_quantity, parse_quantity
+
+API_VERSION = "scheduling.alibabacloud.com/v1alpha1"
+KIND = "ResourcePolicy"
+
+UnitKind = Literal["ecs", "acs", "eci", "default"]
+WhenTryNext = Literal["LackResourceOrExceedMax", "ExceedMax", "TimeoutOrExceedMax"]
+
+
+class ResourcePolicyError(ValueError):
+    def __init__(self, violations: list[str], source: str = "ResourcePolicy") -> None:
+        self.violations = violations
+        lines = "\n".join(f"  - {v}" for v in violations)
+        super().__init__(f"{source} is invalid ({len(violations)} problem(s)):\n{lines}")
+
+
+# ------------------------------------------------------------------------ the manifest
+
+
+class UnitSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    resource: Literal["ecs", "acs", "eci"]
+    nodeSelector: dict[str, str] = Field(default_factory=dict)
+    max: int | None = Field(default=None, ge=0)
+    podLabels: dict[str, str] = Field(default_factory=dict)
+    podAnnotations: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    # Ours, optional: a unit's capacity when no live source (Nodes, Ray) provides it.
+    capacity: dict[str, str | int | float] | None = None
+
+
+class WhenTryNextUnits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    policy: WhenTryNext = "LackResourceOrExceedMax"
+    timeout: str | int | float | None = None
+
+
+class ResourcePolicySpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    selector: dict[str, str] = Field(default_factory=dict)
+    strategy: str = "prefer"
+    units: list[UnitSpec] = Field(min_length=1)
+    whenTryNextUnits: WhenTryNextUnits = Field(default_factory=WhenTryNextUnits)
+
+
+class ResourcePolicyManifest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    apiVersion: str = API_VERSION
+    kind: str = KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: ResourcePolicySpec
+
+
+# ------------------------------------------------------------------------ the engine's pools
+
+
+@dataclass(slots=True, eq=False)
+class Unit:
+    """One capacity pool. ``capacity`` None means elastic (ACS): bounded only by ``max_pods``."""
+
+    name: str
+    resource: UnitKind = "default"
+    capacity: Resources | None = None
+    max_pods: int | None = None
+    node_selector: dict[str, str] = field(default_factory=dict)
+    pod_labels: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    usage: Resources = field(default_factory=dict)
+    pods: int = 0
+
+    def lack(self, request: Mapping[str, int], pods: int) -> str | None:
+        """None when the gang fits now; else a sentence saying what this unit lacks."""
+        if self.max_pods is not None and self.pods + pods > self.max_pods:
+            return f"{self.name} at max {self.max_pods} pods ({self.pods} in use, {pods} requested)"
+        cap = self.capacity
+        if cap is not None:
+            usage = self.usage
+            for r, v in request.items():
+                c = cap.get(r)
+                if c is not None and usage.get(r, 0) + v > c:
+                    return (
+                        f"{self.name} full ({format_quantity(usage.get(r, 0), r)}/{format_quantity(c, r)} {r}, "
+                        f"{format_quantity(v, r)} requested)"
+                    )
+        return None
+
+    def exceeds_max(self, pods: int) -> bool:
+        return self.max_pods is not None and self.pods + pods > self.max_pods
+
+    def can_ever_hold(self, request: Mapping[str, int], pods: int) -> bool:
+        if self.max_pods is not None and pods > self.max_pods:
+            return False
+        if self.capacity is None:
+            return True
+        return all(v <= self.capacity.get(r, v) for r, v in request.items())
+
+    def take(self, request: Mapping[str, int], pods: int) -> None:
+        usage = self.usage
+        for r, v in request.items():
+            usage[r] = usage.get(r, 0) + v
+        self.pods += pods
+
+    def give_back(self, request: Mapping[str, int], pods: int) -> None:
+        usage = self.usage
+        for r, v in request.items():
+            usage[r] = usage.get(r, 0) - v
+        self.pods -= pods
+
+    def describe_capacity(self) -> str:
+        cap = "elastic" if self.capacity is None else describe(self.capacity)
+        pods = "" if self.max_pods is None else f", max {self.max_pods} pods"
+        return f"{self.name} ({self.resource}): {cap}{pods}"
+
+
+@dataclass
+class Units:
+    """The ordered pools a job may be placed in, and when to move on to the next one."""
+
+    units: list[Unit]
+    when_try_next: WhenTryNext = "LackResourceOrExceedMax"
+    timeout_s: float = 0.0
+    name: str = "default"
+    by_name: dict[str, Unit] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        names = [u.name for u in self.units]
+        if len(set(names)) != len(names):
+            raise ResourcePolicyError([f"unit names must be unique (got {names})"], self.name)
+        if not self.units:
+            raise ResourcePolicyError(["at least one unit is required"], self.name)
+        self.by_name: dict[str, Unit] = {u.name: u for u in self.units}
+
+    @classmethod
+    def single(cls, capacity: Resources | None = None, name: str = "default") -> Units:
+        """No ResourcePolicy: one pool with the cluster's capacity (None: unbounded)."""
+        return cls([Unit(name=name, resource="default", capacity=capacity)])
+
+
+def units_from_manifest(manifest: Mapping[str, Any], source: str = "ResourcePolicy") -> Units:
+    """Validate a ``ResourcePolicy`` and turn its units into pools named ``<resource>`` or ``<resource>-<i>``."""
+    if not isinstance(manifest, Mapping):
+        raise ResourcePolicyError([f"expected a mapping, got {type(manifest).__name__}"], source)
+    try:
+        model = ResourcePolicyManifest.model_validate(manifest)
+    except ValidationError as exc:
+        problems = []
+        for e in exc.errors():
+            loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in e["loc"]).replace(".[", "[")
+            problems.append(f"{loc or 'document'}: {e['msg']}")
+        raise ResourcePolicyError(problems, source) from exc
+    problems = []
+    if model.apiVersion != API_VERSION:
+        problems.append(f"apiVersion: expected {API_VERSION}, got {model.apiVersion}")
+    if model.kind != KIND:
+        problems.append(f"kind: expected {KIND}, got {model.kind}")
+    timeout_s = 0.0
+    when = model.spec.whenTryNextUnits
+    if when.policy == "TimeoutOrExceedMax":
+        if when.timeout is None:
+            problems.append("spec.whenTryNextUnits.timeout: required with policy TimeoutOrExceedMax")
+        else:
+            try:
+                timeout_s = parse_duration(when.timeout)
+            except ValueError as exc:
+                problems.append(f"spec.whenTryNextUnits.timeout: {exc}")
+    counts: dict[str, int] = {}
+    for spec in model.spec.units:
+        counts[spec.resource] = counts.get(spec.resource, 0) + 1
+    seen: dict[str, int] = {}
+    units: list[Unit] = []
+    for i, spec in enumerate(model.spec.units):
+        seen[spec.resource] = seen.get(spec.resource, 0) + 1
+        name = spec.resource if counts[spec.resource] == 1 else f"{spec.resource}-{seen[spec.resource]}"
+        capacity: Resources | None = None
+        if spec.capacity is not None:
+            capacity = {}
+            for r, v in spec.capacity.items():
+                try:
+                    capacity[r] = parse_quantity(v, field=f"spec.units[{i}].capacity.{r}")
+                except ValueError as exc:
+                    problems.append(str(exc))
+        units.append(
+            Unit(
+                name=name,
+                resource=spec.resource,
+                capacity=capacity,
+                max_pods=spec.max,
+                node_selector=dict(spec.nodeSelector),
+                pod_labels=dict(spec.podLabels),
+                tolerations=list(spec.tolerations),
+            )
+        )
+    if problems:
+        raise ResourcePolicyError(problems, source)
+    meta_name = str(model.metadata.get("name", "resourcepolicy"))
+    return Units(units, when.policy, timeout_s, name=meta_name)
+
+
+def load_resource_policy(path: str | Path) -> Units:
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ResourcePolicyError([f"cannot read {source}: {exc.strerror}"], source) from exc
+    return load_resource_policy_text(text, source)
+
+
+def load_resource_policy_text(text: str, source: str = "ResourcePolicy") -> Units:
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise ResourcePolicyError([f"malformed YAML: {exc}"], source) from exc
+    policies = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
+    if len(policies) != 1:
+        raise ResourcePolicyError([f"expected exactly one document of kind {KIND}, found {len(policies)}"], source)
+    return units_from_manifest(policies[0], source)
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: str | int | float) -> float:
+    """``30s``, ``5m``, ``1h30m``, ``250ms`` or a number of seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"{value!r} must not be negative")
+        return float(value)
+    text = str(value).strip()
+    total, number = 0.0, ""
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch.isdigit() or ch == ".":
+            number += ch
+            i += 1
+            continue
+        unit = "ms" if text.startswith("ms", i) else ch
+        if unit not in _DURATION_UNITS or not number:
+            raise ValueError(f"{value!r} is not a duration (e.g. 30s, 5m, 1h30m)")
+        total += float(number) * _DURATION_UNITS[unit]
+        number = ""
+        i += len(unit)
+    if number:
+        if total:
+            raise ValueError(f"{value!r} is not a duration (e.g. 30s, 5m, 1h30m)")
+        total = float(number)
+    return total
