@@ -1,0 +1,460 @@
+"""The request of a KubeRay ``RayJob``: how many pods its gang has and what they ask for, in total.
+
+This is the one place that turns a ``ray.io/v1`` RayJob manifest into a request; the standalone
+service, the operator, the CLI and the simulator all call :func:`rayjob_request`.
+
+The gang (see docs/rayjob-request.md):
+
+* the head: 1 pod;
+* every worker group: ``replicas x numOfHosts`` pods, ``replicas`` clamped into
+  ``[minReplicas, maxReplicas]`` exactly as KubeRay does, 0 pods for a group with ``suspend: true``
+  (later autoscaling up to ``maxReplicas`` is *not* requested);
+* the submitter: in ``K8sJobMode`` (the default) one more pod, from ``submitterPodTemplate`` or
+  KubeRay's default submitter (500m CPU / 200Mi); in ``SidecarMode`` no pod, but KubeRay's default
+  submitter container joins the head pod; ``HTTPMode`` and ``InteractiveMode`` add nothing.
+
+Per pod, as Kubernetes computes a pod's effective request: the sum over containers (a container's
+limit stands in for a missing request), sidecar init containers (``restartPolicy: Always``) added to
+that sum, the max of that and each ordinary init container (plus the sidecars started before it),
+plus ``spec.overhead``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources as importlib_resources
+from typing import Any
+
+import yaml
+from rayqueue.quota.quantity import (
+    CPU,
+    MEMORY,
+    QuantityError,
+    Resources,
+    describe,
+    parse_quantity,
+    parse_resources,
+)
+
+API_VERSION = "ray.io/v1"
+KIND = "RayJob"
+
+#: Label naming the quota leaf a RayJob queues in (else its namespace decides).
+QUEUE_LABEL = "rayqueue.io/queue"
+#: Label naming the priority class (a Kubernetes PriorityClass name, or an integer).
+PRIORITY_LABEL = "rayqueue.io/priority-class"
+
+K8S_JOB_MODE = "K8sJobMode"
+HTTP_MODE = "HTTPMode"
+INTERACTIVE_MODE = "InteractiveMode"
+SIDECAR_MODE = "SidecarMode"
+SUBMISSION_MODES = (K8S_JOB_MODE, HTTP_MODE, INTERACTIVE_MODE, SIDECAR_MODE)
+
+#: KubeRay's default submitter container requests (``GetDefaultSubmitterContainer``).
+DEFAULT_SUBMITTER_REQUEST: Resources = {CPU: 500, MEMORY: 200 * 2**20 * 1000}
+
+HEAD = "head"
+WORKER = "worker"
+SUBMITTER = "submitter"
+
+
+class RayJobRejected(ValueError):
+    """A manifest that cannot be queued; ``message`` says why in words a user can act on."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class PodSet:
+    """A group of identical pods of the gang: the head, one worker group, or the submitter."""
+
+    name: str
+    role: str  # head | worker | submitter
+    count: int
+    per_pod: Resources
+
+    @property
+    def total(self) -> Resources:
+        return {r: v * self.count for r, v in self.per_pod.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class RayJobRequest:
+    """What a RayJob asks of the cluster: ``pods`` pods that together request ``total``."""
+
+    name: str
+    namespace: str | None
+    pods: int
+    total: Resources
+    pod_sets: tuple[PodSet, ...]
+    entrypoint: str | None
+    runtime_env_yaml: str | None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    queue: str | None = None
+    priority_class: str | None = None
+    submission_mode: str = K8S_JOB_MODE
+    #: True when the manifest names itself with ``metadata.generateName`` (``name`` is the prefix).
+    generate_name: bool = False
+    #: ``spec.shutdownAfterJobFinishes`` as written (None when unset); KubeRay suspends only when true.
+    shutdown_after_job_finishes: bool | None = None
+    #: Things a user should know about how the request was counted (clamped replicas, ...).
+    notes: tuple[str, ...] = ()
+
+    def per_pod_requests(self) -> Iterator[Resources]:
+        """Every pod's request, one by one (head first)."""
+        for pod_set in self.pod_sets:
+            for _ in range(pod_set.count):
+                yield pod_set.per_pod
+
+    def summary(self) -> str:
+        return f"{self.pods} pods: {describe(self.total)}"
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def load_rayjob_documents(text: str, source: str = "input") -> list[dict[str, Any]]:
+    """The ``kind: RayJob`` documents of a multi-document YAML text.
+
+    Other Kubernetes objects (ConfigMaps, Queues, ...) are skipped; a document that is not an object,
+    or an object without ``kind``, and malformed YAML raise :class:`RayJobRejected` naming the
+    document's index (0-based) in ``source``.
+    """
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        index = _document_index_at(text, mark.line) if mark is not None else None
+        doc = f" (document {index})" if index is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RayJobRejected(f"{source}{doc}: malformed YAML{where}: {problem}") from exc
+    jobs: list[dict[str, Any]] = []
+    for index, doc in enumerate(docs):
+        if doc is None:
+            continue
+        if not isinstance(doc, dict):
+            raise RayJobRejected(
+                f"{source} (document {index}): expected a Kubernetes object (a mapping), "
+                f"got {type(doc).__name__}"
+            )
+        kind = doc.get("kind")
+        if not kind:
+            raise RayJobRejected(f"{source} (document {index}): the object has no kind")
+        if kind == KIND:
+            jobs.append(doc)
+    return jobs
+
+
+def _document_index_at(text: str, line: int) -> int:
+    index = 0
+    for i, row in enumerate(text.splitlines()):
+        if i >= line:
+            break
+        if row.startswith("---") and i > 0:
+            index += 1
+        elif row.startswith("---") and i == 0:
+            continue
+    return index
+
+
+# ------------------------------------------------------------------------------------------ schema
+
+_SCHEMA_RESOURCE = "rayjob-v1.schema.json"
+
+
+@cache
+def rayjob_schema() -> dict[str, Any]:
+    """The part of KubeRay's RayJob ``v1`` OpenAPI schema covering every field we read.
+
+    Generated from the real CRD by :mod:`rayqueue.scheduler.rayjob_schema`; see that module.
+    """
+    text = (importlib_resources.files("rayqueue.scheduler") / "schemas" / _SCHEMA_RESOURCE).read_text()
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def crd_violations(manifest: Mapping[str, Any]) -> list[str]:
+    """Every place where ``manifest`` breaks the RayJob CRD's schema (required fields, types)."""
+    import jsonschema
+
+    validator = jsonschema.Draft7Validator(rayjob_schema())
+    problems = []
+    for error in sorted(validator.iter_errors(manifest), key=lambda e: list(map(str, e.absolute_path))):
+        where = _json_path(error.absolute_path) or "document"
+        problems.append(f"{where}: {_schema_message(error)}")
+    return problems
+
+
+def validate_against_crd(manifest: Mapping[str, Any]) -> None:
+    """Raise :class:`RayJobRejected` listing every schema violation of ``manifest``."""
+    problems = crd_violations(manifest)
+    if problems:
+        raise RayJobRejected(
+            f"{_ident(manifest)} does not match the RayJob CRD ({len(problems)} problem(s)):\n"
+            + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+def _json_path(path: Sequence[Any]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _schema_message(error: Any) -> str:
+    if error.validator == "anyOf" and all("type" in s for s in error.validator_value):
+        types = " or ".join(s["type"] for s in error.validator_value)
+        hint = " (quote quantities such as '0.5')" if isinstance(error.instance, float) else ""
+        return f"{error.instance!r} must be of type {types}{hint}"
+    if error.validator == "pattern":
+        return f"{error.instance!r} is not a Kubernetes quantity (e.g. 500m, 2, 40Gi)"
+    return str(error.message)
+
+
+# ------------------------------------------------------------------------------------------ request
+
+
+def rayjob_request(manifest: Mapping[str, Any], *, validate: bool = True) -> RayJobRequest:
+    """The gang a RayJob manifest asks for; raises :class:`RayJobRejected` when it cannot be queued."""
+    if not isinstance(manifest, Mapping):
+        raise RayJobRejected(f"expected a RayJob object (a mapping), got {type(manifest).__name__}")
+    kind = manifest.get("kind")
+    api_version = manifest.get("apiVersion")
+    if kind != KIND:
+        raise RayJobRejected(f"{_ident(manifest)}: kind is {kind!r}, expected {KIND!r}")
+    if api_version != API_VERSION:
+        raise RayJobRejected(
+            f"{_ident(manifest)}: apiVersion is {api_version!r}, expected {API_VERSION!r} "
+            "(older ray.io/v1alpha1 RayJobs must be converted first)"
+        )
+    if validate:
+        validate_against_crd(manifest)
+    meta = manifest.get("metadata") or {}
+    ident = _ident(manifest)
+    name = meta.get("name") or meta.get("generateName")
+    if not name:
+        raise RayJobRejected(f"{ident}: metadata.name (or metadata.generateName) is required")
+    spec = manifest.get("spec")
+    if not isinstance(spec, Mapping):
+        raise RayJobRejected(f"{ident}: spec is required")
+    labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+
+    if spec.get("clusterSelector"):
+        selector = ", ".join(f"{k}={v}" for k, v in spec["clusterSelector"].items())
+        raise RayJobRejected(
+            f"{ident}: spec.clusterSelector ({selector}) runs the job on an existing RayCluster; it takes "
+            "no new capacity and KubeRay cannot suspend it, so it is not queued (remove the "
+            f"{QUEUE_LABEL} label to run it directly, or give it a rayClusterSpec to queue it)"
+        )
+    cluster = spec.get("rayClusterSpec")
+    if not isinstance(cluster, Mapping):
+        raise RayJobRejected(
+            f"{ident}: spec.rayClusterSpec is required (the Ray cluster to create for the job)"
+        )
+    mode = spec.get("submissionMode") or K8S_JOB_MODE
+    if mode not in SUBMISSION_MODES:
+        raise RayJobRejected(
+            f"{ident}: spec.submissionMode {mode!r} is not one of {', '.join(SUBMISSION_MODES)}"
+        )
+
+    notes: list[str] = []
+    head = cluster.get("headGroupSpec")
+    if not isinstance(head, Mapping):
+        raise RayJobRejected(f"{ident}: spec.rayClusterSpec.headGroupSpec is required")
+    head_pod = _pod_request(head.get("template"), f"{ident}: head group", "spec.rayClusterSpec.headGroupSpec")
+    if mode == SIDECAR_MODE:
+        head_pod = _add(head_pod, DEFAULT_SUBMITTER_REQUEST)
+        notes.append("SidecarMode: KubeRay's submitter container (500m CPU, 200Mi) is counted in the head pod")
+    pod_sets = [PodSet(HEAD, HEAD, 1, head_pod)]
+
+    groups = cluster.get("workerGroupSpecs") or []
+    seen: set[str] = set()
+    for i, group in enumerate(groups):
+        base = f"spec.rayClusterSpec.workerGroupSpecs[{i}]"
+        if not isinstance(group, Mapping):
+            raise RayJobRejected(f"{ident}: {base} must be an object")
+        group_name = str(group.get("groupName") or f"group-{i}")
+        if group_name in seen:
+            raise RayJobRejected(f"{ident}: worker group {group_name!r} appears twice ({base}.groupName)")
+        seen.add(group_name)
+        count = _worker_pods(group, group_name, ident, base, notes)
+        per_pod = _pod_request(group.get("template"), f"{ident}: worker group {group_name!r}", base)
+        pod_sets.append(PodSet(group_name, WORKER, count, per_pod))
+
+    if mode == K8S_JOB_MODE:
+        template = spec.get("submitterPodTemplate")
+        if template:
+            submitter = _pod_request(template, f"{ident}: submitter", "spec")
+        else:
+            submitter = dict(DEFAULT_SUBMITTER_REQUEST)
+        pod_sets.append(PodSet(SUBMITTER, SUBMITTER, 1, submitter))
+
+    total: Resources = {}
+    for pod_set in pod_sets:
+        for r, v in pod_set.per_pod.items():
+            total[r] = total.get(r, 0) + v * pod_set.count
+    total = {r: v for r, v in total.items() if v}
+    shutdown = spec.get("shutdownAfterJobFinishes")
+    return RayJobRequest(
+        name=str(name),
+        namespace=meta.get("namespace"),
+        pods=sum(p.count for p in pod_sets),
+        total=total,
+        pod_sets=tuple(pod_sets),
+        entrypoint=spec.get("entrypoint"),
+        runtime_env_yaml=spec.get("runtimeEnvYAML"),
+        labels=labels,
+        queue=labels.get(QUEUE_LABEL),
+        priority_class=labels.get(PRIORITY_LABEL),
+        submission_mode=mode,
+        generate_name=not meta.get("name"),
+        shutdown_after_job_finishes=shutdown if isinstance(shutdown, bool) else None,
+        notes=tuple(notes),
+    )
+
+
+def _ident(manifest: Mapping[str, Any]) -> str:
+    meta = manifest.get("metadata") if isinstance(manifest, Mapping) else None
+    meta = meta if isinstance(meta, Mapping) else {}
+    name = meta.get("name") or (f"{meta['generateName']}*" if meta.get("generateName") else "<unnamed>")
+    namespace = meta.get("namespace")
+    kind = manifest.get("kind") or "object"
+    return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
+
+
+def _int_field(group: Mapping[str, Any], key: str, default: int, where: str) -> int:
+    value = group.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RayJobRejected(f"{where}.{key}: {value!r} must be an integer")
+    if value < 0:
+        raise RayJobRejected(f"{where}.{key}: {value} must not be negative")
+    return value
+
+
+def _worker_pods(group: Mapping[str, Any], name: str, ident: str, base: str, notes: list[str]) -> int:
+    where = f"{ident}: worker group {name!r} ({base})"
+    replicas_set = group.get("replicas") is not None
+    replicas = _int_field(group, "replicas", 0, where)
+    low = _int_field(group, "minReplicas", 0, where)
+    high = _int_field(group, "maxReplicas", 2**31 - 1, where)
+    hosts = _int_field(group, "numOfHosts", 1, where)
+    if low > high:
+        raise RayJobRejected(f"{where}: minReplicas {low} is above maxReplicas {high}")
+    if group.get("suspend") is True:
+        notes.append(f"worker group {name!r} is suspended: 0 pods")
+        return 0
+    wanted = min(max(replicas, low), high)
+    if wanted != replicas:
+        told = f"replicas {replicas}" if replicas_set else "replicas unset"
+        notes.append(
+            f"worker group {name!r}: {told} clamped to {wanted} by minReplicas {low} / maxReplicas {high}"
+        )
+    return wanted * hosts
+
+
+def _pod_request(template: Any, who: str, base: str) -> Resources:
+    """Kubernetes' effective request of one pod made from ``template`` (a PodTemplateSpec)."""
+    if not isinstance(template, Mapping) or not isinstance(template.get("spec"), Mapping):
+        raise RayJobRejected(f"{who}: {base}.template.spec is required")
+    pod = template["spec"]
+    where = f"{base}.template.spec"
+    containers = pod.get("containers")
+    if not isinstance(containers, list) or not containers:
+        raise RayJobRejected(f"{who}: {where}.containers must list at least one container")
+    app: Resources = {}
+    for i, c in enumerate(containers):
+        app = _add(app, _container_request(c, who, f"{where}.containers[{i}]"))
+    sidecars: Resources = {}
+    init_peak: Resources = {}
+    for i, c in enumerate(pod.get("initContainers") or []):
+        req = _container_request(c, who, f"{where}.initContainers[{i}]")
+        if isinstance(c, Mapping) and c.get("restartPolicy") == "Always":
+            sidecars = _add(sidecars, req)
+            running = sidecars
+        else:
+            running = _add(req, sidecars)
+        init_peak = _max(init_peak, running)
+    effective = _max(_add(app, sidecars), init_peak)
+    overhead = _resources(pod.get("overhead"), who, f"{where}.overhead", None)
+    return _add(effective, overhead)
+
+
+def _container_request(container: Any, who: str, where: str) -> Resources:
+    if not isinstance(container, Mapping):
+        raise RayJobRejected(f"{who}: {where} must be an object")
+    cname = container.get("name") or "<unnamed>"
+    res = container.get("resources") or {}
+    if not isinstance(res, Mapping):
+        raise RayJobRejected(f"{who}, container {cname!r}: {where}.resources must be an object")
+    requests = _resources(res.get("requests"), who, f"{where}.resources.requests", cname)
+    limits = _resources(res.get("limits"), who, f"{where}.resources.limits", cname)
+    for r, limit in limits.items():
+        request = requests.get(r)
+        if request is None:
+            requests[r] = limit  # Kubernetes defaults a missing request to the limit
+        elif request > limit:
+            raise RayJobRejected(
+                f"{who}, container {cname!r}: {where}.resources.requests.{r} is above its limit"
+            )
+    return requests
+
+
+def _resources(raw: Any, who: str, where: str, container: str | None) -> Resources:
+    in_container = f", container {container!r}" if container else ""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise RayJobRejected(f"{who}{in_container}: {where} must be a mapping of resource to quantity")
+    try:
+        parsed = parse_resources(raw, field=where)
+    except QuantityError as exc:
+        raise RayJobRejected(f"{who}{in_container}: {exc}") from exc
+    for r, v in parsed.items():
+        if v < 0:
+            raise RayJobRejected(f"{who}{in_container}: {where}.{r}: {raw[r]!r} must not be negative")
+    return parsed
+
+
+def _add(a: Mapping[str, int], b: Mapping[str, int]) -> Resources:
+    out = dict(a)
+    for r, v in b.items():
+        out[r] = out.get(r, 0) + v
+    return out
+
+
+def _max(a: Mapping[str, int], b: Mapping[str, int]) -> Resources:
+    out = dict(a)
+    for r, v in b.items():
+        if v > out.get(r, 0):
+            out[r] = v
+    return out
+
+
+__all__ = [
+    "API_VERSION",
+    "DEFAULT_SUBMITTER_REQUEST",
+    "KIND",
+    "PRIORITY_LABEL",
+    "QUEUE_LABEL",
+    "SUBMISSION_MODES",
+    "PodSet",
+    "RayJobRejected",
+    "RayJobRequest",
+    "crd_violations",
+    "load_rayjob_documents",
+    "parse_quantity",
+    "rayjob_request",
+    "rayjob_schema",
+    "validate_against_crd",
+]
