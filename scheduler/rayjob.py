@@ -188,7 +188,7 @@ def crd_violations(manifest: Mapping[str, Any]) -> list[str]:
     validator = jsonschema.Draft7Validator(rayjob_schema())
     problems = []
     for error in sorted(validator.iter_errors(manifest), key=lambda e: list(map(str, e.absolute_path))):
-        where = _json_path(error.absolute_path) or "document"
+        where = _json_path(manifest, error.absolute_path) or "document"
         problems.append(f"{where}: {_schema_message(error)}")
     return problems
 
@@ -203,10 +203,22 @@ def validate_against_crd(manifest: Mapping[str, Any]) -> None:
         )
 
 
-def _json_path(path: Sequence[Any]) -> str:
+def _json_path(document: Any, path: Sequence[Any]) -> str:
+    """``spec.rayClusterSpec.workerGroupSpecs[0] (group 'gpu').template...``: list items get their name."""
     out = ""
+    node = document
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            if isinstance(node, Mapping):
+                if node.get("groupName"):
+                    out += f" (group {node['groupName']!r})"
+                elif isinstance(node.get("name"), str):
+                    out += f" (container {node['name']!r})"
+        else:
+            out += f".{part}" if out else str(part)
+            node = node.get(part) if isinstance(node, Mapping) else None
     return out
 
 
