@@ -18,6 +18,7 @@ app = typer.Typer(
 # themselves where the import is heavy (ray, kopf), so `rayqueue --help` stays fast.
 FRONT_END_MODULES = [
     "rayqueue.scheduler.quota_cli",
+    "rayqueue.simulations.cli",
 ]
 
 

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from rayqueue.quota.quantity import CPU, GPU, MEMORY, QuantityError, Resources, parse_resources
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.resourcepolicy import Unit, Units, load_resource_policy
@@ -331,8 +332,11 @@ class Scenario:
         trace: TraceRef | None,
         description: str = "",
         source: str = "",
+        paths: tuple[Path, Path, Path | None] | None = None,
     ) -> None:
         self.name = name
+        #: (quota, cluster, policy) files the scenario was loaded from, for overrides.
+        self.paths = paths
         self.tree = tree
         self.cluster = cluster
         self.units = units
@@ -353,7 +357,8 @@ def load_scenario_parts(
     cfg = load_cluster(cluster)
     pol = load_resource_policy(policy) if policy else None
     units = build_units(cfg, pol, str(cluster))
-    return Scenario(name, tree, cfg, units, trace, description, source=str(quota))
+    paths = (Path(quota), Path(cluster), Path(policy) if policy else None)
+    return Scenario(name, tree, cfg, units, trace, description, source=str(quota), paths=paths)
 
 
 def load_scenario(path: str | Path) -> Scenario:

@@ -1,0 +1,221 @@
+"""``rayqueue simulate``: replay a trace against a quota tree and a cluster, or compare scenarios."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("simulate")(simulate)
+
+
+def simulate(
+    scenarios: list[Path] = typer.Argument(
+        None,
+        help="Scenario file(s) bundling quota, cluster, policy and trace. One runs it; several need --compare.",
+        show_default=False,
+    ),
+    quota: Path | None = typer.Option(None, "--quota", help="ElasticQuotaTree YAML (overrides the scenario's)."),
+    cluster: Path | None = typer.Option(None, "--cluster", help="cluster.yaml: units, prices, engine options."),
+    trace: Path | None = typer.Option(None, "--trace", help="Trace CSV or Parquet (the Philly CSV loads as is)."),
+    policy: Path | None = typer.Option(None, "--policy", help="ResourcePolicy YAML (ordered ECS/ACS units)."),
+    out: Path = typer.Option(Path("simulation-out"), "--out", help="Directory for summary.json, jobs.csv, report.html."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on the first bad trace rows instead of skipping them."),
+    compare: bool = typer.Option(False, "--compare", help="Run every scenario given on the same trace, side by side."),
+    trace_format: str = typer.Option("auto", "--trace-format", help="auto | csv | parquet | philly"),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write report.html and the PNG plots."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Simulate admission in virtual time on the real engine and report waits, utilisation and cost.
+
+    \b
+    rayqueue simulate --quota tree.yaml --cluster cluster.yaml --trace jobs.csv [--policy p.yaml] --out DIR
+    rayqueue simulate simulations/scenarios/philly/scenario.yaml --out DIR
+    rayqueue simulate --compare a.yaml b.yaml [--trace jobs.csv] --out DIR
+    """
+    from rich.console import Console
+
+    from rayqueue.quota.tree import QuotaTreeError
+    from rayqueue.scheduler.resourcepolicy import ResourcePolicyError
+    from rayqueue.simulations.config import ConfigError, TraceRef
+    from rayqueue.simulations.trace import TraceError
+
+    console = Console(stderr=True)
+    err = Console(stderr=True, style="red")
+    if trace_format not in ("auto", "csv", "parquet", "philly"):
+        err.print(f"--trace-format: {trace_format!r} is not one of auto, csv, parquet, philly")
+        raise typer.Exit(2)
+    trace_ref = TraceRef(path=str(trace), format=trace_format) if trace else None  # type: ignore[arg-type]
+    try:
+        if compare:
+            _compare(list(scenarios or []), trace_ref, quota, cluster, policy, out, strict, plots, progress, console)
+        else:
+            _single(list(scenarios or []), trace_ref, quota, cluster, policy, out, strict, plots, progress, console)
+    except (QuotaTreeError, ConfigError, ResourcePolicyError, TraceError) as exc:
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _load(
+    scenario_path: Path | None,
+    quota: Path | None,
+    cluster: Path | None,
+    policy: Path | None,
+    trace_ref: Any,
+) -> Any:
+    from rayqueue.simulations.config import ConfigError, load_scenario, load_scenario_parts
+
+    if scenario_path is not None:
+        sc = load_scenario(scenario_path)
+        if (quota or cluster or policy) and sc.paths is not None:
+            q, c, p = sc.paths
+            sc = load_scenario_parts(quota or q, cluster or c, policy or p, sc.trace, name=sc.name, description=sc.description)
+        if trace_ref is not None:
+            sc.trace = trace_ref
+        return sc
+    missing = [flag for flag, v in (("--quota", quota), ("--cluster", cluster), ("--trace", trace_ref)) if v is None]
+    if missing:
+        raise ConfigError([f"missing {', '.join(missing)} (or give a scenario file)"], "rayqueue simulate")
+    assert quota is not None and cluster is not None
+    return load_scenario_parts(quota, cluster, policy, trace_ref, name=Path(quota).stem)
+
+
+def _single(
+    scenarios: list[Path],
+    trace_ref: Any,
+    quota: Path | None,
+    cluster: Path | None,
+    policy: Path | None,
+    out: Path,
+    strict: bool,
+    plots: bool,
+    progress: bool,
+    console: Any,
+) -> None:
+    from rayqueue.simulations.config import ConfigError
+    from rayqueue.simulations.report import write_outputs
+    from rayqueue.simulations.simulator import simulate_scenario
+
+    if len(scenarios) > 1:
+        raise ConfigError([f"{len(scenarios)} scenario files given; add --compare to run them side by side"], "rayqueue simulate")
+    sc = _load(scenarios[0] if scenarios else None, quota, cluster, policy, trace_ref)
+    result = simulate_scenario(sc, strict=strict, progress=progress)
+    summary = write_outputs(result, out, plots=plots)
+    _print_summary(summary, out, plots)
+
+
+def _compare(
+    scenarios: list[Path],
+    trace_ref: Any,
+    quota: Path | None,
+    cluster: Path | None,
+    policy: Path | None,
+    out: Path,
+    strict: bool,
+    plots: bool,
+    progress: bool,
+    console: Any,
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from rayqueue.simulations.config import ConfigError
+    from rayqueue.simulations.report import format_duration, write_comparison, write_outputs
+    from rayqueue.simulations.simulator import simulate_scenario
+
+    if len(scenarios) < 2:
+        raise ConfigError(["--compare needs at least two scenario files"], "rayqueue simulate")
+    loaded = [_load(p, quota, cluster, policy, trace_ref) for p in scenarios]
+    names: set[str] = set()
+    for sc in loaded:
+        base, k = sc.name, 2
+        while sc.name in names:
+            sc.name = f"{base}-{k}"
+            k += 1
+        names.add(sc.name)
+    results, summaries = [], []
+    for sc in loaded:
+        Console(stderr=True).print(f"[bold]scenario {sc.name}[/bold]")
+        result = simulate_scenario(sc, strict=strict, progress=progress)
+        summaries.append(write_outputs(result, out / sc.name, plots=plots))
+        results.append(result)
+    data = write_comparison(results, summaries, out)
+    table = Table(title="Scenarios side by side")
+    for col in ("scenario", "jobs", "rejected", "wait mean", "wait p95", "makespan", "ACS cost", "total cost"):
+        table.add_column(col, justify="left" if col == "scenario" else "right")
+    for r in data["scenarios"]:
+        table.add_row(
+            r["scenario"],
+            f"{r['jobs']:,}",
+            f"{r['rejected']:,}",
+            "–" if r["wait_mean_s"] is None else format_duration(r["wait_mean_s"]),
+            "–" if r["wait_p95_s"] is None else format_duration(r["wait_p95_s"]),
+            format_duration(r["makespan_s"]),
+            f"{r['acs_cost']:,.2f}",
+            f"{r['total_cost']:,.2f}",
+        )
+    Console().print(table)
+    Console().print(f"wrote {out}/compare.html, compare.json and each scenario's report under {out}/<scenario>/")
+
+
+def _print_summary(summary: dict[str, Any], out: Path, plots: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from rayqueue.simulations.report import format_duration, short_name
+
+    short = short_name(summary["resource"])
+    console = Console()
+    table = Table(title=f"Simulation {summary['scenario']}: queues")
+    for col in (
+        "queue",
+        "jobs",
+        "rejected",
+        "wait mean",
+        "p50",
+        "p95",
+        "p99",
+        f"{short.upper()}-h",
+        f"borrowed {short.upper()}-h",
+        "preempted",
+    ):
+        table.add_column(col, justify="left" if col == "queue" else "right")
+
+    def d(v: float | None) -> str:
+        return "–" if v is None else format_duration(v)
+
+    for name, q in summary["queues"].items():
+        table.add_row(
+            name,
+            f"{q['jobs']:,}",
+            f"{q['rejected']:,}",
+            d(q["wait_mean_s"]),
+            d(q["wait_p50_s"]),
+            d(q["wait_p95_s"]),
+            d(q["wait_p99_s"]),
+            f"{q[f'{short}_hours']:,.1f}",
+            f"{q[f'borrowed_{short}_hours']:,.1f}",
+            f"{q['preemptions']:,}",
+        )
+    console.print(table)
+    c, t, run = summary["cluster"], summary["trace"], summary["run"]
+    units = ", ".join(
+        f"{n} {u['utilisation']:.0%}" if u["utilisation"] is not None else f"{n} {u[f'{short}_hours']:,.0f} {short}-h"
+        for n, u in c["units"].items()
+    )
+    console.print(
+        f"jobs {t['jobs']:,} (skipped rows {t['skipped_rows']:,}, rejected {t['rejected']:,}, "
+        f"unfinished {t['unfinished']:,}); makespan {c['makespan']}; units: {units}; "
+        f"ACS {c[f'acs_{short}_hours']:,.1f} {short}-h costing {c['currency']} {c['acs_cost']:,.2f}; "
+        f"total {c['currency']} {c['total_cost']:,.2f}"
+    )
+    if t["skipped_examples"]:
+        console.print("skipped rows (first ones): " + json.dumps(t["skipped_examples"][:5]), highlight=False)
+    console.print(
+        f"simulated in {run['wall_seconds']} s ({run['jobs_per_second']:,} jobs/s); wrote {out}/summary.json, "
+        f"{out}/jobs.csv" + (f", {out}/report.html" if plots else "")
+    )

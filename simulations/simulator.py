@@ -1,0 +1,433 @@
+"""Replay a trace against the real admission engine in virtual time, event by event.
+
+The simulator is a front end like the service and the operator: it owns no admission logic. It feeds
+the :class:`~rayqueue.scheduler.engine.Engine` the trace's arrivals and the jobs' finishes, runs one
+admission cycle after each batch of events that share a time, and applies the decisions:
+
+- ``Admit``: the job runs for its ``duration``; a finish event is scheduled at ``now + duration``.
+- ``Preempt``: a simulated suspension is instant, so the simulator calls ``engine.suspended`` at once
+  (the victim's quota is released in the same instant) and the job re-queues. Its work restarts from
+  scratch when it is admitted again (no checkpoints): the full duration runs again.
+- ``Reject``: the job leaves the simulation and is counted.
+
+There are no fixed ticks: the clock jumps from event to event (arrivals, finishes, and the engine's own
+timers from :meth:`Engine.next_wakeup`, e.g. backoff or a ``TimeoutOrExceedMax`` deadline).
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rayqueue.queue.priority import PriorityClasses
+from rayqueue.queue.workload import Workload
+from rayqueue.quota.quantity import CPU, GPU
+from rayqueue.quota.tree import QuotaTree
+from rayqueue.scheduler.decisions import Admit, Preempt, Reject
+from rayqueue.scheduler.engine import Engine, EngineConfig
+from rayqueue.scheduler.resourcepolicy import Unit, Units
+from rayqueue.simulations.config import ClusterConfig, EngineOptions, Scenario, TraceRef
+from rayqueue.simulations.trace import RowProblem, Trace, TraceError, load_trace
+
+FINISH = 0
+TIMER = 1
+
+#: Safety net: admission cycles at one instant (each preemption round needs one more).
+MAX_CYCLES_PER_INSTANT = 10_000
+
+
+class SimulationError(RuntimeError):
+    pass
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """What happened to one job of the trace."""
+
+    uid: str
+    job: str
+    queue: str
+    priority: int
+    priority_class: str | None
+    submit: float
+    duration: float
+    amount: int  # of the summary's resource, milli-units
+    pods: int
+    first_admit: float | None = None
+    admit: float | None = None  # the admission whose run completed
+    finish: float | None = None
+    unit: str | None = None
+    preemptions: int = 0
+    status: str = "pending"  # pending | running | finished | rejected | unfinished
+    reason: str = ""
+    epoch: int = 0  # invalidates the finish event of a run that was preempted
+    busy_seconds: float = 0.0  # time spent running, wasted runs included
+
+    @property
+    def wait(self) -> float | None:
+        return None if self.first_admit is None else self.first_admit - self.submit
+
+
+@dataclass
+class UnitInfo:
+    name: str
+    resource: str  # ecs | acs | eci | default
+    capacity: int | None  # of the summary's resource; None: elastic
+    price: float  # per GPU-hour
+
+
+@dataclass
+class LeafInfo:
+    name: str
+    path: str
+    min: int
+    max: int | None
+
+
+@dataclass
+class SimulationResult:
+    name: str
+    resource: str  # the resource the summary accounts (nvidia.com/gpu, or cpu for CPU-only traces)
+    records: list[JobRecord]
+    problems: list[RowProblem]
+    units: list[UnitInfo]
+    leaves: list[LeafInfo]
+    cluster: ClusterConfig
+    # Usage changes of ``resource`` in time order: (time, unit index, leaf index, delta milli-units).
+    change_t: array = field(default_factory=lambda: array("d"))
+    change_unit: array = field(default_factory=lambda: array("i"))
+    change_leaf: array = field(default_factory=lambda: array("i"))
+    change_delta: array = field(default_factory=lambda: array("q"))
+    end: float = 0.0
+    wall_seconds: float = 0.0
+    cycles: int = 0
+    events: int = 0
+    trace_rows: int = 0
+    trace_source: str = ""
+    description: str = ""
+    engine_stats: dict[str, int] = field(default_factory=dict)
+
+
+def engine_config(options: EngineOptions) -> EngineConfig:
+    cfg = EngineConfig(
+        default_queueing=options.queueing,
+        default_preemption=options.preemption,
+        reclaim=options.reclaim,
+    )
+    if options.backoff.baseSeconds is not None:
+        cfg.backoff_base_s = options.backoff.baseSeconds
+    if options.backoff.maxSeconds is not None:
+        cfg.backoff_max_s = options.backoff.maxSeconds
+    return cfg
+
+
+def fresh_units(units: Units) -> Units:
+    """A copy with nothing in use, so one scenario can be run more than once."""
+    copies = [
+        Unit(
+            name=u.name,
+            resource=u.resource,
+            capacity=None if u.capacity is None else dict(u.capacity),
+            max_pods=u.max_pods,
+            node_selector=dict(u.node_selector),
+            pod_labels=dict(u.pod_labels),
+            tolerations=list(u.tolerations),
+        )
+        for u in units.units
+    ]
+    return Units(copies, units.when_try_next, units.timeout_s, name=units.name)
+
+
+def summary_resource(trace: Trace, tree: QuotaTree) -> str:
+    """GPUs when the trace or the tree speaks of them, else CPU."""
+    if GPU in trace.resources() or GPU in tree.guaranteed or GPU in tree.bounded:
+        return GPU
+    return CPU
+
+
+class Simulator:
+    def __init__(
+        self,
+        tree: QuotaTree,
+        units: Units,
+        cluster: ClusterConfig,
+        trace: Trace,
+        *,
+        name: str = "simulation",
+        description: str = "",
+        progress: bool = False,
+        on_progress: Callable[[float, int, int], None] | None = None,
+    ) -> None:
+        tree.reset_usage()
+        self.tree = tree
+        self.units = fresh_units(units)
+        self.cluster = cluster
+        self.trace = trace
+        self.name = name
+        self.description = description
+        self.progress = progress
+        self.on_progress = on_progress
+        self.now = 0.0
+        self.engine = Engine(tree, self.units, engine_config(cluster.engine), clock=self._clock)
+        self.resource = summary_resource(trace, tree)
+
+    def _clock(self) -> float:
+        return self.now
+
+    def run(self) -> SimulationResult:
+        started = time.perf_counter()
+        engine = self.engine
+        resource = self.resource
+        jobs = self.trace.jobs
+        leaf_names = list(self.tree.leaves)
+        leaf_index = {n: i for i, n in enumerate(leaf_names)}
+        unit_index = {u.name: i for i, u in enumerate(self.units.units)}
+        records: list[JobRecord] = []
+        by_uid: dict[str, int] = {}
+        for j in jobs:
+            uid = f"r{j.row}"
+            by_uid[uid] = len(records)
+            records.append(
+                JobRecord(
+                    uid,
+                    j.job,
+                    j.queue,
+                    j.priority,
+                    j.priority_class,
+                    j.submit,
+                    j.duration,
+                    j.request.get(resource, 0),
+                    j.pods,
+                )
+            )
+        result = SimulationResult(
+            name=self.name,
+            resource=resource,
+            records=records,
+            problems=list(self.trace.problems),
+            units=[
+                UnitInfo(
+                    u.name,
+                    u.resource,
+                    None if u.capacity is None else u.capacity.get(resource),
+                    self.cluster.price(u.name),
+                )
+                for u in self.units.units
+            ],
+            leaves=[
+                LeafInfo(n, leaf.path, leaf.min.get(resource, 0), leaf.max.get(resource))
+                for n, leaf in self.tree.leaves.items()
+            ],
+            cluster=self.cluster,
+            trace_rows=self.trace.rows,
+            trace_source=self.trace.source,
+            description=self.description,
+        )
+        ct, cu, cl, cd = result.change_t, result.change_unit, result.change_leaf, result.change_delta
+
+        heap: list[tuple[float, int, int, int]] = []  # (time, kind, record index, epoch)
+        timers: set[float] = set()
+        n = len(jobs)
+        ai = 0
+        done = 0
+        events = 0
+        cycles = 0
+        bar = _Progress(self.progress, n, self.on_progress)
+        push, pop = heapq.heappush, heapq.heappop
+
+        while ai < n or heap:
+            now = jobs[ai].submit if ai < n else heap[0][0]
+            if heap and heap[0][0] < now:
+                now = heap[0][0]
+            self.now = now
+            # 1. finishes (and timers) due now
+            while heap and heap[0][0] <= now:
+                _, kind, idx, epoch = pop(heap)
+                events += 1
+                if kind == TIMER:
+                    timers.discard(now)
+                    continue
+                rec = records[idx]
+                if epoch != rec.epoch or rec.status != "running":
+                    continue  # the run was preempted
+                engine.finish(rec.uid)
+                rec.status = "finished"
+                rec.finish = now
+                rec.busy_seconds += now - (rec.admit or now)
+                done += 1
+                if rec.amount:
+                    ct.append(now)
+                    cu.append(unit_index[rec.unit or ""])
+                    cl.append(leaf_index[rec.queue])
+                    cd.append(-rec.amount)
+            # 2. arrivals due now
+            while ai < n and jobs[ai].submit <= now:
+                j = jobs[ai]
+                rec = records[ai]
+                ai += 1
+                events += 1
+                w = Workload(
+                    uid=rec.uid,
+                    queue=j.queue,
+                    request=dict(j.request),
+                    pods=j.pods,
+                    priority=j.priority,
+                    priority_class=j.priority_class,
+                    submitted_at=j.submit,
+                    expected_duration=j.duration,
+                    name=j.job,
+                )
+                rejected = engine.submit(w)
+                if rejected is not None:
+                    rec.status = "rejected"
+                    rec.reason = str(rejected.reason)
+                    done += 1
+                else:
+                    rec.status = "pending"
+            # 3. admission cycles until no preemption is left to confirm
+            for _ in range(MAX_CYCLES_PER_INSTANT):
+                cycles += 1
+                preempted = False
+                for d in engine.schedule(now):
+                    if type(d) is Admit:
+                        rec = records[by_uid[d.workload.uid]]
+                        rec.status = "running"
+                        rec.admit = now
+                        if rec.first_admit is None:
+                            rec.first_admit = now
+                        rec.unit = d.placement.unit
+                        rec.epoch += 1
+                        push(heap, (now + rec.duration, FINISH, by_uid[rec.uid], rec.epoch))
+                        if rec.amount:
+                            ct.append(now)
+                            cu.append(unit_index[d.placement.unit])
+                            cl.append(leaf_index[rec.queue])
+                            cd.append(rec.amount)
+                    elif type(d) is Preempt:
+                        preempted = True
+                        rec = records[by_uid[d.workload.uid]]
+                        unit = d.workload.unit
+                        engine.suspended(rec.uid, now)  # a simulated suspension is instant
+                        rec.status = "pending"
+                        rec.preemptions += 1
+                        rec.epoch += 1
+                        rec.busy_seconds += now - (rec.admit or now)
+                        if rec.amount:
+                            ct.append(now)
+                            cu.append(unit_index[unit or ""])
+                            cl.append(leaf_index[rec.queue])
+                            cd.append(-rec.amount)
+                    elif type(d) is Reject:
+                        rec = records[by_uid[d.workload.uid]]
+                        rec.status = "rejected"
+                        rec.reason = str(d.reason)
+                        done += 1
+                if not preempted:
+                    break
+            else:
+                raise SimulationError(f"more than {MAX_CYCLES_PER_INSTANT} admission cycles at t={now}")
+            # 4. the engine's own timers (backoff, TimeoutOrExceedMax)
+            wake = engine.next_wakeup()
+            if wake is not None and wake > now and wake not in timers:
+                timers.add(wake)
+                push(heap, (wake, TIMER, -1, 0))
+            bar.update(now, done)
+
+        bar.close(self.now, done)
+        for rec in records:
+            if rec.status in ("pending", "running"):
+                rec.status = "unfinished"  # e.g. waits forever behind a StrictFIFO head that never fits
+        result.end = self.now
+        result.cycles = cycles
+        result.events = events
+        result.wall_seconds = time.perf_counter() - started
+        s = engine.stats
+        result.engine_stats = {
+            "attempts": s.attempts,
+            "admitted": s.admitted,
+            "parked": s.parked,
+            "rejected": s.rejected,
+            "preempted": s.preempted,
+            "cycles": s.cycles,
+        }
+        return result
+
+
+class _Progress:
+    """A rich progress bar over completed jobs, refreshed at most every 2,000 events."""
+
+    def __init__(self, enabled: bool, total: int, callback: Callable[[float, int, int], None] | None) -> None:
+        self.enabled = enabled
+        self.total = total
+        self.callback = callback
+        self.count = 0
+        self._progress: Any = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]simulating"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("jobs done · virtual time {task.fields[vt]}"),
+                TimeElapsedColumn(),
+                transient=False,
+            )
+            self._task = self._progress.add_task("simulate", total=total, vt="0s")
+            self._progress.start()
+
+    def update(self, now: float, done: int) -> None:
+        self.count += 1
+        if self.count % 2000:
+            return
+        if self.callback is not None:
+            self.callback(now, done, self.total)
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done, vt=format_duration(now))
+
+    def close(self, now: float, done: int) -> None:
+        if self.callback is not None:
+            self.callback(now, done, self.total)
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done, vt=format_duration(now))
+            self._progress.stop()
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.3g}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def simulate_scenario(
+    scenario: Scenario,
+    *,
+    trace: TraceRef | None = None,
+    strict: bool = False,
+    progress: bool = False,
+) -> SimulationResult:
+    """Load the scenario's trace (or ``trace``) against its tree and run it; raises ``TraceError``."""
+    ref = trace or scenario.trace
+    if ref is None:
+        raise TraceError(f"scenario {scenario.name}: no trace given (add trace: to the scenario or pass --trace)")
+    engine_opts = scenario.cluster.engine
+    priorities = PriorityClasses(engine_opts.priorityClasses, default=engine_opts.defaultPriority)
+    loaded = load_trace(ref.path, scenario.tree, priorities=priorities, strict=strict, format=ref.format)
+    sim = Simulator(
+        scenario.tree,
+        scenario.units,
+        scenario.cluster,
+        loaded,
+        name=scenario.name,
+        description=scenario.description,
+        progress=progress,
+    )
+    return sim.run()
