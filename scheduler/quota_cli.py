@@ -11,6 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
 from rayqueue.quota.quantity import describe
 from rayqueue.quota.tree import QuotaNode, QuotaTree, QuotaTreeError, diff_trees
 from rayqueue.scheduler.rayjob import (
@@ -20,10 +25,6 @@ from rayqueue.scheduler.rayjob import (
     load_rayjob_documents,
     rayjob_request,
 )
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-from rich.tree import Tree
 
 quota_app = typer.Typer(
     name="quota",
@@ -43,7 +44,7 @@ def _load_tree(path: Path, console: Console) -> QuotaTree:
     except QuotaTreeError as exc:
         console.print(f"[bold red]INVALID[/] {path}: {len(exc.violations)} problem(s)", markup=True)
         for violation in exc.violations:
-            console.print(f"  - {violation}", markup=False)
+            console.print(f"  - {violation}", markup=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
 
 
@@ -113,7 +114,7 @@ def diff(
     styles = {"+": "green", "-": "red", "~": "yellow"}
     for line in lines:
         style = styles.get(line[:1], "")
-        console.print(line, style=style, markup=False)
+        console.print(line, style=style, markup=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------------ request
@@ -192,10 +193,10 @@ def request(
             if pods:
                 console.print(pod_set_table(req))
             for note in req.notes:
-                console.print(f"note: {req.name}: {note}", markup=False)
+                console.print(f"note: {req.name}: {note}", markup=False, soft_wrap=True)
     for problem in problems:
         console.print("[bold red]REJECTED[/] ", end="")
-        console.print(problem, markup=False)
+        console.print(problem, markup=False, soft_wrap=True)
     if problems:
         raise typer.Exit(code=1)
 
