@@ -19,6 +19,7 @@ app = typer.Typer(
 FRONT_END_MODULES = [
     "rayqueue.scheduler.quota_cli",
     "rayqueue.simulations.cli",
+    "rayqueue.scheduler.service.cli",
 ]
 
 

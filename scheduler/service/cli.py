@@ -1,0 +1,390 @@
+"""``rayqueue serve`` and the commands that talk to a running service over its HTTP API.
+
+``serve`` runs the service in this process; ``submit``, ``status``, ``jobs``, ``explain``, ``logs``,
+``cancel``, ``history`` and ``quota apply`` are thin HTTP clients (``--url`` / ``RAYQUEUE_URL``, and
+``--token`` / ``RAYQUEUE_TOKEN`` when the service has one). Heavy imports stay inside the commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rayqueue.quota.quantity import MAX_JOBS, format_quantity
+
+DEFAULT_URL = "http://127.0.0.1:8266"
+
+UrlOption = typer.Option(DEFAULT_URL, "--url", envvar="RAYQUEUE_URL", help="The service's address.")
+TokenOption = typer.Option(None, "--token", envvar="RAYQUEUE_TOKEN", help="The service's API token, if set.")
+
+
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=False)
+
+
+class Client:
+    """The CLI's view of the HTTP API; errors become clear messages and exit codes."""
+
+    def __init__(self, url: str, token: str | None, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        console = Console(stderr=True, highlight=False)
+        try:
+            resp = self.http.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            console.print(f"[red]no rayqueue service answers at {self.url}[/] (start one with `rayqueue serve`)")
+            raise typer.Exit(1) from None
+        except httpx.HTTPError as exc:
+            console.print(f"[red]talking to {self.url} failed:[/] {exc}")
+            raise typer.Exit(1) from None
+        if resp.status_code >= 400:
+            try:
+                body = resp.json()
+            except ValueError:
+                body = {"detail": resp.text}
+            console.print(f"[bold red]error[/] ({resp.status_code}): {body.get('detail')}", markup=True)
+            for problem in body.get("problems") or []:
+                console.print(f"  - {problem}", markup=False, soft_wrap=True)
+            raise typer.Exit(2 if resp.status_code == 422 else 1)
+        if resp.headers.get("content-type", "").startswith("application/json"):
+            return resp.json()
+        return resp.text
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")[:-3]
+
+
+def _res(values: dict[str, int], name: str) -> str:
+    v = values.get(name)
+    return "-" if v is None else format_quantity(v, name)
+
+
+STATE_STYLE = {
+    "Pending": "yellow",
+    "Admitted": "cyan",
+    "Running": "green",
+    "Preempting": "magenta",
+    "Succeeded": "bold green",
+    "Failed": "bold red",
+    "Stopped": "red",
+    "Cancelled": "dim",
+    "Rejected": "red",
+}
+
+
+def _state(state: str) -> str:
+    return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
+
+
+# ------------------------------------------------------------------------------ renderers
+
+
+def status_tables(status: dict[str, Any]) -> list[Table]:
+    nodes = status["nodes"]
+    resources: list[str] = []
+    for n in nodes:
+        for r in n["resources"]:
+            if r not in resources:
+                resources.append(r)
+    resources.sort(key=lambda r: (r == MAX_JOBS, r))
+    table = Table(title=f"quota tree {status['tree']}  (usage / min / max)", title_justify="left")
+    table.add_column("node")
+    for r in resources:
+        table.add_column(r, justify="right")
+    table.add_column("borrowed")
+    table.add_column("pending", justify="right")
+    table.add_column("running", justify="right")
+    for n in nodes:
+        cells = []
+        for r in resources:
+            if r not in n["resources"]:
+                cells.append("")
+                continue
+            used = format_quantity(n["usage"].get(r, 0), r)
+            cells.append(f"{used} / {_res(n['min'], r)} / {_res(n['max'], r)}")
+        borrowed = ", ".join(f"{r}={format_quantity(v, r)}" for r, v in sorted(n["borrowed"].items()))
+        name = "  " * n["depth"] + n["name"]
+        table.add_row(
+            name, *cells, f"[magenta]{borrowed}[/]" if borrowed else "", str(n["pending"]), str(n["running"])
+        )
+    units = Table(title=f"capacity units (Ray at {status['ray']})", title_justify="left")
+    for col in ("unit", "kind", "capacity", "in use", "pods", "nodeSelector"):
+        units.add_column(col)
+    for u in status["units"]:
+        cap = "elastic" if u["capacity"] is None else ", ".join(
+            f"{r}={format_quantity(v, r)}" for r, v in sorted(u["capacity"].items())
+        )
+        use = ", ".join(f"{r}={format_quantity(v, r)}" for r, v in sorted(u["usage"].items())) or "-"
+        pods = f"{u['pods']}" + (f" / {u['max_pods']}" if u["max_pods"] is not None else "")
+        sel = ", ".join(f"{k}={v}" for k, v in u["node_selector"].items()) or "(any node)"
+        units.add_row(u["name"], u["resource"], cap, use, pods, sel)
+    return [table, units]
+
+
+def jobs_table(jobs: list[dict[str, Any]], title: str = "jobs") -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in ("id", "queue", "prio", "state", "pos", "unit", "request", "submitted", "running", "finished"):
+        table.add_column(col, no_wrap=col in ("id", "state"))
+    for j in jobs:
+        prio = f"{j['priority_class']}({j['priority']})" if j["priority_class"] else str(j["priority"])
+        table.add_row(
+            j["id"],
+            j["queue"],
+            prio,
+            _state(j["state"]),
+            "" if j["position"] is None else str(j["position"]),
+            j["unit"] or "",
+            j["request"],
+            _when(j["submitted_at"]),
+            _when(j["running_at"]),
+            _when(j["finished_at"]),
+        )
+    return table
+
+
+def history_table(events: list[dict[str, Any]], title: str = "history") -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in ("time", "job", "event", "state", "unit", "message"):
+        table.add_column(col, overflow="fold")
+    for e in events:
+        table.add_row(_when(e["at"]), e["job"], e["kind"], e["state"] or "", e["unit"] or "", e["message"])
+    return table
+
+
+# ------------------------------------------------------------------------------ commands
+
+
+def serve(
+    tree: Path | None = typer.Option(None, "--tree", help="ElasticQuotaTree YAML (default: the last applied tree, "
+                                     "else one leaf 'default')."),
+    policy: Path | None = typer.Option(None, "--policy", help="ResourcePolicy YAML (units pinned by node labels)."),
+    priority_classes: Path | None = typer.Option(None, "--priority-classes",
+                                                 help="PriorityClass documents or a name: value mapping "
+                                                 "(default: low=100, normal=500, high=1000)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", envvar="RAYQUEUE_RAY_ADDRESS",
+                                           help="An existing Ray cluster's dashboard (http://host:8265); "
+                                           "default: start a local head."),
+    num_gpus: int = typer.Option(0, "--num-gpus", help="Logical GPUs of the local Ray head."),
+    num_cpus: int = typer.Option(8, "--num-cpus", help="Logical CPUs of the local Ray head."),
+    db: str | None = typer.Option(None, "--db", envvar="RAYQUEUE_DB",
+                                  help="SQL URL (default sqlite under --state-dir; postgresql+psycopg://...)."),
+    state_dir: Path = typer.Option(Path(".rayqueue"), "--state-dir", help="Where the default SQLite file lives."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Bind address; a non-loopback one requires --token."),
+    port: int = typer.Option(8266, "--port"),
+    token: str | None = typer.Option(None, "--token", envvar="RAYQUEUE_TOKEN", help="API token (Bearer)."),
+    poll_interval: float = typer.Option(0.2, "--poll-interval", help="Seconds between Ray status checks."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run the standalone service: queue RayJobs under the quota tree and run them on Ray."""
+    from rayqueue.quota.tree import QuotaTreeError
+    from rayqueue.scheduler.resourcepolicy import ResourcePolicyError
+    from rayqueue.scheduler.service.core import ServiceConfig, ServiceError
+    from rayqueue.scheduler.service.raycluster import RayClusterError
+    from rayqueue.scheduler.service.server import Runner, ServeOptions
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    console = _console()
+    opts = ServeOptions(
+        tree=tree, policy=policy, priority_classes=priority_classes, ray_address=ray_address, num_gpus=num_gpus,
+        num_cpus=num_cpus, db=db, state_dir=state_dir, host=host, port=port, token=token,
+        config=ServiceConfig(poll_interval_s=poll_interval),
+    )
+    runner = Runner(opts)
+
+    async def main() -> None:
+        try:
+            await runner.start()
+        except BaseException:
+            await runner.shutdown()
+            raise
+        assert runner.service is not None
+        console.print(
+            f"rayqueue serving on [bold]{runner.url}[/] (API docs {runner.url}/docs), "
+            f"Ray at {runner.service.ray.address}, state in {runner.store.url if runner.store else '-'}"
+        )
+        await runner.serve()
+        console.print("rayqueue stopped")
+
+    try:
+        asyncio.run(main())
+    except (QuotaTreeError, ResourcePolicyError) as exc:
+        console.print(f"[bold red]cannot start:[/] {exc}", markup=True)
+        raise typer.Exit(2) from None
+    except (ServiceError, RayClusterError) as exc:
+        console.print(f"[bold red]cannot start:[/] {exc}", markup=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        pass
+
+
+def submit(
+    files: list[Path] = typer.Argument(..., help="RayJob YAML files ('-' reads stdin); multi-document files too."),
+    queue: str | None = typer.Option(None, "--queue", "-q", help="Quota leaf (overrides the rayqueue.io/queue label)."),
+    priority: str | None = typer.Option(None, "--priority", "-p", help="Priority class or integer (overrides label)."),
+    ignore_other_kinds: bool = typer.Option(False, "--ignore-other-kinds", help="Skip ConfigMaps and other kinds."),
+    url: str = UrlOption,
+    token: str | None = TokenOption,
+) -> None:
+    """Queue RayJobs; prints each job's id and its position in its queue."""
+    client = Client(url, token)
+    console = _console()
+    for path in files:
+        text = sys.stdin.read() if str(path) == "-" else _read(path)
+        body = {"yaml": text, "queue": queue, "priority": priority, "ignore_other_kinds": ignore_other_kinds,
+                "source": str(path)}
+        result = client.call("POST", "/v1/jobs", json=body)
+        for job in result["jobs"]:
+            where = (
+                f"position {job['position']} in queue {job['queue']}" if job["position"] is not None
+                else f"queue {job['queue']}"
+            )
+            console.print(f"[bold]{job['id']}[/] {_state(job['state'])}, {where}" + (
+                f" - {job['reason']}" if job["reason"] else ""))
+            for note in job.get("notes") or []:
+                console.print(f"  note: {note}", markup=False)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        Console(stderr=True).print(f"[red]cannot read {path}:[/] {exc.strerror}")
+        raise typer.Exit(2) from None
+
+
+def status(url: str = UrlOption, token: str | None = TokenOption) -> None:
+    """The quota tree: usage / min / max per resource, borrowed, pending and running counts; the units."""
+    data = Client(url, token).call("GET", "/v1/status")
+    console = _console()
+    for table in status_tables(data):
+        console.print(table)
+
+
+def jobs(
+    state: list[str] = typer.Option(None, "--state", "-s", help="Only these states (repeatable)."),
+    queue: str | None = typer.Option(None, "--queue", "-q"),
+    url: str = UrlOption,
+    token: str | None = TokenOption,
+) -> None:
+    """Every job with its state, queue position, unit and times."""
+    params: dict[str, Any] = {}
+    if state:
+        params["state"] = state
+    if queue:
+        params["queue"] = queue
+    data = Client(url, token).call("GET", "/v1/jobs", params=params)
+    _console().print(jobs_table(data["jobs"]))
+
+
+def explain(job: str = typer.Argument(..., help="Job id (or name)."), url: str = UrlOption,
+            token: str | None = TokenOption) -> None:
+    """Why a job waits (reason code and sentence), its position, unit and times."""
+    e = Client(url, token).call("GET", f"/v1/jobs/{job}")
+    console = _console()
+    console.print(f"[bold]{e['id']}[/] ({e['name']}) in queue [bold]{e['queue']}[/]: {_state(e['state'])}")
+    prio = f"{e['priority_class']} ({e['priority']})" if e["priority_class"] else str(e["priority"])
+    console.print(f"  priority  {prio}", markup=False)
+    console.print(f"  request   {e['request']} in {e['pods']} pods", markup=False)
+    if e["position"] is not None:
+        console.print(f"  position  {e['position']} of {e['pending_in_queue']} pending (0 = next)", markup=False)
+    if e["reason_code"] or e["reason"]:
+        console.print(f"  reason    {e['reason_code'] or '-'}: {e['reason'] or ''}", markup=False, soft_wrap=True)
+    if e["expected_start"]:
+        console.print(f"  expected  {_when(e['expected_start'])}", markup=False)
+    if e["unit"]:
+        console.print(f"  unit      {e['unit']} (Ray submission {e['submission_id']})", markup=False)
+    for label, key in (("submitted", "submitted_at"), ("admitted", "admitted_at"), ("running", "running_at"),
+                       ("finished", "finished_at")):
+        if e[key]:
+            console.print(f"  {label:<9} {_when(e[key])}", markup=False)
+    if e["preemptions"]:
+        console.print(f"  preempted {e['preemptions']} time(s); attempt {e['attempt']}", markup=False)
+    if e["ray_message"]:
+        console.print(f"  ray       {e['ray_status']}: {e['ray_message']}", markup=False, soft_wrap=True)
+
+
+def logs(job: str = typer.Argument(...), url: str = UrlOption, token: str | None = TokenOption) -> None:
+    """The driver's log: live from Ray while it runs, from the store once it ended."""
+    data = Client(url, token).call("GET", f"/v1/jobs/{job}/logs")
+    if not data["logs"]:
+        Console(stderr=True).print(f"no logs for {data['id']} ({data['state']})")
+        return
+    sys.stdout.write(data["logs"])
+
+
+def cancel(job: str = typer.Argument(...), url: str = UrlOption, token: str | None = TokenOption) -> None:
+    """Remove a pending job, or stop a running one and release its quota."""
+    data = Client(url, token).call("POST", f"/v1/jobs/{job}/cancel")
+    _console().print(f"{data['id']} {_state(data['state'])}")
+
+
+def history(
+    job: str | None = typer.Argument(None, help="One job (id or name); all jobs when left out."),
+    limit: int | None = typer.Option(None, "--limit", "-n", help="Only the last N events."),
+    url: str = UrlOption,
+    token: str | None = TokenOption,
+) -> None:
+    """What happened, after the fact: every state change with its time, from SQL."""
+    params: dict[str, Any] = {}
+    if job:
+        params["job"] = job
+    if limit:
+        params["limit"] = limit
+    data = Client(url, token).call("GET", "/v1/history", params=params)
+    _console().print(history_table(data["events"]))
+
+
+def quota_apply(
+    file: Path = typer.Argument(..., help="ElasticQuotaTree YAML."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the diff and its effect; change nothing."),
+    url: str = UrlOption,
+    token: str | None = TokenOption,
+) -> None:
+    """Validate and apply a new quota tree to the running service (jobs keep running)."""
+    data = Client(url, token).call("POST", "/v1/quota", json={"yaml": _read(file), "dry_run": dry_run})
+    console = _console()
+    console.print("[bold]dry run[/]: nothing changed" if dry_run else "[bold green]applied[/]")
+    for line in data["effects"]:
+        style = "yellow" if line.startswith("!") else ""
+        console.print(f"[{style}]{line}[/]" if style else line, markup=bool(style), soft_wrap=True)
+
+
+def demo_command(
+    keep: bool = typer.Option(False, "--keep-state", help="Keep .rayqueue/demo.db afterwards."),
+) -> None:
+    """Start the service on a local Ray cluster with two teams sharing 4 GPUs, run sample RayJobs, stop."""
+    from rayqueue.scheduler.service.demo import run_demo
+
+    raise typer.Exit(run_demo(keep_state=keep))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.command("submit")(submit)
+    app.command("status")(status)
+    app.command("jobs")(jobs)
+    app.command("explain")(explain)
+    app.command("logs")(logs)
+    app.command("cancel")(cancel)
+    app.command("history")(history)
+    app.command("demo")(demo_command)
+    quota = next((g.typer_instance for g in app.registered_groups if g.name == "quota"), None)
+    if quota is None:
+        quota = typer.Typer(name="quota", help="The quota tree.", no_args_is_help=True)
+        app.add_typer(quota, name="quota")
+    quota.command("apply")(quota_apply)

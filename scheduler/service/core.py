@@ -1,0 +1,909 @@
+"""The standalone service: one admission engine, its SQL store, and a Ray cluster it releases jobs to.
+
+Everything that touches the engine runs on one asyncio event loop (the HTTP handlers are ``async``),
+so the engine is never entered from two threads. Blocking Ray calls run in worker threads.
+
+Order of writes, which is what makes a crash at any moment safe:
+
+* submit: the engine accepts (or refuses) first, then the rows are committed, then the HTTP answer;
+  a job is "accepted" only once its row exists.
+* admit: the ``Admitted`` row (unit, attempt, submission id) is committed *before* Ray is called; after
+  a crash such a job is submitted again with the same submission id, which Ray accepts at most once.
+* finish / requeue: the row is committed, then the engine releases the quota.
+
+On start the engine is rebuilt from the rows: running Ray jobs are re-attached (``engine.restore``),
+jobs Ray finished while we were away are closed, pending jobs are queued again in submission order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from rayqueue.queue.priority import PriorityClasses, UnknownPriorityClass
+from rayqueue.queue.workload import Workload, WorkloadState
+from rayqueue.quota.quantity import MAX_JOBS, Resources, describe
+from rayqueue.quota.tree import QuotaTree, QuotaTreeError
+from rayqueue.scheduler.decisions import Admit, Preempt, Reject
+from rayqueue.scheduler.engine import DuplicateJob, Engine, EngineConfig, UnknownQueue
+from rayqueue.scheduler.rayjob import (
+    KIND,
+    RayJobRejected,
+    RayJobRequest,
+    load_rayjob_documents,
+    rayjob_request,
+)
+from rayqueue.scheduler.resourcepolicy import Units
+from rayqueue.scheduler.service import store as st
+from rayqueue.scheduler.service.metrics import ServiceMetrics
+from rayqueue.scheduler.service.raycluster import alive_nodes, capacity_for
+from rayqueue.scheduler.service.rayjobs import (
+    RayJobs,
+    RayStatus,
+    RaySubmitRefused,
+    RayUnavailable,
+    check_runnable,
+    submission_for,
+)
+from rayqueue.scheduler.service.store import JobRecord, Store, submission_id
+
+log = logging.getLogger("rayqueue.service")
+
+#: Priority classes known without configuration (a Kubernetes cluster would have PriorityClasses).
+DEFAULT_PRIORITY_CLASSES = {"low": 100, "normal": 500, "high": 1000}
+REJECTED = "Rejected"
+TREE_SETTING = "quota_tree_yaml"
+
+
+class SubmitError(ValueError):
+    """A submission refused as a whole; ``problems`` name the document and the field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class ServiceError(RuntimeError):
+    pass
+
+
+class NotFound(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass
+class ServiceConfig:
+    poll_interval_s: float = 0.2  # how often running Ray jobs are asked for their status
+    capacity_interval_s: float = 5.0  # how often Ray's nodes are read for unit capacity
+    retry_base_s: float = 0.5  # Ray unreachable: retry a release / stop after this, doubling
+    retry_max_s: float = 10.0
+    log_tail_chars: int = 64_000  # how much of a finished driver's log is kept in SQL
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+@dataclass
+class Accepted:
+    id: str
+    name: str
+    queue: str
+    priority: int
+    priority_class: str | None
+    state: str
+    position: int | None
+    reason: str | None
+    notes: list[str] = field(default_factory=list)
+
+
+def default_tree() -> QuotaTree:
+    """No tree configured: one leaf ``default`` (namespace ``default``), bounded only by Ray's capacity."""
+    return QuotaTree.from_dict(
+        {
+            "apiVersion": "scheduling.sigs.k8s.io/v1beta1",
+            "kind": "ElasticQuotaTree",
+            "metadata": {"name": "default"},
+            "spec": {"root": {"name": "root", "children": [{"name": "default", "namespaces": ["default"]}]}},
+        }
+    )
+
+
+class Service:
+    def __init__(
+        self,
+        store: Store,
+        ray: RayJobs,
+        tree: QuotaTree,
+        units: Units | None = None,
+        priorities: PriorityClasses | None = None,
+        config: ServiceConfig | None = None,
+        clock: Callable[[], float] = time.time,
+        tree_yaml: str | None = None,
+    ) -> None:
+        self.store = store
+        self.ray = ray
+        self.config = config or ServiceConfig()
+        self.clock = clock
+        self.units = units if units is not None else Units.single(None)
+        # A policy's own capacities stand when no Ray node matches a unit.
+        self._declared_capacity = {u.name: (dict(u.capacity) if u.capacity is not None else None) for u in self.units.units}
+        self.engine = Engine(tree, self.units, self.config.engine, clock=clock)
+        self.priorities = priorities or PriorityClasses(DEFAULT_PRIORITY_CLASSES)
+        self.metrics = ServiceMetrics()
+        self._tree_yaml = tree_yaml
+        self._active: dict[str, str] = {}  # job id -> Ray submission id being followed
+        self._preempting: set[str] = set()
+        self._cancelled: set[str] = set()
+        self._releasing: dict[str, asyncio.Task[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self._wake = asyncio.Event()
+        self._requests: dict[str, RayJobRequest] = {}
+        self.started = False
+
+    # ================================================================ lifecycle
+
+    async def start(self) -> None:
+        """Read Ray's capacity, rebuild the engine from the store, start the loops."""
+        nodes = await asyncio.to_thread(alive_nodes, self.ray.address)
+        if not nodes:
+            raise ServiceError(f"Ray at {self.ray.address} has no alive node (is the cluster up?)")
+        self._apply_capacity(nodes)
+        if self._tree_yaml is not None:
+            self.store.set_setting(TREE_SETTING, self._tree_yaml)
+        await self._recover()
+        self._tasks = [
+            asyncio.create_task(self._schedule_loop(), name="rayqueue-schedule"),
+            asyncio.create_task(self._poll_loop(), name="rayqueue-poll"),
+            asyncio.create_task(self._capacity_loop(), name="rayqueue-capacity"),
+        ]
+        self.started = True
+        self._run_cycle()
+
+    async def stop(self) -> None:
+        for task in self._tasks + list(self._releasing.values()) + list(self._background):
+            task.cancel()
+        for task in self._tasks + list(self._releasing.values()) + list(self._background):
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks = []
+        self.started = False
+
+    def interrupt_running(self, why: str) -> int:
+        """The Ray cluster is going away with us (our own local head): requeue what ran on it."""
+        count = 0
+        for row in self.store.jobs(st.ACTIVE_STATES):
+            self.store.transition(
+                row.id,
+                "Interrupted",
+                f"{why}; requeued (attempt {row.attempt + 1} on the next start)",
+                state=st.PENDING,
+                attempt=row.attempt + 1,
+                released=False,
+                unit=None,
+                submission_id=None,
+                admitted_at=None,
+                running_at=None,
+            )
+            count += 1
+        return count
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ================================================================ submissions
+
+    def submit_text(
+        self,
+        text: str,
+        *,
+        queue: str | None = None,
+        priority: str | None = None,
+        ignore_other_kinds: bool = False,
+        source: str = "input",
+    ) -> list[Accepted]:
+        """Accept every RayJob of a (multi-document) YAML text, or none of them."""
+        problems: list[str] = []
+        try:
+            load_rayjob_documents(text, source)  # syntax, with the document and line of an error
+            docs = list(yaml.safe_load_all(text))
+        except RayJobRejected as exc:
+            raise SubmitError([exc.message]) from exc
+        jobs: list[tuple[int, dict[str, Any]]] = []
+        for index, doc in enumerate(docs):
+            if doc is None:
+                continue
+            kind = doc.get("kind") if isinstance(doc, dict) else None
+            if kind != KIND:
+                if ignore_other_kinds and kind:
+                    continue
+                name = ((doc.get("metadata") or {}).get("name") if isinstance(doc, dict) else None) or "<unnamed>"
+                problems.append(
+                    f"{source} (document {index}): kind {kind!r} ({name}) is not a RayJob; standalone mode "
+                    "queues ray.io/v1 RayJobs only (remove the document, or pass --ignore-other-kinds)"
+                )
+                continue
+            jobs.append((index, doc))
+        if not jobs and not problems:
+            problems.append(f"{source}: no RayJob document found")
+        workloads: list[tuple[Workload, RayJobRequest, dict[str, Any], list[str]]] = []
+        taken = self.store.ids()
+        for index, doc in jobs:
+            where = f"{source} (document {index})"
+            try:
+                req = rayjob_request(doc)
+                check_runnable(req, f"RayJob {req.name}")
+            except RayJobRejected as exc:
+                problems.append(f"{where}: {exc.message}")
+                continue
+            try:
+                leaf = self.engine.tree.leaf_for(namespace=req.namespace, quota=queue or req.queue)
+            except KeyError as exc:
+                label = "--queue" if queue else ("label rayqueue.io/queue" if req.queue else "metadata.namespace")
+                problems.append(f"{where}: RayJob {req.name}: {label}: {exc.args[0]}")
+                continue
+            try:
+                prio, prio_class = self.priorities.resolve(priority if priority is not None else req.priority_class)
+            except UnknownPriorityClass as exc:
+                label = "--priority" if priority is not None else "label rayqueue.io/priority-class"
+                problems.append(f"{where}: RayJob {req.name}: {label}: {exc}")
+                continue
+            job_id = _new_id(req, taken)
+            taken.add(job_id)
+            w = Workload(
+                uid=job_id,
+                queue=leaf.name,
+                request=dict(req.total),
+                pods=req.pods,
+                priority=prio,
+                priority_class=prio_class,
+                submitted_at=self.clock(),
+                name=req.name,
+            )
+            workloads.append((w, req, doc, list(req.notes)))
+        if problems:
+            raise SubmitError(problems)
+        # The engine decides what can never fit; all or nothing.
+        added: list[Workload] = []
+        for w, _req, _doc, _notes in workloads:
+            try:
+                rejected = self.engine.submit(w)
+            except (UnknownQueue, DuplicateJob) as exc:
+                problems.append(f"RayJob {w.name}: {exc}")
+                continue
+            if rejected is not None:
+                problems.append(f"RayJob {w.name}: can never run in queue {w.queue}: {rejected.reason.message}")
+            else:
+                added.append(w)
+        if problems:
+            for w in added:
+                self.engine.cancel(w.uid)
+            raise SubmitError(problems)
+        rows = [
+            JobRecord(
+                id=w.uid,
+                name=w.name,
+                namespace=req.namespace,
+                queue=w.queue,
+                priority=w.priority,
+                priority_class=w.priority_class,
+                state=st.PENDING,
+                manifest=json.dumps(doc),
+                request=json.dumps(_visible(w.request)),
+                pods=w.pods,
+                submitted_at=w.submitted_at,
+            )
+            for w, req, doc, _notes in workloads
+        ]
+        try:
+            self.store.add_jobs(rows)
+        except Exception:
+            for w in added:
+                self.engine.cancel(w.uid)
+            raise
+        for w, req, _doc, _notes in workloads:
+            self._requests[w.uid] = req
+            self.metrics.submitted.labels(queue=w.queue).inc()
+        self._run_cycle()
+        out = []
+        for w, _req, _doc, notes in workloads:
+            row = self.store.get(w.uid)
+            info = self.engine.explain(w.uid) if w.uid in self.engine.workloads else None
+            out.append(
+                Accepted(
+                    id=w.uid,
+                    name=w.name,
+                    queue=w.queue,
+                    priority=w.priority,
+                    priority_class=w.priority_class,
+                    state=row.state if row else st.PENDING,
+                    position=info.position if info else None,
+                    reason=str(info.reason) if info and info.reason else None,
+                    notes=notes,
+                )
+            )
+        return out
+
+    def cancel(self, ref: str) -> JobRecord:
+        row = self.resolve(ref)
+        if row.state not in st.LIVE_STATES:
+            raise ServiceError(f"job {row.id} already ended ({row.state}); nothing to cancel")
+        was = row.state
+        if row.id in self.engine.workloads:
+            self.engine.cancel(row.id)
+        sid = self._active.pop(row.id, None) or row.submission_id
+        self._preempting.discard(row.id)
+        self._cancelled.add(row.id)
+        row = self.store.transition(
+            row.id, "Cancelled", f"cancelled by the user while {was}", state=st.CANCELLED, finished_at=self.clock()
+        )
+        if was in st.ACTIVE_STATES and sid:
+            self._spawn(self._stop_in_ray(row.id, sid))
+        self.wake()
+        return row
+
+    # ================================================================ the admission cycle
+
+    def _run_cycle(self) -> None:
+        started = time.perf_counter()
+        decisions = self.engine.schedule(self.clock())
+        for d in decisions:
+            try:
+                if isinstance(d, Admit):
+                    self._on_admit(d)
+                elif isinstance(d, Preempt):
+                    self._on_preempt(d)
+                elif isinstance(d, Reject):
+                    self._on_reject(d)
+            except Exception:  # one bad decision must not stop the others
+                log.exception("applying %s failed", type(d).__name__)
+        self.metrics.cycle_seconds.observe(time.perf_counter() - started)
+
+    def _on_admit(self, d: Admit) -> None:
+        w = d.workload
+        row = self.store.get(w.uid)
+        if row is None:
+            return
+        now = self.clock()
+        sid = submission_id(w.uid, row.attempt)
+        self.store.transition(
+            w.uid,
+            "Admitted",
+            w.reason.message if w.reason else f"admitted on unit {d.placement.unit}",
+            at=now,
+            state=st.ADMITTED,
+            unit=d.placement.unit,
+            admitted_at=now,
+            submission_id=sid,
+            released=False,
+            reason_code=w.reason.code.value if w.reason else None,
+            reason=w.reason.message if w.reason else None,
+        )
+        self.metrics.admitted.labels(queue=w.queue, unit=d.placement.unit).inc()
+        self.metrics.wait_seconds.labels(queue=w.queue).observe(max(0.0, now - row.submitted_at))
+        self._releasing[w.uid] = asyncio.create_task(self._release(w.uid, sid, d.placement.node_selector))
+
+    def _on_preempt(self, d: Preempt) -> None:
+        w = d.workload
+        row = self.store.transition(
+            w.uid,
+            "Preempting",
+            f"{d.reason.message} (for {d.preemptor})",
+            state=st.PREEMPTING,
+            reason_code=d.reason.code.value,
+            reason=d.reason.message,
+        )
+        self._preempting.add(w.uid)
+        self.metrics.preemptions.labels(queue=w.queue, reason=d.reason.code.value).inc()
+        if row.released and row.submission_id:
+            self._active[w.uid] = row.submission_id
+            self._spawn(self._stop_in_ray(w.uid, row.submission_id))
+        # Not released yet: the release task sees the preemption and stops the job right after.
+
+    def _on_reject(self, d: Reject) -> None:
+        w = d.workload
+        if self.store.get(w.uid) is None:
+            return
+        self.store.transition(
+            w.uid,
+            "Rejected",
+            d.reason.message,
+            state=REJECTED,
+            reason_code=d.reason.code.value,
+            reason=d.reason.message,
+            finished_at=self.clock(),
+        )
+
+    # ================================================================ Ray
+
+    def _request(self, row: JobRecord) -> RayJobRequest:
+        req = self._requests.get(row.id)
+        if req is None:
+            req = rayjob_request(row.manifest_dict(), validate=False)
+            self._requests[row.id] = req
+        return req
+
+    async def _release(self, job_id: str, sid: str, node_selector: dict[str, str]) -> None:
+        """Submit an admitted job to Ray; retried while Ray is unreachable, never twice (submission id)."""
+        try:
+            row = self.store.get(job_id)
+            if row is None:
+                return
+            sub = submission_for(
+                self._request(row), sid, job_id=job_id, queue=row.queue, unit=row.unit or "", node_selector=node_selector
+            )
+            delay = self.config.retry_base_s
+            while True:
+                if job_id in self._cancelled:
+                    return
+                started = time.perf_counter()
+                try:
+                    fresh = await asyncio.to_thread(self.ray.submit, sub)
+                    break
+                except RayUnavailable as exc:
+                    log.warning("releasing %s: Ray unavailable (%s); retrying in %.1fs", job_id, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.config.retry_max_s)
+                except RaySubmitRefused as exc:
+                    self._finalize(job_id, RayStatus("FAILED", f"Ray refused the job: {exc}"), logs=None)
+                    return
+            self.metrics.release_seconds.observe(time.perf_counter() - started)
+            now = self.clock()
+            self.store.transition(
+                job_id,
+                "Released",
+                f"submitted to Ray as {sid}" + ("" if fresh else " (Ray already had it: not started twice)"),
+                at=now,
+                released=True,
+                released_at=now,
+            )
+            self._active[job_id] = sid
+            if job_id in self._cancelled or job_id in self._preempting:
+                self._spawn(self._stop_in_ray(job_id, sid))
+        finally:
+            self._releasing.pop(job_id, None)
+
+    async def _stop_in_ray(self, job_id: str, sid: str) -> None:
+        delay = self.config.retry_base_s
+        while True:
+            try:
+                await asyncio.to_thread(self.ray.stop, sid)
+                return
+            except RayUnavailable as exc:
+                log.warning("stopping %s: Ray unavailable (%s); retrying in %.1fs", job_id, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.retry_max_s)
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.poll_interval_s)
+            try:
+                await self.poll_once()
+            except Exception:
+                log.exception("following Ray jobs failed")
+
+    async def poll_once(self) -> None:
+        followed = list(self._active.items())
+        if not followed:
+            return
+        results = await asyncio.gather(
+            *(asyncio.to_thread(self.ray.status, sid) for _, sid in followed), return_exceptions=True
+        )
+        changed = False
+        for (job_id, sid), result in zip(followed, results, strict=True):
+            if isinstance(result, BaseException):
+                continue  # Ray unreachable: ask again next time
+            if self._active.get(job_id) != sid:
+                continue  # cancelled or requeued meanwhile
+            changed |= await self._observe(job_id, sid, result)
+        if changed:
+            self._run_cycle()
+
+    async def _observe(self, job_id: str, sid: str, status: RayStatus | None) -> bool:
+        if status is None:
+            if job_id in self._releasing:
+                return False
+            # Released, yet Ray does not know it: the Ray cluster was replaced. Run it again.
+            self._requeue(job_id, "Lost", f"Ray no longer knows submission {sid} (cluster restarted?)")
+            return True
+        if status.status == "RUNNING":
+            row = self.store.get(job_id)
+            if row is not None and row.state == st.ADMITTED:
+                now = self.clock()
+                self.store.transition(job_id, "Running", f"Ray runs {sid}", at=now, state=st.RUNNING, running_at=now)
+                self.metrics.start_seconds.labels(queue=row.queue).observe(max(0.0, now - row.submitted_at))
+            return False
+        if not status.terminal:
+            return False
+        if job_id in self._preempting and status.status == "STOPPED":
+            self._requeue(job_id, "Requeued", f"Ray stopped {sid}; back in the queue", preempted=True)
+            return True
+        logs = None
+        try:
+            logs = await asyncio.to_thread(self.ray.logs, sid)
+        except RayUnavailable:
+            pass
+        if self._active.get(job_id) != sid:
+            return False
+        self._finalize(job_id, status, logs)
+        return True
+
+    def _finalize(self, job_id: str, status: RayStatus, logs: str | None) -> None:
+        state = {"SUCCEEDED": st.SUCCEEDED, "FAILED": st.FAILED}.get(status.status, st.STOPPED)
+        tail = logs[-self.config.log_tail_chars :] if logs else None
+        row = self.store.transition(
+            job_id,
+            state,
+            status.message or f"Ray reports {status.status}",
+            state=state,
+            finished_at=self.clock(),
+            ray_status=status.status,
+            ray_message=status.message,
+            logs=tail,
+        )
+        self._active.pop(job_id, None)
+        self._preempting.discard(job_id)
+        if job_id in self.engine.workloads:
+            self.engine.finish(job_id)
+        self.metrics.finished.labels(queue=row.queue, state=state).inc()
+
+    def _requeue(self, job_id: str, kind: str, message: str, preempted: bool = False) -> None:
+        row = self.store.get(job_id)
+        if row is None:
+            return
+        self._active.pop(job_id, None)
+        self._preempting.discard(job_id)
+        self.store.transition(
+            job_id,
+            kind,
+            message,
+            state=st.PENDING,
+            attempt=row.attempt + 1,
+            released=False,
+            unit=None,
+            submission_id=None,
+            admitted_at=None,
+            running_at=None,
+            preemptions=row.preemptions + (1 if preempted else 0),
+        )
+        if job_id in self.engine.workloads:
+            self.engine.suspended(job_id, self.clock())
+
+    # ================================================================ loops
+
+    async def _schedule_loop(self) -> None:
+        while True:
+            wakeup = self.engine.next_wakeup()
+            timeout = 5.0 if wakeup is None else min(5.0, max(0.0, wakeup - self.clock()))
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                self._run_cycle()
+            except Exception:
+                log.exception("admission cycle failed")
+
+    async def _capacity_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.capacity_interval_s)
+            try:
+                nodes = await asyncio.to_thread(alive_nodes, self.ray.address)
+            except Exception:
+                continue
+            if nodes and self._apply_capacity(nodes):
+                self._run_cycle()
+
+    def _apply_capacity(self, nodes: list[dict[str, Any]]) -> bool:
+        """Each unit's capacity = the alive Ray nodes matching its nodeSelector; True if any changed."""
+        changed = False
+        for unit in self.units.units:
+            cap = capacity_for(nodes, unit.node_selector)
+            if cap is None:
+                cap = self._declared_capacity.get(unit.name)
+            if cap != unit.capacity:
+                log.info("unit %s capacity: %s", unit.name, "elastic" if cap is None else describe(cap))
+                self.engine.set_unit_capacity(unit.name, cap)
+                changed = True
+        return changed
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ================================================================ recovery
+
+    async def _recover(self) -> None:
+        rows = self.store.jobs(st.LIVE_STATES)
+        missing = sorted({r.queue for r in rows} - set(self.engine.tree.leaves))
+        if missing:
+            raise ServiceError(
+                f"the quota tree has no leaf {', '.join(missing)} but the store holds live jobs there; "
+                "start with a tree that has these leaves (nothing was changed)"
+            )
+        active = [r for r in rows if r.state in st.ACTIVE_STATES and r.submission_id]
+        statuses = await asyncio.gather(
+            *(asyncio.to_thread(self.ray.status, r.submission_id or "") for r in active), return_exceptions=True
+        )
+        for row, status in zip(active, statuses, strict=True):
+            if isinstance(status, BaseException):
+                raise ServiceError(f"cannot ask Ray about job {row.id}: {status}")
+            sid = row.submission_id or ""
+            if status is None and row.released:
+                self._requeue_row(row, "Lost", f"Ray no longer knows submission {sid} (cluster restarted?)")
+                continue
+            if status is not None and status.terminal:
+                if row.state == st.PREEMPTING and status.status == "STOPPED":
+                    self._requeue_row(row, "Requeued", f"Ray stopped {sid} while rayqueue was down", preempted=True)
+                    continue
+                logs = await asyncio.to_thread(self.ray.logs, sid)
+                self._active[row.id] = sid
+                self._finalize(row.id, status, logs)
+                continue
+            # Running (or pending) in Ray, or admitted but maybe never submitted: count it, as it was.
+            w = self._workload(row)
+            self.engine.restore(w, row.unit, row.admitted_at or self.clock())
+            self.store.record(row.id, "Reattached", f"counted again on unit {row.unit} after a restart")
+            if status is None:
+                node_selector = self.units.by_name[w.unit or ""].node_selector if w.unit in self.units.by_name else {}
+                self._releasing[row.id] = asyncio.create_task(self._release(row.id, sid, dict(node_selector)))
+                continue
+            if not row.released:
+                self.store.transition(row.id, "Released", f"Ray has {sid} (found after a restart)", released=True)
+            self._active[row.id] = sid
+            if row.state == st.PREEMPTING:
+                self._preempting.add(row.id)
+                self._spawn(self._stop_in_ray(row.id, sid))
+        for row in self.store.jobs([st.PENDING]):
+            if row.id in self.engine.workloads:
+                continue
+            w = self._workload(row)
+            rejected = self.engine.submit(w)
+            if rejected is not None:
+                self.store.transition(
+                    row.id,
+                    "Rejected",
+                    f"can never run under the current tree: {rejected.reason.message}",
+                    state=REJECTED,
+                    reason_code=rejected.reason.code.value,
+                    reason=rejected.reason.message,
+                    finished_at=self.clock(),
+                )
+
+    def _requeue_row(self, row: JobRecord, kind: str, message: str, preempted: bool = False) -> None:
+        self.store.transition(
+            row.id,
+            kind,
+            message,
+            state=st.PENDING,
+            attempt=row.attempt + 1,
+            released=False,
+            unit=None,
+            submission_id=None,
+            admitted_at=None,
+            running_at=None,
+            preemptions=row.preemptions + (1 if preempted else 0),
+        )
+
+    @staticmethod
+    def _workload(row: JobRecord) -> Workload:
+        return Workload(
+            uid=row.id,
+            queue=row.queue,
+            request=row.request_dict(),
+            pods=row.pods,
+            priority=row.priority,
+            priority_class=row.priority_class,
+            submitted_at=row.submitted_at,
+            name=row.name,
+        )
+
+    # ================================================================ the quota tree
+
+    def apply_tree(self, text: str, dry_run: bool = False, source: str = "ElasticQuotaTree") -> dict[str, Any]:
+        """Validate a new tree and apply it (or only say what it would change)."""
+        tree = QuotaTree.from_yaml_text(text, source)  # QuotaTreeError names node and field
+        if dry_run:
+            effects = self.engine.preview_tree(tree)
+            return {"applied": False, "effects": effects}
+        effects = self.engine.set_tree(tree)  # QuotaTreeError if a leaf holding jobs would go
+        self.store.set_setting(TREE_SETTING, text)
+        self.store.record("(quota)", "QuotaApplied", f"tree {tree.name}: " + "; ".join(effects))
+        self._run_cycle()
+        return {"applied": True, "effects": effects}
+
+    def tree_yaml(self) -> str:
+        return yaml.safe_dump(self.engine.tree.to_dict(), sort_keys=False)
+
+    # ================================================================ views
+
+    def resolve(self, ref: str) -> JobRecord:
+        """A job by id, or by name when exactly one job has it."""
+        row = self.store.get(ref)
+        if row is not None:
+            return row
+        rows = self.store.by_name(ref)
+        if len(rows) == 1:
+            return rows[0]
+        if not rows:
+            raise NotFound(f"no job with id or name {ref!r}")
+        live = [r for r in rows if r.state in st.LIVE_STATES]
+        if len(live) == 1:
+            return live[0]
+        ids = ", ".join(r.id for r in rows[-10:])
+        raise NotFound(f"{len(rows)} jobs are named {ref!r}; use an id ({ids})")
+
+    def explain(self, ref: str) -> dict[str, Any]:
+        row = self.resolve(ref)
+        out: dict[str, Any] = {
+            "id": row.id,
+            "name": row.name,
+            "queue": row.queue,
+            "state": row.state,
+            "priority": row.priority,
+            "priority_class": row.priority_class,
+            "unit": row.unit,
+            "position": None,
+            "pending_in_queue": None,
+            "reason_code": row.reason_code,
+            "reason": row.reason,
+            "expected_start": None,
+            "submitted_at": row.submitted_at,
+            "admitted_at": row.admitted_at,
+            "running_at": row.running_at,
+            "finished_at": row.finished_at,
+            "attempt": row.attempt,
+            "preemptions": row.preemptions,
+            "submission_id": row.submission_id,
+            "ray_status": row.ray_status,
+            "ray_message": row.ray_message,
+            "request": describe(row.request_dict()),
+            "pods": row.pods,
+        }
+        if row.id in self.engine.workloads:
+            info = self.engine.explain(row.id)
+            out["position"] = info.position
+            out["pending_in_queue"] = info.pending_in_queue
+            out["expected_start"] = info.expected_start
+            if info.reason is not None and row.state == st.PENDING:
+                out["reason_code"] = info.reason.code.value
+                out["reason"] = info.reason.message
+        elif row.state == st.RUNNING and not out["reason"]:
+            out["reason"] = "running in Ray"
+        return out
+
+    def job_views(self, states: list[str] | None = None, queue: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for row in self.store.jobs(states, queue):
+            position = None
+            if row.state == st.PENDING and row.id in self.engine.workloads:
+                position = self.engine.explain(row.id).position
+            out.append(
+                {
+                    "id": row.id,
+                    "name": row.name,
+                    "queue": row.queue,
+                    "state": row.state,
+                    "priority": row.priority,
+                    "priority_class": row.priority_class,
+                    "unit": row.unit,
+                    "position": position,
+                    "request": describe(row.request_dict()),
+                    "submitted_at": row.submitted_at,
+                    "admitted_at": row.admitted_at,
+                    "running_at": row.running_at,
+                    "finished_at": row.finished_at,
+                    "preemptions": row.preemptions,
+                    "reason": row.reason,
+                }
+            )
+        return out
+
+    def status(self) -> dict[str, Any]:
+        tree = self.engine.tree
+        pending: dict[str, int] = {}
+        running: dict[str, int] = {}
+        for name, q in self.engine.queues.items():
+            pending[name] = len(q)
+            running[name] = len(q.admitted)
+        nodes = []
+
+        def visit(node: Any) -> tuple[int, int]:
+            index = len(nodes)
+            nodes.append({})
+            p, r = (pending.get(node.name, 0), running.get(node.name, 0)) if node.is_leaf else (0, 0)
+            for child in node.children:
+                cp, cr = visit(child)
+                p, r = p + cp, r + cr
+            resources = sorted((set(node.min) | set(node.max) | set(node.usage)) - {MAX_JOBS}) + (
+                [MAX_JOBS] if MAX_JOBS in node.max else []
+            )
+            nodes[index] = {
+                "name": node.name,
+                "path": node.path,
+                "depth": node.depth,
+                "leaf": node.is_leaf,
+                "min": {k: v for k, v in node.min.items()},
+                "max": {k: v for k, v in node.max.items()},
+                "usage": {k: v for k, v in node.usage.items() if v},
+                "borrowed": tree.borrowed(node),
+                "resources": resources,
+                "pending": p,
+                "running": r,
+            }
+            return p, r
+
+        visit(tree.root)
+        units = [
+            {
+                "name": u.name,
+                "resource": u.resource,
+                "capacity": u.capacity,
+                "usage": {k: v for k, v in u.usage.items() if v and k != MAX_JOBS},
+                "pods": u.pods,
+                "max_pods": u.max_pods,
+                "node_selector": u.node_selector,
+            }
+            for u in self.engine.units.units
+        ]
+        return {"tree": tree.name, "nodes": nodes, "units": units, "ray": self.ray.address}
+
+    def history(self, ref: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        job_id = self.resolve(ref).id if ref else None
+        return [
+            {"job": e.job_id, "at": e.at, "kind": e.kind, "state": e.state, "unit": e.unit, "message": e.message}
+            for e in self.store.events(job_id, limit)
+        ]
+
+    async def logs(self, ref: str) -> dict[str, Any]:
+        row = self.resolve(ref)
+        text: str | None = None
+        source = "none"
+        if row.state in st.ACTIVE_STATES and row.released and row.submission_id:
+            try:
+                text = await asyncio.to_thread(self.ray.logs, row.submission_id)
+                source = "ray"
+            except RayUnavailable:
+                text = None
+        if text is None and row.logs is not None:
+            text, source = row.logs, "store"
+        return {"id": row.id, "state": row.state, "source": source, "logs": text or ""}
+
+    def refresh_metrics(self) -> None:
+        self.metrics.refresh(self)
+
+
+def _visible(request: Resources) -> Resources:
+    return {r: v for r, v in request.items() if r != MAX_JOBS}
+
+
+def _new_id(req: RayJobRequest, taken: set[str]) -> str:
+    base = req.name if req.generate_name else f"{req.name}-"
+    while True:
+        candidate = f"{base}{secrets.token_hex(3)}"
+        if candidate not in taken:
+            return candidate
+
+
+__all__ = [
+    "Accepted",
+    "NotFound",
+    "QuotaTreeError",
+    "Service",
+    "ServiceConfig",
+    "ServiceError",
+    "SubmitError",
+    "WorkloadState",
+    "default_tree",
+]

@@ -1,0 +1,269 @@
+"""The Ray side of standalone mode: a local Ray head we start and stop ourselves, or an existing one.
+
+A local head is ``ray start --head --block`` in its own process group, bound to 127.0.0.1, with every
+port picked free (so tests and several services never collide), its own temp dir, logical GPUs and node
+labels from our config. It survives a crash of the service on purpose: running Ray jobs keep running,
+and the restarted service finds it again (its address is kept in the store) and re-attaches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from rayqueue.quota.quantity import CPU, GPU, MEMORY, MILLI, Resources
+
+log = logging.getLogger("rayqueue.service.ray")
+
+#: Ray resource name -> Kubernetes resource name (and the scale to milli-units).
+MARKER_ENV = "RAYQUEUE_LOCAL_RAY"
+
+RAY_TO_K8S = {"CPU": (CPU, MILLI), "GPU": (GPU, MILLI), "memory": (MEMORY, MILLI)}
+
+
+class RayClusterError(RuntimeError):
+    pass
+
+
+def free_ports(count: int) -> list[int]:
+    sockets, ports = [], []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in sockets:
+            s.close()
+    return ports
+
+
+def dashboard_url(address: str) -> str:
+    """``127.0.0.1:8265`` or ``http://...``: the Ray dashboard (Job Submission API) URL."""
+    address = address.strip().rstrip("/")
+    if "://" not in address:
+        address = f"http://{address}"
+    return address
+
+
+def dashboard_alive(url: str, timeout: float = 2.0) -> bool:
+    try:
+        return httpx.get(f"{url}/api/version", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@dataclass
+class LocalRayInfo:
+    """What a restarted service needs to find (and later stop) the head it started."""
+
+    dashboard_url: str
+    gcs_address: str
+    pgid: int
+    temp_dir: str
+    num_cpus: int
+    num_gpus: int
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> LocalRayInfo:
+        return cls(**json.loads(text))
+
+
+class LocalRayCluster:
+    """A single-node Ray cluster on 127.0.0.1 owned by this process (or by a crashed predecessor)."""
+
+    def __init__(self, info: LocalRayInfo, process: subprocess.Popen[bytes] | None = None) -> None:
+        self.info = info
+        self.process = process
+
+    @property
+    def url(self) -> str:
+        return self.info.dashboard_url
+
+    @classmethod
+    def start(
+        cls,
+        num_cpus: int = 8,
+        num_gpus: int = 0,
+        labels: Mapping[str, str] | None = None,
+        resources: Mapping[str, float] | None = None,
+        object_store_mb: int = 256,
+        timeout: float = 90.0,
+    ) -> LocalRayCluster:
+        ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+        if ray_bin is None:
+            raise RayClusterError("the `ray` command is not installed (pip install 'ray[default]')")
+        # Short path: Ray's unix sockets live under it (108-byte limit).
+        temp_dir = tempfile.mkdtemp(prefix="rq-", dir="/tmp")
+        gcs, dash, agent_http, agent_grpc, env_agent, metrics, node_mgr, obj_mgr, client = free_ports(9)
+        cmd = [
+            ray_bin, "start", "--head", "--block",
+            "--node-ip-address", "127.0.0.1",
+            "--port", str(gcs),
+            "--dashboard-host", "127.0.0.1",
+            "--dashboard-port", str(dash),
+            "--dashboard-agent-listen-port", str(agent_http),
+            "--dashboard-agent-grpc-port", str(agent_grpc),
+            "--runtime-env-agent-port", str(env_agent),
+            "--metrics-export-port", str(metrics),
+            "--node-manager-port", str(node_mgr),
+            "--object-manager-port", str(obj_mgr),
+            "--ray-client-server-port", str(client),
+            "--num-cpus", str(num_cpus),
+            "--num-gpus", str(num_gpus),
+            "--object-store-memory", str(object_store_mb * 2**20),
+            "--temp-dir", temp_dir,
+            "--disable-usage-stats",
+            "--include-dashboard", "true",
+        ]  # fmt: skip
+        if labels:
+            cmd += ["--labels", ",".join(f"{k}={v}" for k, v in labels.items())]
+        if resources:
+            cmd += ["--resources", json.dumps(dict(resources))]
+        env = dict(os.environ)
+        # Job drivers inherit this environment: put this interpreter first so `python` has ray.
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env["RAY_enable_worker_prestart"] = "0"  # no idle workers eating a small machine's cores
+        env["RAY_prestart_worker_first_driver"] = "0"
+        env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        # Every process of this head (drivers too) inherits the marker: stop() finds strays by it.
+        env[MARKER_ENV] = temp_dir
+        log_path = Path(temp_dir) / "ray-start.log"
+        with open(log_path, "wb") as out:
+            process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        info = LocalRayInfo(
+            dashboard_url=f"http://127.0.0.1:{dash}",
+            gcs_address=f"127.0.0.1:{gcs}",
+            pgid=process.pid,
+            temp_dir=temp_dir,
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            labels=dict(labels or {}),
+        )
+        cluster = cls(info, process)
+        try:
+            cluster.wait_ready(timeout)
+        except BaseException:
+            cluster.stop()
+            raise
+        log.info("started a local Ray head at %s (temp dir %s)", info.dashboard_url, temp_dir)
+        return cluster
+
+    @classmethod
+    def reattach(cls, info: LocalRayInfo) -> LocalRayCluster | None:
+        """The head a crashed service left running, if it still answers."""
+        if not dashboard_alive(info.dashboard_url):
+            return None
+        return cls(info)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                log_text = (Path(self.info.temp_dir) / "ray-start.log").read_text(errors="replace")[-2000:]
+                raise RayClusterError(f"`ray start` exited with {self.process.returncode}:\n{log_text}")
+            if dashboard_alive(self.url, timeout=1.0) and alive_nodes(self.url):
+                return
+            time.sleep(0.3)
+        raise RayClusterError(f"the local Ray head did not come up within {timeout:.0f}s")
+
+    def stop(self) -> None:
+        """Stop every process of this head (its whole process group) and remove its temp dir."""
+        pgid = self.info.pgid
+        try:
+            os.killpg(pgid, signal.SIGKILL)  # SIGTERM drains for 30 s; nothing of ours needs it
+        except ProcessLookupError:
+            pass
+        except PermissionError as exc:
+            raise RayClusterError(f"cannot stop the Ray head (process group {pgid}): {exc}") from exc
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        _kill_strays(self.info.temp_dir)
+        shutil.rmtree(self.info.temp_dir, ignore_errors=True)
+
+
+def _kill_strays(temp_dir: str) -> None:
+    """Processes of this head that left its process group (job drivers): found by its temp dir."""
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if temp_dir.encode() in cmdline or f"{MARKER_ENV}={temp_dir}".encode() in environ.split(b"\0"):
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+# ------------------------------------------------------------------------------ capacity
+
+
+def alive_nodes(url: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """Alive Ray nodes with their total resources and labels (dashboard state API, no driver needed)."""
+    try:
+        resp = httpx.get(
+            f"{url}/api/v0/nodes",
+            params={"limit": 1000, "filter_keys": "state", "filter_predicates": "=", "filter_values": "ALIVE"},
+            timeout=timeout,
+        )
+    except httpx.HTTPError:
+        return []
+    if resp.status_code != 200:
+        return []
+    body = resp.json()
+    result = ((body.get("data") or {}).get("result") or {}).get("result") or []
+    return [n for n in result if n.get("state") == "ALIVE"]
+
+
+def node_resources(node: Mapping[str, Any]) -> Resources:
+    """A Ray node's total resources in our units (CPU -> cpu, GPU -> nvidia.com/gpu, memory)."""
+    out: Resources = {}
+    for ray_name, value in (node.get("resources_total") or {}).items():
+        mapped = RAY_TO_K8S.get(ray_name)
+        if mapped is not None:
+            name, scale = mapped
+            out[name] = out.get(name, 0) + int(round(float(value) * scale))
+    return out
+
+
+def matches(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def capacity_for(nodes: list[dict[str, Any]], selector: Mapping[str, str]) -> Resources | None:
+    """The sum over the alive nodes whose labels match ``selector``; None when no node matches."""
+    chosen = [n for n in nodes if matches(n.get("labels") or {}, selector)]
+    if not chosen:
+        return None
+    total: Resources = {}
+    for n in chosen:
+        for r, v in node_resources(n).items():
+            total[r] = total.get(r, 0) + v
+    return total

@@ -1,0 +1,201 @@
+"""Running the standalone service: Ray (local or attached), the store, the engine and the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rayqueue.queue.priority import PriorityClasses
+from rayqueue.quota.tree import QuotaTree
+from rayqueue.scheduler.resourcepolicy import Units, load_resource_policy
+from rayqueue.scheduler.service.core import (
+    DEFAULT_PRIORITY_CLASSES,
+    TREE_SETTING,
+    Service,
+    ServiceConfig,
+    ServiceError,
+    default_tree,
+)
+from rayqueue.scheduler.service.raycluster import LocalRayCluster, LocalRayInfo, dashboard_url
+from rayqueue.scheduler.service.rayjobs import RayJobs
+from rayqueue.scheduler.service.store import Store, default_db_url
+
+log = logging.getLogger("rayqueue.service")
+
+DEFAULT_PORT = 8266
+LOCAL_RAY_SETTING = "local_ray"
+
+
+@dataclass
+class ServeOptions:
+    tree: Path | None = None
+    policy: Path | None = None
+    priority_classes: Path | None = None
+    ray_address: str | None = None
+    num_gpus: int = 0
+    num_cpus: int = 8
+    db: str | None = None
+    state_dir: Path = Path(".rayqueue")
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    token: str | None = None
+    config: ServiceConfig = field(default_factory=ServiceConfig)
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_priority_classes(path: Path | None) -> PriorityClasses:
+    """Kubernetes ``PriorityClass`` documents, or a plain ``{name: value}`` mapping; defaults otherwise."""
+    if path is None:
+        return PriorityClasses(DEFAULT_PRIORITY_CLASSES)
+    classes: dict[str, int] = {}
+    try:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    except (OSError, yaml.YAMLError) as exc:
+        raise ServiceError(f"{path}: cannot read priority classes: {exc}") from exc
+    for i, doc in enumerate(docs):
+        if not isinstance(doc, dict):
+            raise ServiceError(f"{path} (document {i}): expected a mapping")
+        if doc.get("kind") == "PriorityClass":
+            name = (doc.get("metadata") or {}).get("name")
+            value = doc.get("value")
+            if not name or not isinstance(value, int) or isinstance(value, bool):
+                raise ServiceError(f"{path} (document {i}): a PriorityClass needs metadata.name and an integer value")
+            classes[str(name)] = value
+        else:
+            for name, value in doc.items():
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise ServiceError(f"{path}: priority class {name!r}: value {value!r} must be an integer")
+                classes[str(name)] = value
+    return PriorityClasses(classes)
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class Runner:
+    """Owns everything ``rayqueue serve`` starts, and stops what it started."""
+
+    def __init__(self, opts: ServeOptions) -> None:
+        self.opts = opts
+        self.store: Store | None = None
+        self.local_ray: LocalRayCluster | None = None
+        self.service: Service | None = None
+        self.server: Any = None
+        self._server_task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.opts.host}:{self.opts.port}"
+
+    def check(self) -> None:
+        opts = self.opts
+        if not is_loopback(opts.host) and not opts.token:
+            raise ServiceError(
+                f"--host {opts.host} is not a loopback address: set --token (or RAYQUEUE_TOKEN) so that only "
+                "holders of the token can submit jobs"
+            )
+        if not port_free(opts.host, opts.port):
+            raise ServiceError(f"port {opts.port} on {opts.host} is in use (another rayqueue serve?); pick --port")
+
+    async def start(self) -> Service:
+        self.check()
+        opts = self.opts
+        db_url = opts.db or default_db_url(opts.state_dir)
+        self.store = store = Store(db_url)
+        tree_yaml: str | None = None
+        if opts.tree is not None:
+            tree = QuotaTree.from_yaml(opts.tree)
+            tree_yaml = opts.tree.read_text()
+        else:
+            stored = store.get_setting(TREE_SETTING)
+            tree = QuotaTree.from_yaml_text(stored, "stored tree") if stored else default_tree()
+        units: Units | None = load_resource_policy(opts.policy) if opts.policy is not None else None
+        priorities = load_priority_classes(opts.priority_classes)
+        if opts.ray_address:
+            address = dashboard_url(opts.ray_address)
+        else:
+            self.local_ray = await asyncio.to_thread(self._local_ray, store, units)
+            address = self.local_ray.url
+        self.service = Service(store, RayJobs(address), tree, units, priorities, opts.config, tree_yaml=tree_yaml)
+        await self.service.start()
+        import uvicorn
+
+        from rayqueue.scheduler.service.api import create_app
+
+        app = create_app(self.service, opts.token)
+        config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        return self.service
+
+    def _local_ray(self, store: Store, units: Units | None) -> LocalRayCluster:
+        """The local head a previous (crashed) run left, or a new one."""
+        saved = store.get_setting(LOCAL_RAY_SETTING)
+        if saved:
+            info = LocalRayInfo.from_json(saved)
+            found = LocalRayCluster.reattach(info)
+            if found is not None:
+                log.info("re-attached to the local Ray head at %s", info.dashboard_url)
+                return found
+        labels = dict(units.units[0].node_selector) if units is not None else {}
+        cluster = LocalRayCluster.start(num_cpus=self.opts.num_cpus, num_gpus=self.opts.num_gpus, labels=labels)
+        store.set_setting(LOCAL_RAY_SETTING, cluster.info.to_json())
+        return cluster
+
+    async def serve(self) -> None:
+        """Serve until SIGINT / SIGTERM (uvicorn catches them), then stop cleanly."""
+        assert self.server is not None
+        try:
+            await self.server.serve()
+        finally:
+            await self.shutdown()
+
+    async def serve_in_background(self) -> None:
+        assert self.server is not None
+        self._server_task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            if self._server_task.done():
+                self._server_task.result()
+                raise ServiceError("the HTTP server did not start")
+            await asyncio.sleep(0.05)
+
+    async def shutdown(self) -> None:
+        if self.server is not None and self._server_task is not None:
+            self.server.should_exit = True
+            try:
+                await asyncio.wait_for(self._server_task, 10)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+            self._server_task = None
+        if self.service is not None:
+            await self.service.stop()
+            if self.local_ray is not None:
+                self.service.interrupt_running("rayqueue stopped and took its local Ray cluster down")
+        if self.local_ray is not None:
+            await asyncio.to_thread(self.local_ray.stop)
+            if self.store is not None:
+                self.store.set_setting(LOCAL_RAY_SETTING, None)
+            self.local_ray = None
+        if self.store is not None:
+            self.store.close()

@@ -1,0 +1,223 @@
+"""Durable state of the standalone service: every accepted job and every state change, in SQL.
+
+SQLite under ``./.rayqueue/`` by default (WAL, one writer: the service), PostgreSQL by URL. A job row
+holds everything needed to rebuild the engine after a crash (manifest, queue, resolved priority, unit,
+attempt); an event row is written in the same transaction as every state change, so ``history`` is
+exact after the fact.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event as sa_event
+from sqlmodel import Field, Session, SQLModel, col, create_engine, select
+
+# The service's own job states (the engine's are Pending / Admitted / Preempting only while alive).
+PENDING = "Pending"
+ADMITTED = "Admitted"  # admitted by the engine; being released to, or accepted by, Ray
+RUNNING = "Running"  # Ray reports RUNNING
+PREEMPTING = "Preempting"  # asked Ray to stop it; requeued once Ray confirms
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+STOPPED = "Stopped"  # stopped from outside rayqueue (ray job stop)
+CANCELLED = "Cancelled"
+
+ACTIVE_STATES = (ADMITTED, RUNNING, PREEMPTING)
+LIVE_STATES = (PENDING, *ACTIVE_STATES)
+FINAL_STATES = (SUCCEEDED, FAILED, STOPPED, CANCELLED)
+
+
+class JobRecord(SQLModel, table=True):
+    __tablename__ = "jobs"
+
+    id: str = Field(primary_key=True)
+    name: str = Field(index=True)
+    namespace: str | None = None
+    queue: str = Field(index=True)
+    priority: int = 0
+    priority_class: str | None = None
+    state: str = Field(default=PENDING, index=True)
+    reason_code: str | None = None
+    reason: str | None = None
+    unit: str | None = None
+    attempt: int = 0  # bumped on every requeue: Ray never reuses a submission id
+    submission_id: str | None = None
+    released: bool = False  # Ray accepted the current submission id
+    manifest: str = ""  # the RayJob as JSON
+    request: str = "{}"  # the gang's total, milli-units, as JSON
+    pods: int = 1
+    submitted_at: float = 0.0
+    admitted_at: float | None = None
+    released_at: float | None = None
+    running_at: float | None = None
+    finished_at: float | None = None
+    ray_status: str | None = None
+    ray_message: str | None = None
+    preemptions: int = 0
+    logs: str | None = None  # the tail of the driver's log, kept once the job ends
+
+    def manifest_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = json.loads(self.manifest)
+        return out
+
+    def request_dict(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in json.loads(self.request).items()}
+
+
+class EventRecord(SQLModel, table=True):
+    __tablename__ = "events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(index=True)
+    at: float
+    kind: str  # Submitted, Admitted, Released, Running, Preempting, Requeued, Succeeded, ...
+    state: str | None = None
+    unit: str | None = None
+    message: str = ""
+
+
+class SettingRecord(SQLModel, table=True):
+    __tablename__ = "settings"
+
+    key: str = Field(primary_key=True)
+    value: str
+
+
+def default_db_url(state_dir: str | Path = ".rayqueue") -> str:
+    path = Path(state_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path / 'rayqueue.db'}"
+
+
+def submission_id(job_id: str, attempt: int) -> str:
+    """The Ray submission id of one attempt: the job id itself first, ``<id>-r<n>`` after a requeue."""
+    return job_id if attempt == 0 else f"{job_id}-r{attempt}"
+
+
+class Store:
+    """All SQL access of the service; each method is one transaction."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        connect_args: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            connect_args = {"check_same_thread": False, "timeout": 30}
+        self.engine = create_engine(url, connect_args=connect_args)
+        if url.startswith("sqlite"):
+
+            @sa_event.listens_for(self.engine, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash (kill -9)
+                cur.close()
+
+        SQLModel.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            yield s
+
+    # ------------------------------------------------------------------ jobs
+
+    def add_jobs(self, jobs: Iterable[JobRecord], at: float | None = None) -> None:
+        """Accept jobs: their rows and a ``Submitted`` event each, all or nothing."""
+        at = time.time() if at is None else at
+        with self.session() as s:
+            for job in jobs:
+                s.add(job)
+                s.add(
+                    EventRecord(
+                        job_id=job.id,
+                        at=job.submitted_at or at,
+                        kind="Submitted",
+                        state=job.state,
+                        message=f"queued in {job.queue} with priority {job.priority}"
+                        + (f" ({job.priority_class})" if job.priority_class else ""),
+                    )
+                )
+            s.commit()
+
+    def transition(self, job_id: str, kind: str, message: str = "", at: float | None = None, **fields: Any) -> JobRecord:
+        """Update a job's fields and record the event in one transaction."""
+        at = time.time() if at is None else at
+        with self.session() as s:
+            job = s.get(JobRecord, job_id)
+            if job is None:
+                raise KeyError(f"no job {job_id!r}")
+            for key, value in fields.items():
+                setattr(job, key, value)
+            s.add(job)
+            s.add(EventRecord(job_id=job_id, at=at, kind=kind, state=job.state, unit=job.unit, message=message))
+            s.commit()
+            s.refresh(job)
+            return job
+
+    def record(self, job_id: str, kind: str, message: str = "", at: float | None = None) -> None:
+        """An event that changes no field (e.g. the quota tree was applied)."""
+        with self.session() as s:
+            s.add(EventRecord(job_id=job_id, at=time.time() if at is None else at, kind=kind, message=message))
+            s.commit()
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self.session() as s:
+            return s.get(JobRecord, job_id)
+
+    def by_name(self, name: str) -> list[JobRecord]:
+        with self.session() as s:
+            return list(s.exec(select(JobRecord).where(JobRecord.name == name).order_by(col(JobRecord.submitted_at))))
+
+    def jobs(self, states: Iterable[str] | None = None, queue: str | None = None, limit: int | None = None) -> list[JobRecord]:
+        with self.session() as s:
+            query = select(JobRecord)
+            if states is not None:
+                query = query.where(col(JobRecord.state).in_(list(states)))
+            if queue is not None:
+                query = query.where(JobRecord.queue == queue)
+            query = query.order_by(col(JobRecord.submitted_at), col(JobRecord.id))
+            if limit is not None:
+                query = query.limit(limit)
+            return list(s.exec(query))
+
+    def ids(self) -> set[str]:
+        with self.session() as s:
+            return set(s.exec(select(JobRecord.id)))
+
+    def events(self, job_id: str | None = None, limit: int | None = None) -> list[EventRecord]:
+        with self.session() as s:
+            query = select(EventRecord)
+            if job_id is not None:
+                query = query.where(EventRecord.job_id == job_id)
+            query = query.order_by(col(EventRecord.id))
+            rows = list(s.exec(query))
+            return rows[-limit:] if limit else rows
+
+    # ------------------------------------------------------------------ settings
+
+    def get_setting(self, key: str) -> str | None:
+        with self.session() as s:
+            row = s.get(SettingRecord, key)
+            return None if row is None else row.value
+
+    def set_setting(self, key: str, value: str | None) -> None:
+        with self.session() as s:
+            row = s.get(SettingRecord, key)
+            if value is None:
+                if row is not None:
+                    s.delete(row)
+            elif row is None:
+                s.add(SettingRecord(key=key, value=value))
+            else:
+                row.value = value
+                s.add(row)
+            s.commit()
