@@ -29,6 +29,7 @@ from importlib import resources as importlib_resources
 from typing import Any
 
 import yaml
+
 from rayqueue.quota.quantity import (
     CPU,
     MEMORY,
@@ -181,11 +182,16 @@ def rayjob_schema() -> dict[str, Any]:
     return schema
 
 
-def crd_violations(manifest: Mapping[str, Any]) -> list[str]:
-    """Every place where ``manifest`` breaks the RayJob CRD's schema (required fields, types)."""
+@cache
+def _validator() -> Any:
     import jsonschema
 
-    validator = jsonschema.Draft7Validator(rayjob_schema())
+    return jsonschema.Draft7Validator(rayjob_schema())
+
+
+def crd_violations(manifest: Mapping[str, Any]) -> list[str]:
+    """Every place where ``manifest`` breaks the RayJob CRD's schema (required fields, types)."""
+    validator = _validator()
     problems = []
     for error in sorted(validator.iter_errors(manifest), key=lambda e: list(map(str, e.absolute_path))):
         where = _json_path(manifest, error.absolute_path) or "document"

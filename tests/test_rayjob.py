@@ -11,6 +11,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from rayqueue.quota.quantity import CPU, GPU, MEMORY, parse_quantity
 from rayqueue.scheduler import rayjob_schema
 from rayqueue.scheduler.rayjob import (
