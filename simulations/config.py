@@ -261,10 +261,7 @@ def build_units(cluster: ClusterConfig, policy: Units | None = None, source: str
         return Units(units, name=str(cluster.metadata.get("name", "cluster")))
     problems = []
     for name in by_name.keys() - policy.by_name.keys():
-        problems.append(
-            f"units: {name!r} is not a unit of ResourcePolicy {policy.name} "
-            f"(its units: {', '.join(policy.by_name)})"
-        )
+        problems.append(f"units: {name!r} is not a unit of ResourcePolicy {policy.name} (its units: {', '.join(policy.by_name)})")
     out: list[Unit] = []
     for pu in policy.units:
         cu = by_name.get(pu.name)
@@ -276,9 +273,7 @@ def build_units(cluster: ClusterConfig, policy: Units | None = None, source: str
             if cu.maxPods is not None:
                 max_pods = cu.maxPods if max_pods is None else min(max_pods, cu.maxPods)
         elif capacity is None and pu.resource == "ecs":
-            problems.append(
-                f"units: ResourcePolicy unit {pu.name!r} (ecs) has no capacity; add a unit named {pu.name!r}"
-            )
+            problems.append(f"units: ResourcePolicy unit {pu.name!r} (ecs) has no capacity; add a unit named {pu.name!r}")
         out.append(
             Unit(
                 name=pu.name,

@@ -109,8 +109,8 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
             "rejected": sum(1 for r in recs if r.status == "rejected"),
             "unfinished": sum(1 for r in recs if r.status == "unfinished"),
             **_percentiles(waits),
-            f"{short}_hours": round(used_h, 3),
-            f"borrowed_{short}_hours": round(borrowed_h, 3),
+            f"{short}_hours": round(used_h, 6),
+            f"borrowed_{short}_hours": round(borrowed_h, 6),
             "preemptions": sum(r.preemptions for r in recs),
         }
 
@@ -136,7 +136,7 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "resource": u.resource,
             "capacity": cap,
-            f"{short}_hours": round(used, 3),
+            f"{short}_hours": round(used, 6),
             f"peak_{short}": peak,
             "utilisation": None if not cap or hours == 0 else round(used / (cap * hours), 4),
             "price_per_gpu_hour": u.price,
@@ -151,7 +151,7 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
                 cost = cap * hours * u.price
                 prepaid_cost += cost
                 entry["billing"] = "prepaid"
-            entry["cost"] = round(cost, 2)
+            entry["cost"] = round(cost, 4)
         units[u.name] = entry
 
     all_waits = np.array([r.first_admit - r.submit for r in records if r.first_admit is not None])
@@ -175,15 +175,13 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
             "makespan": format_duration(makespan),
             "units": units,
             f"acs_{short}_hours": round(
-                sum(units[u.name][f"{short}_hours"] for u in result.units if u.resource in ("acs", "eci")), 3
+                sum(units[u.name][f"{short}_hours"] for u in result.units if u.resource in ("acs", "eci")), 6
             ),
             "currency": result.cluster.currency,
-            "elastic_cost": round(elastic_cost, 2),
-            "acs_cost": round(
-                sum(units[u.name].get("cost", 0.0) for u in result.units if u.resource in ("acs", "eci")), 2
-            ),
-            "prepaid_cost": round(prepaid_cost, 2),
-            "total_cost": round(elastic_cost + prepaid_cost, 2),
+            "elastic_cost": round(elastic_cost, 4),
+            "acs_cost": round(sum(units[u.name].get("cost", 0.0) for u in result.units if u.resource in ("acs", "eci")), 4),
+            "prepaid_cost": round(prepaid_cost, 4),
+            "total_cost": round(elastic_cost + prepaid_cost, 4),
             "preemptions": sum(r.preemptions for r in records),
             "all_queues": _percentiles(all_waits),
         },
@@ -442,8 +440,14 @@ def render_html(summary: dict[str, Any], figures: dict[str, bytes]) -> str:
         "<h2>Time to first admission per priority class</h2>",
         _table(
             class_rows,
-            [("class", "class"), ("priority", "priority"), ("jobs", "jobs"), ("mean", "mean"),
-             ("wait_mean_s", "mean (s)"), ("wait_p95_s", "p95 (s)")],
+            [
+                ("class", "class"),
+                ("priority", "priority"),
+                ("jobs", "jobs"),
+                ("mean", "mean"),
+                ("wait_mean_s", "mean (s)"),
+                ("wait_p95_s", "p95 (s)"),
+            ],
         ),
     ]
     if skipped:
@@ -588,9 +592,9 @@ def write_comparison(results: list[SimulationResult], summaries: list[dict[str, 
         _img(figures["compare_wait_cdf.png"], "wait CDF per scenario"),
         _img(figures["compare_queue_wait.png"], "mean wait per queue"),
         _img(figures["compare_cost.png"], "cost per scenario"),
-        "<p>Each scenario's full report: " + ", ".join(
-            f"<a href='{html.escape(s['scenario'])}/report.html'>{html.escape(s['scenario'])}</a>" for s in summaries
-        ) + "</p></body></html>",
+        "<p>Each scenario's full report: "
+        + ", ".join(f"<a href='{html.escape(s['scenario'])}/report.html'>{html.escape(s['scenario'])}</a>" for s in summaries)
+        + "</p></body></html>",
     ]
     (d / "compare.html").write_text("\n".join(page))
     return data

@@ -219,8 +219,7 @@ class Simulator:
                 for u in self.units.units
             ],
             leaves=[
-                LeafInfo(n, leaf.path, leaf.min.get(resource, 0), leaf.max.get(resource))
-                for n, leaf in self.tree.leaves.items()
+                LeafInfo(n, leaf.path, leaf.min.get(resource, 0), leaf.max.get(resource)) for n, leaf in self.tree.leaves.items()
             ],
             cluster=self.cluster,
             trace_rows=self.trace.rows,
@@ -257,7 +256,7 @@ class Simulator:
                 engine.finish(rec.uid)
                 rec.status = "finished"
                 rec.finish = now
-                rec.busy_seconds += now - (rec.admit or now)
+                rec.busy_seconds += now - (now if rec.admit is None else rec.admit)
                 done += 1
                 if rec.amount:
                     ct.append(now)
@@ -315,7 +314,7 @@ class Simulator:
                         rec.status = "pending"
                         rec.preemptions += 1
                         rec.epoch += 1
-                        rec.busy_seconds += now - (rec.admit or now)
+                        rec.busy_seconds += now - (now if rec.admit is None else rec.admit)
                         if rec.amount:
                             ct.append(now)
                             cu.append(unit_index[unit or ""])
