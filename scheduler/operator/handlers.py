@@ -1,0 +1,211 @@
+"""kopf wiring: watch handlers that feed the controller, admission webhooks, and how to run it all.
+
+Every watch handler is a raw ``on.event`` handler: kopf neither patches our objects nor keeps progress
+annotations on them; the controller's state is derived from the objects themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+from kopf._core.engines.peering import Identity
+
+from rayqueue.quota.tree import QuotaTree, QuotaTreeError
+from rayqueue.scheduler.operator.controller import Controller, OperatorConfig
+from rayqueue.scheduler.operator.kube import Connection, KubeClient
+from rayqueue.scheduler.operator.metrics import OperatorMetrics
+from rayqueue.scheduler.operator.rayjobs import MUTATED_ANNOTATION, is_managed, webhook_patch
+from rayqueue.scheduler.resourcepolicy import ResourcePolicyError, units_from_manifest
+
+log = logging.getLogger("rayqueue.operator")
+
+
+@dataclass
+class WebhookConfig:
+    port: int = 9443
+    addr: str | None = None
+    host: str | None = None  # the name in the certificate, e.g. rayqueue-webhook.rayqueue-system.svc
+    certfile: str | None = None
+    pkeyfile: str | None = None
+    insecure: bool = False  # plain HTTP (tests only; the API server requires TLS)
+
+
+def _event_type(event: Mapping[str, Any]) -> str:
+    return str(event.get("type") or "ADDED")  # None: kopf's initial listing
+
+
+def validate_tree(body: Mapping[str, Any]) -> list[str]:
+    """The validator's messages for an ElasticQuotaTree (empty when it is valid)."""
+    try:
+        QuotaTree.from_dict(body, source=_ref(body))
+    except QuotaTreeError as exc:
+        return list(exc.violations)
+    return []
+
+
+def validate_policy(body: Mapping[str, Any]) -> list[str]:
+    try:
+        units_from_manifest(body, source=_ref(body))
+    except ResourcePolicyError as exc:
+        return list(exc.violations)
+    return []
+
+
+def _ref(body: Mapping[str, Any]) -> str:
+    meta = body.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{body.get('kind', 'object')} {ns + '/' if ns else ''}{meta.get('name')}"
+
+
+def build_registry(controller: Controller, connection: Connection, webhooks: bool = False) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection.kopf_info()
+
+    @kopf.on.startup(registry=registry)
+    async def startup(**_: Any) -> None:
+        await controller.start()
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        await controller.stop()
+
+    @kopf.on.event("ray.io", "v1", "rayjobs", registry=registry)
+    async def rayjob_event(event: Mapping[str, Any], **_: Any) -> None:
+        await controller.on_rayjob(_event_type(event), event["object"])
+
+    @kopf.on.event("scheduling.sigs.k8s.io", "v1beta1", "elasticquotatrees", registry=registry)
+    async def tree_event(event: Mapping[str, Any], **_: Any) -> None:
+        await controller.on_tree(_event_type(event), event["object"])
+
+    @kopf.on.event("scheduling.alibabacloud.com", "v1alpha1", "resourcepolicies", registry=registry)
+    async def policy_event(event: Mapping[str, Any], **_: Any) -> None:
+        await controller.on_policy(_event_type(event), event["object"])
+
+    @kopf.on.event("scheduling.k8s.io", "v1", "priorityclasses", registry=registry)
+    async def priority_class_event(event: Mapping[str, Any], **_: Any) -> None:
+        await controller.on_priority_class(_event_type(event), event["object"])
+
+    @kopf.on.event("", "v1", "nodes", registry=registry)
+    async def node_event(event: Mapping[str, Any], **_: Any) -> None:
+        await controller.on_node(_event_type(event), event["object"])
+
+    if webhooks:
+        register_webhooks(registry, controller)
+    return registry
+
+
+def register_webhooks(registry: kopf.OperatorRegistry, controller: Controller) -> None:
+    """Admission webhooks (kopf refuses to start with them unless a webhook server is configured)."""
+
+    @kopf.on.mutate("ray.io", "v1", "rayjobs", operation="CREATE", id="suspend-rayjobs",
+                    registry=registry, persistent=True)
+    def suspend_new_rayjobs(body: Mapping[str, Any], patch: kopf.Patch, warnings: list[str],
+                            **_: Any) -> None:
+        raw = dict(body)
+        if not is_managed(raw, controller.tree):
+            return
+        changes = webhook_patch(raw)
+        if not changes:
+            return
+        patch.setdefault("spec", {}).update(changes)
+        said = ", ".join(f"spec.{k}={str(v).lower()}" for k, v in sorted(changes.items()))
+        patch.setdefault("metadata", {}).setdefault("annotations", {})[MUTATED_ANNOTATION] = said
+        warnings.append(f"rayqueue set {said}: the job waits in its queue and frees its cluster when done")
+
+    @kopf.on.validate("scheduling.sigs.k8s.io", "v1beta1", "elasticquotatrees", id="validate-tree",
+                      registry=registry, persistent=True)
+    def check_tree(body: Mapping[str, Any], **_: Any) -> None:
+        problems = validate_tree(dict(body))
+        if problems:
+            raise kopf.AdmissionError("invalid ElasticQuotaTree: " + "; ".join(problems), code=422)
+
+    @kopf.on.validate("scheduling.alibabacloud.com", "v1alpha1", "resourcepolicies", id="validate-policy",
+                      registry=registry, persistent=True)
+    def check_policy(body: Mapping[str, Any], **_: Any) -> None:
+        problems = validate_policy(dict(body))
+        if problems:
+            raise kopf.AdmissionError("invalid ResourcePolicy: " + "; ".join(problems), code=422)
+
+
+def build_settings(config: OperatorConfig, webhook: WebhookConfig | None = None) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.posting.enabled = False  # we post our own events, with reasons users act on
+    settings.scanning.disabled = True  # our kinds are known; no need to watch CRDs appear
+    settings.watching.reconnect_backoff = 0.2
+    settings.watching.server_timeout = 300
+    settings.networking.error_backoffs = [0.1, 0.2, 0.5, 1, 2, 5]
+    settings.peering.clusterwide = True
+    if config.peering is not None:
+        settings.peering.name = config.peering
+        settings.peering.priority = config.priority
+        settings.peering.lifetime = 10
+    if webhook is not None:
+        settings.admission.server = kopf.WebhookServer(
+            addr=webhook.addr, port=webhook.port, host=webhook.host,
+            certfile=webhook.certfile, pkeyfile=webhook.pkeyfile, insecure=webhook.insecure,
+        )
+    return settings
+
+
+class Operator:
+    """One operator instance in this event loop (tests run two side by side)."""
+
+    def __init__(self, connection: Connection, config: OperatorConfig | None = None,
+                 webhook: WebhookConfig | None = None, metrics_port: int | None = None) -> None:
+        self.connection = connection
+        self.config = config or OperatorConfig()
+        self.webhook = webhook
+        self.metrics = OperatorMetrics()
+        self.client = KubeClient(connection)
+        self.controller = Controller(self.client, self.config, self.metrics)
+        self.registry = build_registry(self.controller, connection, webhooks=webhook is not None)
+        self.settings = build_settings(self.config, webhook)
+        self.metrics_port = metrics_port
+        self.stop_flag: asyncio.Event = asyncio.Event()
+        self.ready_flag: asyncio.Event = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        if self.metrics_port is not None:
+            self.metrics.serve(self.metrics_port)
+        await kopf.operator(
+            registry=self.registry,
+            settings=self.settings,
+            clusterwide=True,
+            standalone=self.config.peering is None,
+            peering_name=self.config.peering,
+            priority=self.config.priority,
+            identity=Identity(self.config.identity),
+            stop_flag=self.stop_flag,
+            ready_flag=self.ready_flag,
+        )
+
+    def start(self) -> asyncio.Task[None]:
+        self.task = asyncio.create_task(self.run(), name=f"operator {self.config.identity}")
+        return self.task
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        self.stop_flag.set()
+        if self.task is not None:
+            try:
+                await asyncio.wait_for(self.task, timeout)
+            except TimeoutError:
+                self.task.cancel()
+
+    async def kill(self) -> None:
+        """Stop abruptly, as a crashed pod would (no cleanup beyond closing sockets)."""
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except (asyncio.CancelledError, Exception):
+                pass
+        await self.controller.stop()

@@ -1,0 +1,365 @@
+"""Test doubles for the operator: a Kubernetes API on kmock and a small fake KubeRay.
+
+Used by the tests and by ``benchmarks/operator_kmock.py``; needs the ``dev`` extra (kmock). Nothing in the
+operator itself imports this module.
+
+``FakeApiServer`` is kmock's in-memory Kubernetes emulator plus what the operator relies on in a real API
+server: ``metadata.uid``, ``creationTimestamp`` and an increasing ``resourceVersion`` on every write, a 409
+when a patch carries a stale ``metadata.resourceVersion``, JSON merge-patch semantics (``null`` deletes) and
+fault injection (409/500/timeouts on chosen requests, dropped watch streams).
+
+``FakeKubeRay`` moves RayJob status the way KubeRay's controller does for the fields the operator reads:
+created suspended -> ``Suspended``; ``suspend: false`` -> ``Initializing`` -> ``Running`` -> ``Complete``
+after a runtime; ``suspend: true`` while running -> ``Suspending`` -> ``Suspended``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import attrs
+import kmock
+from kmock._internal import enums, rendering
+
+RAYJOBS = "ray.io/v1/rayjobs"
+TREES = "scheduling.sigs.k8s.io/v1beta1/elasticquotatrees"
+POLICIES = "scheduling.alibabacloud.com/v1alpha1/resourcepolicies"
+PRIORITY_CLASSES = "scheduling.k8s.io/v1/priorityclasses"
+NODES = "v1/nodes"
+EVENTS = "v1/events"
+PEERINGS = "kopf.dev/v1/clusterkopfpeerings"
+
+RESOURCES: dict[str, kmock.ResourceInfo] = {
+    RAYJOBS: kmock.ResourceInfo(
+        kind="RayJob", singular="rayjob", namespaced=True, subresources={"status"},
+        verbs={"get", "list", "watch", "patch", "create", "delete", "update"},
+    ),
+    TREES: kmock.ResourceInfo(
+        kind="ElasticQuotaTree", singular="elasticquotatree", namespaced=True, subresources={"status"},
+        verbs={"get", "list", "watch", "patch", "create", "delete", "update"},
+    ),
+    POLICIES: kmock.ResourceInfo(
+        kind="ResourcePolicy", singular="resourcepolicy", namespaced=True,
+        verbs={"get", "list", "watch", "patch", "create", "delete", "update"},
+    ),
+    PRIORITY_CLASSES: kmock.ResourceInfo(
+        kind="PriorityClass", singular="priorityclass", namespaced=False,
+        verbs={"get", "list", "watch", "create", "delete"},
+    ),
+    NODES: kmock.ResourceInfo(
+        kind="Node", singular="node", namespaced=False, subresources={"status"},
+        verbs={"get", "list", "watch", "patch", "create", "delete"},
+    ),
+    EVENTS: kmock.ResourceInfo(
+        kind="Event", singular="event", namespaced=True, verbs={"get", "list", "watch", "create", "patch"},
+    ),
+    "v1/namespaces": kmock.ResourceInfo(
+        kind="Namespace", singular="namespace", namespaced=False, verbs={"get", "list", "watch"},
+    ),
+    "apiextensions.k8s.io/v1/customresourcedefinitions": kmock.ResourceInfo(
+        kind="CustomResourceDefinition", singular="customresourcedefinition", namespaced=False,
+        verbs={"get", "list", "watch"},
+    ),
+    PEERINGS: kmock.ResourceInfo(
+        kind="ClusterKopfPeering", singular="clusterkopfpeering", namespaced=False,
+        verbs={"get", "list", "watch", "patch", "create"},
+    ),
+}
+
+
+@dataclass
+class Fault:
+    """Fail the next ``times`` requests that match: an HTTP status, or ``timeout`` seconds of silence."""
+
+    method: str  # GET, PATCH, POST, DELETE, or "*"
+    plural: str | None = None  # e.g. "rayjobs"; None: any resource
+    status: int = 500
+    times: int = 1
+    timeout: float = 0.0  # > 0: hang this long before answering (the client times out first)
+    subresource: str | None = "*"  # "*" any, None only the main resource, "status" only /status
+    hits: int = 0
+
+    def matches(self, request: rendering.Request) -> bool:
+        if self.hits >= self.times:
+            return False
+        if self.method != "*" and request.method.value.upper() != self.method.upper():
+            return False
+        if self.plural is not None and (request.resource is None or request.resource.plural != self.plural):
+            return False
+        if self.subresource != "*" and request.subresource != self.subresource:
+            return False
+        return True
+
+
+def _now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@attrs.define(kw_only=True)
+class FakeApiServer(kmock.KubernetesEmulator):
+    """kmock's emulator with resource versions, optimistic concurrency and fault injection."""
+
+    faults: list[Fault] = attrs.field(factory=list)
+    _rv: Any = attrs.field(factory=lambda: itertools.count(1000), init=False)
+    _watch_epoch: int = attrs.field(default=0, init=False)
+    _drop: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        for key, info in RESOURCES.items():
+            self.resources[key] = info
+
+    # ---- fault injection
+    def inject(self, method: str, plural: str | None = None, *, status: int = 500, times: int = 1,
+               timeout: float = 0.0, subresource: str | None = "*") -> Fault:
+        fault = Fault(method=method, plural=plural, status=status, times=times, timeout=timeout,
+                      subresource=subresource)
+        self.faults.append(fault)
+        return fault
+
+    def drop_watches(self) -> None:
+        """End every open watch stream (as an API server restart or a load balancer would)."""
+        self._watch_epoch += 1
+        self._drop.set()
+        self._drop = asyncio.Event()
+
+    # ---- request handling
+    async def _handle(self, request: rendering.Request) -> Any:
+        for fault in self.faults:
+            if fault.matches(request):
+                fault.hits += 1
+                if fault.timeout:
+                    await asyncio.sleep(fault.timeout)
+                raise kmock.KubernetesError(status=fault.status, reason="Injected",
+                                            message=f"injected fault {fault.status}")
+        if request.resource is not None and isinstance(request.data, dict):
+            if request.action == enums.action.CREATE:
+                meta = request.data.setdefault("metadata", {})
+                if not meta.get("name") and meta.get("generateName"):
+                    meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+                meta.setdefault("uid", str(uuid.uuid4()))
+                meta.setdefault("creationTimestamp", _now_iso())
+                meta["resourceVersion"] = str(next(self._rv))
+                meta.setdefault("generation", 1)
+            elif request.action == enums.action.UPDATE and request.name is not None:
+                key = (request.resource, request.namespace, request.name)
+                current = self.objects[key] if key in self.objects else None
+                if current is not None and not current.deleted:
+                    expected = (request.data.get("metadata") or {}).get("resourceVersion")
+                    actual = (current.get("metadata") or {}).get("resourceVersion")
+                    if expected is not None and expected != actual:
+                        raise kmock.KubernetesError(
+                            status=409, reason="Conflict",
+                            message=f"the object has been modified (resourceVersion {expected} != {actual})")
+                    meta = request.data.setdefault("metadata", {})
+                    meta["resourceVersion"] = str(next(self._rv))
+                    if "spec" in request.data and request.subresource is None:
+                        meta["generation"] = int((current.get("metadata") or {}).get("generation", 1)) + 1
+        return await super()._handle(request)
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:  # type: ignore[override]
+        drop = self._drop
+        stream = super()._serve_watch(request)
+        try:
+            while True:
+                item_task = asyncio.ensure_future(anext(stream))
+                drop_task = asyncio.ensure_future(drop.wait())
+                done, _ = await asyncio.wait({item_task, drop_task}, return_when=asyncio.FIRST_COMPLETED)
+                if drop_task in done:
+                    item_task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await item_task
+                    return
+                drop_task.cancel()
+                try:
+                    yield item_task.result()
+                except StopAsyncIteration:
+                    return
+        finally:
+            with contextlib.suppress(BaseException):
+                await stream.aclose()
+
+    # ---- helpers for tests
+    def obj(self, plural_key: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        key = (kmock.resource(plural_key), namespace, name)
+        if key not in self.objects or self.objects[key].deleted:
+            return None
+        return self.objects[key].raw
+
+    def objs(self, plural_key: str) -> list[dict[str, Any]]:
+        res = kmock.resource(plural_key)
+        return [obj.raw for (r, _, _), obj in self.objects.items() if r == res and not obj.deleted]
+
+
+# ------------------------------------------------------------------------------------------ API client
+
+
+class Api:
+    """A tiny HTTP client for tests: create/patch/delete through the API so that watches see them."""
+
+    def __init__(self, server: FakeApiServer) -> None:
+        self.server = server
+
+    @staticmethod
+    def path(plural_key: str, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
+        parts = plural_key.split("/")
+        base = f"/api/{parts[0]}" if len(parts) == 2 else f"/apis/{parts[0]}/{parts[1]}"
+        plural = parts[-1]
+        url = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
+        if name:
+            url += f"/{name}"
+        if sub:
+            url += f"/{sub}"
+        return url
+
+    async def create(self, plural_key: str, body: dict[str, Any]) -> dict[str, Any]:
+        ns = body.get("metadata", {}).get("namespace")
+        async with self.server.post(self.path(plural_key, ns), json=body) as rsp:
+            data: dict[str, Any] = await rsp.json()
+            if rsp.status >= 400:
+                raise RuntimeError(f"create {plural_key} failed: {rsp.status} {data}")
+            return data
+
+    async def patch(self, plural_key: str, namespace: str | None, name: str, patch: dict[str, Any],
+                    sub: str | None = None) -> dict[str, Any]:
+        async with self.server.patch(self.path(plural_key, namespace, name, sub), json=patch,
+                                     headers={"Content-Type": "application/merge-patch+json"}) as rsp:
+            data: dict[str, Any] = await rsp.json()
+            if rsp.status >= 400:
+                raise RuntimeError(f"patch {plural_key} {namespace}/{name} failed: {rsp.status} {data}")
+            return data
+
+    async def delete(self, plural_key: str, namespace: str | None, name: str) -> None:
+        async with self.server.delete(self.path(plural_key, namespace, name)) as rsp:
+            if rsp.status >= 400 and rsp.status != 404:
+                raise RuntimeError(f"delete {plural_key} {namespace}/{name} failed: {rsp.status}")
+
+
+# ------------------------------------------------------------------------------------------ fake KubeRay
+
+RUNTIME_ANNOTATION = "rayqueue.test/runtime-seconds"
+FINAL_ANNOTATION = "rayqueue.test/final-status"  # Complete (default), Failed or ValidationFailed
+
+
+@dataclass
+class _JobClock:
+    started: float | None = None
+    suspending_since: float | None = None
+
+
+@dataclass
+class FakeKubeRay:
+    """Moves RayJob ``status`` like KubeRay's RayJob controller does, through the API server.
+
+    Polls the emulator's store every ``tick`` seconds (KubeRay reconciles on watch events; polling keeps
+    this double small) and writes ``status`` with merge patches on the ``/status`` subresource.
+    """
+
+    server: FakeApiServer
+    runtime: float = 1.0  # default seconds from Running to Complete
+    tick: float = 0.02
+    init_delay: float = 0.0  # seconds spent in Initializing
+    suspend_delay: float = 0.0  # seconds spent in Suspending
+    on_unsuspend: Callable[[dict[str, Any]], None] | None = None
+    clocks: dict[str, _JobClock] = field(default_factory=dict)
+    unsuspended_at: dict[str, float] = field(default_factory=dict)  # "ns/name" -> wall time seen running
+    _task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> FakeKubeRay:
+        self.api = Api(self.server)
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            for job in self.server.objs(RAYJOBS):
+                try:
+                    await self.reconcile(job)
+                except Exception:  # the API may be injected with faults; retry on the next tick
+                    pass
+            await asyncio.sleep(self.tick)
+
+    async def _status(self, job: dict[str, Any], **status: Any) -> None:
+        meta = job["metadata"]
+        status.setdefault("observedGeneration", int(meta.get("generation") or 1))
+        await self.api.patch(RAYJOBS, meta.get("namespace"), meta["name"], {"status": status}, sub="status")
+
+    async def reconcile(self, job: dict[str, Any]) -> None:
+        meta = job["metadata"]
+        key = f"{meta.get('namespace')}/{meta['name']}"
+        spec = job.get("spec", {})
+        status = job.get("status") or {}
+        phase = status.get("jobDeploymentStatus", "")
+        suspend = bool(spec.get("suspend", False))
+        now = time.monotonic()
+        clock = self.clocks.setdefault(key, _JobClock())
+        if phase in ("Complete", "Failed", "ValidationFailed"):
+            return
+        if phase == "":
+            if suspend:
+                if not spec.get("shutdownAfterJobFinishes", False):
+                    await self._status(job, jobDeploymentStatus="ValidationFailed",
+                                       reason="ValidationFailed",
+                                       message="The RayJob spec is invalid: suspend requires "
+                                               "shutdownAfterJobFinishes: true")
+                    return
+                await self._status(job, jobDeploymentStatus="Suspended")
+            else:
+                await self._start(job, clock, now)
+            return
+        if phase == "Suspended":
+            if not suspend:
+                await self._start(job, clock, now)
+            return
+        if phase == "Initializing":
+            if suspend:
+                clock.suspending_since = now
+                await self._status(job, jobDeploymentStatus="Suspending")
+            elif now - (clock.started or now) >= self.init_delay:
+                await self._status(job, jobDeploymentStatus="Running", jobStatus="RUNNING",
+                                   startTime=_now_iso())
+            return
+        if phase == "Running":
+            if suspend:
+                clock.suspending_since = now
+                await self._status(job, jobDeploymentStatus="Suspending")
+                return
+            runtime = float(meta.get("annotations", {}).get(RUNTIME_ANNOTATION, self.runtime))
+            if now - (clock.started or now) >= runtime:
+                final = meta.get("annotations", {}).get(FINAL_ANNOTATION, "Complete")
+                job_status = "SUCCEEDED" if final == "Complete" else "FAILED"
+                await self._status(job, jobDeploymentStatus=final, jobStatus=job_status, endTime=_now_iso())
+            return
+        if phase == "Suspending":
+            if now - (clock.suspending_since or now) >= self.suspend_delay:
+                clock.started = None
+                await self._status(job, jobDeploymentStatus="Suspended", jobStatus="STOPPED")
+            return
+
+    async def _start(self, job: dict[str, Any], clock: _JobClock, now: float) -> None:
+        meta = job["metadata"]
+        key = f"{meta.get('namespace')}/{meta['name']}"
+        if self.on_unsuspend is not None:
+            self.on_unsuspend(job)
+        self.unsuspended_at.setdefault(key, time.time())
+        final = meta.get("annotations", {}).get(FINAL_ANNOTATION)
+        if final == "ValidationFailed":
+            await self._status(job, jobDeploymentStatus="ValidationFailed", reason="ValidationFailed",
+                               message="RayJob spec validation failed (injected by the test)")
+            return
+        clock.started = now
+        await self._status(job, jobDeploymentStatus="Initializing", jobStatus="PENDING")
