@@ -1,0 +1,78 @@
+"""forecast_starts: expected start times from an engine's current state, computed on a copy."""
+
+from __future__ import annotations
+
+from rayqueue.queue.workload import Workload, WorkloadState
+from rayqueue.quota.tree import QuotaTree
+from rayqueue.scheduler.decisions import Admit
+from rayqueue.scheduler.engine import Engine
+from rayqueue.scheduler.resourcepolicy import Units
+from rayqueue.simulations.forecast import forecast_starts
+
+GPU = "nvidia.com/gpu"
+
+
+def _engine(max_gpu: int = 4) -> Engine:
+    tree = QuotaTree.from_dict(
+        {
+            "apiVersion": "scheduling.sigs.k8s.io/v1beta1",
+            "kind": "ElasticQuotaTree",
+            "spec": {"root": {"name": "root", "children": [{"name": "q", "max": {GPU: max_gpu}}]}},
+        }
+    )
+    return Engine(tree, Units.single({GPU: 8000}), clock=lambda: 0.0)
+
+
+def _job(uid: str, gpus: int, duration: float | None, at: float) -> Workload:
+    return Workload(uid=uid, queue="q", request={GPU: gpus * 1000}, submitted_at=at, expected_duration=duration, name=uid)
+
+
+def test_pending_jobs_start_when_the_running_ones_are_expected_to_finish() -> None:
+    engine = _engine()
+    engine.submit(_job("run", 4, 10, 0))
+    assert [type(d) for d in engine.schedule(0)] == [Admit]
+    engine.submit(_job("a", 4, 5, 1))
+    engine.submit(_job("b", 2, 5, 2))
+    engine.submit(_job("c", 2, 3, 3))
+    assert engine.schedule(4) == []
+    # run ends at 10 -> a 10..15 -> b and c together at 15 (2 + 2 of max 4).
+    assert forecast_starts(engine, 4) == {"a": 10, "b": 15, "c": 15}
+    # The live engine is untouched: same states, same usage.
+    assert engine.workloads["run"].state == WorkloadState.ADMITTED
+    assert all(engine.workloads[u].state == WorkloadState.PENDING for u in "abc")
+    assert engine.tree.leaves["q"].usage[GPU] == 4000
+
+
+def test_unknown_duration_makes_what_waits_on_it_unknown() -> None:
+    engine = _engine()
+    engine.submit(_job("run", 4, None, 0))
+    engine.schedule(0)
+    engine.submit(_job("a", 1, 5, 1))
+    engine.schedule(1)
+    assert forecast_starts(engine, 1) == {"a": None}
+
+
+def test_horizon_cuts_long_forecasts() -> None:
+    engine = _engine()
+    engine.submit(_job("run", 4, 1000, 0))
+    engine.schedule(0)
+    engine.submit(_job("a", 4, 5, 1))
+    engine.schedule(1)
+    assert forecast_starts(engine, 1, horizon_s=100) == {"a": None}
+    assert forecast_starts(engine, 1) == {"a": 1000}
+
+
+def test_a_large_backlog_is_cheap() -> None:
+    import time
+
+    engine = _engine(max_gpu=8)
+    for i in range(5000):
+        engine.submit(_job(f"j{i:05d}", 1, 10, i * 0.001))
+    engine.schedule(5)
+    started = time.perf_counter()
+    starts = forecast_starts(engine, 5)
+    elapsed = time.perf_counter() - started
+    # 8 run at a time for 10 s each: job k (0-based, after the 8 running) starts at 15 + 10 * (k // 8).
+    pending = sorted(u for u, s in starts.items())
+    assert starts[pending[0]] == 15 and starts[pending[-1]] == 15 + 10 * ((len(pending) - 1) // 8)
+    assert elapsed < 5.0
