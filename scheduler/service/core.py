@@ -87,7 +87,9 @@ class ServiceConfig:
     retry_base_s: float = 0.5  # Ray unreachable: retry a release / stop after this, doubling
     retry_max_s: float = 10.0
     log_tail_chars: int = 64_000  # how much of a finished driver's log is kept in SQL
-    engine: EngineConfig = field(default_factory=EngineConfig)
+    # No backoff: a parked job is only retried when a release leaves room for it (the engine's wake-up
+    # index), and a backoff would let a newly requeued lower-priority job overtake it.
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(backoff_base_s=0.0))
 
 
 @dataclass

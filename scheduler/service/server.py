@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
+import signal
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +97,24 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def _make_server_class() -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises a caught SIGTERM after its shutdown, which would kill us before we stop the
+        Ray head we started; the runner handles signals itself."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return Server
+
+
+def _Server(config: Any) -> Any:
+    return _make_server_class()(config)
+
+
 class Runner:
     """Owns everything ``rayqueue serve`` starts, and stops what it started."""
 
@@ -146,7 +167,7 @@ class Runner:
 
         app = create_app(self.service, opts.token)
         config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning", lifespan="off")
-        self.server = uvicorn.Server(config)
+        self.server = _Server(config)
         return self.service
 
     def _local_ray(self, store: Store, units: Units | None) -> LocalRayCluster:
@@ -164,10 +185,14 @@ class Runner:
         return cluster
 
     async def serve(self) -> None:
-        """Serve until SIGINT / SIGTERM (uvicorn catches them), then stop cleanly."""
+        """Serve until SIGINT / SIGTERM, then stop cleanly (and stop the Ray head we started)."""
         assert self.server is not None
+        loop = asyncio.get_running_loop()
+        server = self.server
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
         try:
-            await self.server.serve()
+            await server.serve()
         finally:
             await self.shutdown()
 
