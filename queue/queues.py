@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from rayqueue.queue.workload import Workload
 from sortedcontainers import SortedList
+
+from rayqueue.queue.workload import Workload
 
 QueueingStrategy = Literal["StrictFIFO", "BestEffortFIFO"]
 PreemptionPolicy = Literal["Never", "LowerPriority"]

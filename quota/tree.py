@@ -14,6 +14,7 @@ from typing import Any
 import networkx as nx
 import yaml
 from pydantic import ValidationError
+
 from rayqueue.quota.model import API_VERSION, KIND, ElasticQuotaTreeManifest, QuotaNodeSpec
 from rayqueue.quota.quantity import (
     MAX_JOBS,

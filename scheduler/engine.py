@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from rayqueue.queue.queues import LeafQueue, PreemptionPolicy, QueueingStrategy
@@ -32,7 +32,7 @@ from rayqueue.quota.tree import (
 )
 from rayqueue.scheduler.decisions import Admit, Decision, Placement, Preempt, Reject
 from rayqueue.scheduler.resourcepolicy import Unit, Units
-from sortedcontainers import SortedList
+from rayqueue.scheduler.wakeup import ANY, BlockerKey, WakeIndex
 
 
 class UnknownQueue(KeyError):
@@ -55,6 +55,18 @@ class EngineConfig:
     backoff_max_s: float = 60.0
 
 
+@dataclass(slots=True)
+class EngineStats:
+    """Counters a front end exports as metrics; ``attempts`` counts every admission decision."""
+
+    attempts: int = 0
+    admitted: int = 0
+    parked: int = 0
+    rejected: int = 0
+    preempted: int = 0
+    cycles: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Explanation:
     uid: str
@@ -66,10 +78,6 @@ class Explanation:
     unit: str | None = None
     admitted_at: float | None = None
     expected_start: float | None = None
-
-
-# A wake-up index: ("node", name, resource) | ("unit", name, resource) | ("pods", name, "")
-BlockerKey = tuple[str, str, str]
 
 
 @dataclass(slots=True)
@@ -97,9 +105,12 @@ class Engine:
         self.queues: dict[str, LeafQueue] = {}
         self._seq = itertools.count(1)
         self._heap: list[tuple[tuple[int, int, float, float, int], int, str]] = []
-        self._index: dict[BlockerKey, SortedList] = {}
+        self._index = WakeIndex(self._is_parked_with)
+        self._dirty: set[BlockerKey] = set()  # blockers that woke jobs this cycle
         self._timers: list[tuple[float, int, str, int]] = []
         self._now = 0.0  # the time of the latest cycle: backoff is measured against it
+        self.stats = EngineStats()
+        self._borrowing: set[str] = set()  # leaves using more than their min: where reclaim looks
         self._sync_queues()
 
     # ================================================================ events from a front end
@@ -180,7 +191,9 @@ class Engine:
         w.admitted_at = admitted_at
         w.reason = Reason(ReasonCode.ADMITTED, f"running on unit {unit_name} (restored)")
         self.workloads[w.uid] = w
-        self.tree.admit(self.tree.leaves[w.queue], w.request)
+        leaf = self.tree.leaves[w.queue]
+        self.tree.admit(leaf, w.request)
+        self._note_borrowing(leaf)
         self.units.by_name[unit_name].take(w.request, w.pods)
         self.queues[w.queue].admitted[w.uid] = w
 
@@ -190,22 +203,29 @@ class Engine:
         """One admission cycle: try queues in order until none has a job that could be admitted now."""
         now = self.clock() if now is None else now
         self._fire_timers(now)
+        self.stats.cycles += 1
         decisions: list[Decision] = []
         heap = self._heap
         queues = self.queues
-        while heap:
-            _, version, name = heapq.heappop(heap)
-            q = queues.get(name)
-            if q is None or version != q.heap_version:
-                continue
-            w = q.candidate()
-            if w is None:
-                continue
-            decision = self._attempt(w, q, now)
-            if decision is not None:
-                decisions.extend(decision)
-            self._offer(q)
-        return decisions
+        while True:
+            while heap:
+                _, version, name = heapq.heappop(heap)
+                q = queues.get(name)
+                if q is None or version != q.heap_version:
+                    continue
+                w = q.candidate()
+                if w is None:
+                    continue
+                decision = self._attempt(w, q, now)
+                if decision is not None:
+                    decisions.extend(decision)
+                self._offer(q)
+            # Jobs woken by a release may have failed elsewhere, leaving room unused: wake the next ones.
+            dirty, self._dirty = self._dirty, set()
+            for key in dirty:
+                self._wake_blocker(key)
+            if not heap:
+                return decisions
 
     def next_wakeup(self) -> float | None:
         timers = self._timers
@@ -285,14 +305,18 @@ class Engine:
         effects = self._tree_effects(tree)  # leaves ``tree`` accounting every admitted job
         self.tree = tree
         self._sync_queues()
+        self._borrowing = {name for name, leaf in tree.leaves.items() if tree.borrowed(leaf)}
         self._wake_all()
         return effects
 
     # ================================================================ internals: attempts
 
     def _attempt(self, w: Workload, q: LeafQueue, now: float) -> list[Decision] | None:
+        stats = self.stats
+        stats.attempts += 1
         never = self._never_fits(w)
         if never is not None:
+            stats.rejected += 1
             q.remove(w)
             self.workloads.pop(w.uid, None)
             w.state = WorkloadState.REJECTED
@@ -301,8 +325,11 @@ class Engine:
         leaf = self.tree.leaves[w.queue]
         outcome = self._try_admit(w, leaf, now)
         if isinstance(outcome, Unit):
+            stats.admitted += 1
             return [self._admit(w, q, leaf, outcome, now)]
         preemptions = self._plan_preemption(w, q, leaf, now, outcome)
+        stats.parked += 1
+        stats.preempted += len(preemptions)
         self._park(w, q, outcome, now, backoff=not preemptions)
         return list(preemptions) if preemptions else None
 
@@ -386,6 +413,7 @@ class Engine:
         q.remove(w)
         q.admitted[w.uid] = w
         self.tree.admit(leaf, w.request)
+        self._note_borrowing(leaf)
         unit.take(w.request, w.pods)
         w.state = WorkloadState.ADMITTED
         w.unit = unit.name
@@ -414,7 +442,7 @@ class Engine:
             outcome.reason = Reason(ReasonCode.WAITING_FOR_RECLAIM, f"waiting for {waiting} to stop; then {outcome.reason}")
             return []
         if self.config.reclaim and self.tree.within_guarantee(leaf, w.request):
-            victims = self._choose_victims(w, leaf, now, self._reclaim_candidates(leaf))
+            victims = self._choose_victims(w, leaf, now, self._reclaim_candidates(leaf, outcome))
             if victims:
                 return self._preempt(w, victims, outcome, ReasonCode.RECLAIMED, leaf)
         if q.preemption == "LowerPriority":
@@ -427,28 +455,38 @@ class Engine:
                 return self._preempt(w, victims, outcome, ReasonCode.PREEMPTED_BY_PRIORITY, leaf)
         return []
 
-    def _reclaim_candidates(self, leaf: QuotaNode) -> list[Workload]:
-        """Borrowed work elsewhere: nearest in the tree first, lowest priority, newest."""
-        depth_of = {node.name: node.depth for node in leaf.lineage}
+    def _reclaim_candidates(self, leaf: QuotaNode, outcome: _Outcome) -> Iterator[Workload]:
+        """Borrowed work elsewhere that could unblock ``leaf``: nearest in the tree first, then lowest
+        priority, then newest. Generated level by level (siblings, then cousins, ...), so a reclaim that
+        succeeds among siblings never looks at the rest of the tree."""
+        blocking_depths = [self.tree.nodes[key[1]].depth for key, _ in outcome.blockers if key[0] == "node"]
+        blocking_units = {key[1] for key, _ in outcome.blockers if key[0] in ("unit", "pods")}
         guaranteed = self.tree.guaranteed
-        ranked: list[tuple[int, int, float, int, Workload]] = []
-        for name, other in self.queues.items():
-            if name == leaf.name or not other.admitted:
+        order = self._leaf_order
+        below = self._leaf_span[leaf.name]
+        for ancestor in leaf.lineage[1:]:
+            # A victim in this level frees quota on a blocking node only if that node is this ancestor or above.
+            frees_quota = any(d <= ancestor.depth for d in blocking_depths)
+            if not frees_quota and not blocking_units:
+                below = self._leaf_span[ancestor.name]
                 continue
-            other_leaf = self.tree.leaves[name]
-            if not self.tree.borrowed(other_leaf):
-                continue
-            lca_depth = next(depth_of[n.name] for n in other_leaf.lineage if n.name in depth_of)
-            for v in other.admitted.values():
-                if v.state == WorkloadState.ADMITTED and any(v.request.get(r, 0) for r in guaranteed):
-                    ranked.append((-lca_depth, v.priority, -(v.admitted_at or 0.0), -v.seq, v))
-        ranked.sort(key=lambda t: t[:4])
-        return [t[4] for t in ranked]
+            lo, hi = self._leaf_span[ancestor.name]
+            names = [*order[lo : below[0]], *order[below[1] : hi]]
+            below = (lo, hi)
+            level = [
+                v
+                for name in names
+                if name in self._borrowing
+                for v in self.queues[name].admitted.values()
+                if v.state == WorkloadState.ADMITTED
+                and (frees_quota or v.unit in blocking_units)
+                and any(v.request.get(r, 0) for r in guaranteed)
+            ]
+            level.sort(key=lambda v: (v.priority, -(v.admitted_at or 0.0), -v.seq))
+            yield from level
 
-    def _choose_victims(self, w: Workload, leaf: QuotaNode, now: float, candidates: list[Workload]) -> list[Workload]:
+    def _choose_victims(self, w: Workload, leaf: QuotaNode, now: float, candidates: Iterable[Workload]) -> list[Workload]:
         """A small set of candidates whose removal lets ``w`` fit; empty if none does."""
-        if not candidates:
-            return []
         guaranteed = self.tree.guaranteed
         removed: list[Workload] = []
         fits = False
@@ -526,16 +564,14 @@ class Engine:
         else:
             w.failures = 0
             w.retry_after = 0.0
+        order = (-w.priority, w.submitted_at, w.seq)
         for key, need in outcome.blockers:
-            index = self._index.get(key)
-            if index is None:
-                index = self._index[key] = SortedList()
-            index.add((need, w.seq, token, w.uid))
+            self._index.add(key, need, order, token, w.uid)
         if outcome.retry_at is not None:
             heapq.heappush(self._timers, (outcome.retry_at, w.seq, w.uid, token))
         if not outcome.blockers and outcome.retry_at is None:
-            # Nothing to wait on that a release would signal (e.g. waiting for victims): retry on any wake.
-            self._index.setdefault(("any", "", ""), SortedList()).add((0, w.seq, token, w.uid))
+            # Nothing a release would signal: retry after any release.
+            self._index.add(ANY, 0, order, token, w.uid)
 
     def _wake(self, w: Workload) -> None:
         q = self.queues.get(w.queue)
@@ -545,17 +581,37 @@ class Engine:
         q.unpark(w)
         self._offer(q)
 
-    def _wake_index(self, key: BlockerKey, room: int) -> None:
-        index = self._index.get(key)
-        if not index:
+    def _is_parked_with(self, uid: str, token: int) -> bool:
+        w = self.workloads.get(uid)
+        return w is not None and w.park_token == token and w.state == WorkloadState.PENDING
+
+    def _room(self, key: BlockerKey) -> float:
+        kind, name, r = key
+        if kind == "node":
+            node = self.tree.nodes.get(name)
+            if node is None or r not in node.max:
+                return float("inf")
+            return node.max[r] - node.usage.get(r, 0)
+        if kind == "unit":
+            unit = self.units.by_name.get(name)
+            if unit is None or unit.capacity is None or r not in unit.capacity:
+                return float("inf")
+            return unit.capacity[r] - unit.usage.get(r, 0)
+        if kind == "pods":
+            unit = self.units.by_name.get(name)
+            if unit is None or unit.max_pods is None:
+                return float("inf")
+            return unit.max_pods - unit.pods
+        return float("inf")
+
+    def _wake_blocker(self, key: BlockerKey) -> None:
+        if key not in self._index:
             return
-        now_ready: list[tuple[int, int, int, str]] = []
-        while index and index[0][0] <= room:
-            now_ready.append(index.pop(0))
-        for _, _, token, uid in now_ready:
-            w = self.workloads.get(uid)
-            if w is None or w.park_token != token:
-                continue
+        woken = self._index.pop_fitting(key, self._room(key))
+        if woken and key != ANY:
+            self._dirty.add(key)
+        for uid, token in woken:
+            w = self.workloads[uid]
             if w.retry_after > self._now:
                 heapq.heappush(self._timers, (w.retry_after, w.seq, uid, token))
                 continue
@@ -574,26 +630,31 @@ class Engine:
         leaf = self.tree.leaves[w.queue]
         unit = self.units.by_name[w.unit or ""]
         self.tree.release(leaf, w.request)
+        self._note_borrowing(leaf)
         unit.give_back(w.request, w.pods)
         self.queues[w.queue].admitted.pop(w.uid, None)
         # Wake what this release could have unblocked: its quota path, then its unit.
         for node in leaf.lineage:
             for r in w.request:
-                m = node.max.get(r)
-                if m is not None:
-                    self._wake_index(("node", node.name, r), m - node.usage.get(r, 0))
+                if r in node.max:
+                    self._wake_blocker(("node", node.name, r))
         if unit.capacity is not None:
             for r in w.request:
-                c = unit.capacity.get(r)
-                if c is not None:
-                    self._wake_index(("unit", unit.name, r), c - unit.usage.get(r, 0))
+                if r in unit.capacity:
+                    self._wake_blocker(("unit", unit.name, r))
         if unit.max_pods is not None:
-            self._wake_index(("pods", unit.name, ""), unit.max_pods - unit.pods)
-        self._wake_index(("any", "", ""), 0)
+            self._wake_blocker(("pods", unit.name, ""))
+        self._wake_blocker(ANY)
         # The leaf's usage fell, so its queue's order across queues may improve.
         q = self.queues[w.queue]
         if q.candidate() is not None:
             self._offer(q)
+
+    def _note_borrowing(self, leaf: QuotaNode) -> None:
+        if self.tree.borrowed(leaf):
+            self._borrowing.add(leaf.name)
+        else:
+            self._borrowing.discard(leaf.name)
 
     def _wake_all(self) -> None:
         self._index.clear()
@@ -645,6 +706,23 @@ class Engine:
 
     def _sync_queues(self) -> None:
         """One queue per leaf of the current tree; existing queues keep their jobs."""
+        # Leaves in depth-first order: every subtree's leaves are one contiguous span of this list.
+        self._leaf_order: list[str] = []
+        self._leaf_span: dict[str, tuple[int, int]] = {}
+        stack: list[tuple[QuotaNode, bool]] = [(self.tree.root, False)]
+        starts: dict[str, int] = {}
+        while stack:
+            node, done = stack.pop()
+            if done:
+                self._leaf_span[node.name] = (starts[node.name], len(self._leaf_order))
+                continue
+            starts[node.name] = len(self._leaf_order)
+            if node.is_leaf:
+                self._leaf_order.append(node.name)
+                self._leaf_span[node.name] = (starts[node.name], len(self._leaf_order))
+                continue
+            stack.append((node, True))
+            stack.extend((child, False) for child in reversed(node.children))
         for name, leaf in self.tree.leaves.items():
             strategy, preemption = self._strategy(leaf)
             q = self.queues.get(name)

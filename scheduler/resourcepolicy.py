@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from rayqueue.quota.quantity import Resources, describe, format_quantity, parse_quantity
 
 API_VERSION = "scheduling.alibabacloud.com/v1alpha1"

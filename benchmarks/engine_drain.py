@@ -1,0 +1,177 @@
+"""Admission engine throughput: drain a large backlog by admitting and completing jobs.
+
+Input: a 10 x 10 x 10 quota tree (1,000 leaves), resources cpu / memory / nvidia.com/gpu /
+kube-queue/max-jobs, an ECS unit (finite) and an ACS unit (elastic, capped by max pods), and N pending
+jobs spread over the leaves. The drain repeats: one admission cycle, then the oldest running jobs
+complete. Every attempt to admit a job is one decision (admitted, left waiting with a reason, or
+preempting); the clock covers only the engine's work (schedule + finish), never the set-up.
+
+    python benchmarks/engine_drain.py                # 10,000 and 100,000 pending
+    python benchmarks/engine_drain.py --pending 50000
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from collections import deque
+
+from rayqueue.queue.workload import Workload
+from rayqueue.quota.quantity import CPU, GPU, MAX_JOBS, MEMORY, MILLI
+from rayqueue.quota.tree import QuotaTree
+from rayqueue.scheduler.decisions import Admit, Preempt
+from rayqueue.scheduler.engine import Engine, EngineConfig
+from rayqueue.scheduler.resourcepolicy import Unit, Units
+
+GI = 2**30
+
+
+def build_tree(fanout: int = 10) -> QuotaTree:
+    def leaf(path: str) -> dict:
+        return {
+            "name": path,
+            "min": {GPU: 4, CPU: 32, MEMORY: "128Gi"},
+            "max": {GPU: 16, CPU: 128, MEMORY: "512Gi", MAX_JOBS: 8},
+        }
+
+    def mid(path: str, children: list[dict], scale: int) -> dict:
+        return {
+            "name": path,
+            "min": {GPU: 4 * scale, CPU: 32 * scale, MEMORY: f"{128 * scale}Gi"},
+            "max": {GPU: 6 * scale, CPU: 48 * scale, MEMORY: f"{192 * scale}Gi"},
+            "children": children,
+        }
+
+    level1 = []
+    for i in range(fanout):
+        level2 = []
+        for j in range(fanout):
+            leaves = [leaf(f"q-{i}-{j}-{k}") for k in range(fanout)]
+            level2.append(mid(f"g-{i}-{j}", leaves, fanout))
+        level1.append(mid(f"d-{i}", level2, fanout * fanout))
+    n = fanout**3
+    root = {
+        "name": "root",
+        "min": {GPU: 4 * n, CPU: 32 * n, MEMORY: f"{128 * n}Gi"},
+        "max": {GPU: 5 * n, CPU: 40 * n, MEMORY: f"{160 * n}Gi"},
+        "children": level1,
+    }
+    return QuotaTree.from_dict(
+        {"apiVersion": "scheduling.sigs.k8s.io/v1beta1", "kind": "ElasticQuotaTree", "spec": {"root": root}}
+    )
+
+
+def build_units(leaves: int) -> Units:
+    ecs = Unit(
+        "ecs",
+        "ecs",
+        capacity={GPU: 4 * leaves * MILLI, CPU: 32 * leaves * MILLI, MEMORY: 128 * leaves * GI * MILLI},
+    )
+    acs = Unit("acs", "acs", capacity=None, max_pods=leaves)
+    return Units([ecs, acs], "LackResourceOrExceedMax")
+
+
+def make_jobs(n: int, leaves: list[str], rng: random.Random) -> list[Workload]:
+    jobs = []
+    for i in range(n):
+        gpus = rng.choice((1, 1, 2, 4, 8))
+        pods = max(1, gpus // 2) + 1  # head + workers
+        jobs.append(
+            Workload(
+                uid=f"job-{i}",
+                queue=rng.choice(leaves),
+                request={GPU: gpus * MILLI, CPU: 8 * gpus * MILLI, MEMORY: 32 * gpus * GI * MILLI},
+                pods=pods,
+                priority=rng.choice((0, 0, 100, 1000)),
+                submitted_at=float(i),
+            )
+        )
+    return jobs
+
+
+def drain(pending: int, seed: int = 7) -> dict[str, float]:
+    rng = random.Random(seed)
+    tree = build_tree()
+    leaves = sorted(tree.leaves)
+    engine = Engine(tree, build_units(len(leaves)), EngineConfig(backoff_base_s=0.0), clock=lambda: 0.0)
+    jobs = make_jobs(pending, leaves, rng)
+    t0 = time.perf_counter()
+    for w in jobs:
+        engine.submit(w)
+    submit_s = time.perf_counter() - t0
+
+    running: deque[str] = deque()
+    engine_s = 0.0
+    finished = 0
+    now = 0.0
+    cycles = 0
+    while finished < pending:
+        now += 1.0
+        t = time.perf_counter()
+        decisions = engine.schedule(now)
+        for d in decisions:
+            if isinstance(d, Admit):
+                running.append(d.workload.uid)
+            elif isinstance(d, Preempt):
+                engine.suspended(d.workload.uid, now)
+        engine_s += time.perf_counter() - t
+        cycles += 1
+        if not running:
+            raise RuntimeError(f"stuck: {engine.stats}")
+        # The oldest tenth of running jobs completes before the next cycle.
+        batch = max(1, len(running) // 10)
+        t = time.perf_counter()
+        for _ in range(batch):
+            uid = running.popleft()
+            if uid in engine.workloads:
+                engine.finish(uid)
+                finished += 1
+        engine_s += time.perf_counter() - t
+    stats = engine.stats
+    assert all(not any(n.usage.get(r, 0) for r in n.usage) for n in tree), "usage must return to zero"
+    return {
+        "pending": pending,
+        "decisions": stats.attempts,
+        "admitted": stats.admitted,
+        "preempted": stats.preempted,
+        "cycles": cycles,
+        "engine_s": engine_s,
+        "submit_us": submit_s / pending * 1e6,
+        "decisions_per_s": stats.attempts / engine_s,
+        "admissions_per_s": stats.admitted / engine_s,
+        "us_per_decision": engine_s / stats.attempts * 1e6,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pending", default="10000,100000", help="comma-separated backlog sizes")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    sizes = [int(x) for x in args.pending.split(",")]
+    print("engine drain: 10x10x10 tree (1,000 leaves), cpu/memory/nvidia.com/gpu/max-jobs, ECS + ACS units")
+    header = (
+        f"{'pending':>8} {'decisions':>10} {'admitted':>9} {'cycles':>7} {'engine s':>9} "
+        f"{'decisions/s':>12} {'admits/s':>9} {'us/decision':>12} {'submit us':>10}"
+    )
+    print(header)
+    results = []
+    for n in sizes:
+        r = drain(n, args.seed)
+        results.append(r)
+        print(
+            f"{r['pending']:>8,} {r['decisions']:>10,} {r['admitted']:>9,} {r['cycles']:>7,} {r['engine_s']:>9.2f} "
+            f"{r['decisions_per_s']:>12,.0f} {r['admissions_per_s']:>9,.0f} {r['us_per_decision']:>12.1f} "
+            f"{r['submit_us']:>10.1f}"
+        )
+    if len(results) >= 2:
+        ratio = results[-1]["us_per_decision"] / results[0]["us_per_decision"]
+        print(
+            f"cost per decision at {results[-1]['pending']:,} vs {results[0]['pending']:,} pending: {ratio:.2f}x "
+            f"(target <= 1.5x); target >= 20,000 decisions/s"
+        )
+
+
+if __name__ == "__main__":
+    main()
