@@ -819,7 +819,7 @@ class Service:
         for name, q in self.engine.queues.items():
             pending[name] = len(q)
             running[name] = len(q.admitted)
-        nodes = []
+        nodes: list[dict[str, Any]] = []
 
         def visit(node: Any) -> tuple[int, int]:
             index = len(nodes)

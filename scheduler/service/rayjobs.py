@@ -99,7 +99,7 @@ def submission_for(
     unit: str,
     node_selector: Mapping[str, str] | None = None,
 ) -> Submission:
-    head = next((p.per_pod for p in request.pod_sets if p.role == HEAD), {})
+    head: Mapping[str, int] = next((p.per_pod for p in request.pod_sets if p.role == HEAD), {})
     cpus = head.get(CPU, 0) / MILLI
     gpus = head.get(GPU, 0) / MILLI
     memory = head.get(MEMORY, 0) // MILLI

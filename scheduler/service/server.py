@@ -157,8 +157,9 @@ class Runner:
         if opts.ray_address:
             address = dashboard_url(opts.ray_address)
         else:
-            self.local_ray = await asyncio.to_thread(self._local_ray, store, units)
-            address = self.local_ray.url
+            local = await asyncio.to_thread(self._local_ray, store, units)
+            self.local_ray = local
+            address = local.url
         self.service = Service(store, RayJobs(address), tree, units, priorities, opts.config, tree_yaml=tree_yaml)
         await self.service.start()
         import uvicorn
