@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from rayqueue.queue.queues import LeafQueue, PreemptionPolicy, QueueingStrategy
+from rayqueue.queue.queues import LeafQueue, PreemptionPolicy, QueueingStrategy, order_key
 from rayqueue.queue.workload import Reason, ReasonCode, Workload, WorkloadState
 from rayqueue.quota.quantity import MAX_JOBS, MILLI, Resources, describe, format_quantity
 from rayqueue.quota.tree import (
@@ -564,7 +564,7 @@ class Engine:
         else:
             w.failures = 0
             w.retry_after = 0.0
-        order = (-w.priority, w.submitted_at, w.seq)
+        order = order_key(w)
         for key, need in outcome.blockers:
             self._index.add(key, need, order, token, w.uid)
         if outcome.retry_at is not None:
