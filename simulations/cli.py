@@ -45,9 +45,8 @@ def simulate(
     from rayqueue.simulations.trace import TraceError
 
     console = Console(stderr=True)
-    err = Console(stderr=True, style="red")
     if trace_format not in ("auto", "csv", "parquet", "philly"):
-        err.print(f"--trace-format: {trace_format!r} is not one of auto, csv, parquet, philly")
+        typer.echo(f"--trace-format: {trace_format!r} is not one of auto, csv, parquet, philly", err=True)
         raise typer.Exit(2)
     trace_ref = TraceRef(path=str(trace), format=trace_format) if trace else None  # type: ignore[arg-type]
     try:
@@ -56,7 +55,7 @@ def simulate(
         else:
             _single(list(scenarios or []), trace_ref, quota, cluster, policy, out, strict, plots, progress, console)
     except (QuotaTreeError, ConfigError, ResourcePolicyError, TraceError) as exc:
-        err.print(str(exc), markup=False, highlight=False)
+        typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
 
 
@@ -120,6 +119,7 @@ def _compare(
     progress: bool,
     console: Any,
 ) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -144,9 +144,10 @@ def _compare(
         summaries.append(write_outputs(result, out / sc.name, plots=plots))
         results.append(result)
     data = write_comparison(results, summaries, out)
-    table = Table(title="Scenarios side by side")
-    for col in ("scenario", "jobs", "rejected", "wait mean", "wait p95", "makespan", "ACS cost", "total cost"):
-        table.add_column(col, justify="left" if col == "scenario" else "right")
+    table = Table(title="Scenarios side by side", box=box.SIMPLE, pad_edge=False)
+    table.add_column("scenario", no_wrap=True, min_width=min(max(len(sc.name) for sc in loaded), 40))
+    for col in ("jobs", "rejected", "wait mean", "wait p95", "makespan", "ACS cost", "total cost"):
+        table.add_column(col, justify="right")
     for r in data["scenarios"]:
         table.add_row(
             r["scenario"],
@@ -163,6 +164,7 @@ def _compare(
 
 
 def _print_summary(summary: dict[str, Any], out: Path, plots: bool) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -170,20 +172,11 @@ def _print_summary(summary: dict[str, Any], out: Path, plots: bool) -> None:
 
     short = short_name(summary["resource"])
     console = Console()
-    table = Table(title=f"Simulation {summary['scenario']}: queues")
-    for col in (
-        "queue",
-        "jobs",
-        "rejected",
-        "wait mean",
-        "p50",
-        "p95",
-        "p99",
-        f"{short.upper()}-h",
-        f"borrowed {short.upper()}-h",
-        "preempted",
-    ):
-        table.add_column(col, justify="left" if col == "queue" else "right")
+    table = Table(title=f"Simulation {summary['scenario']}: queues", box=box.SIMPLE, pad_edge=False)
+    longest = max((len(n) for n in summary["queues"]), default=5)
+    table.add_column("queue", no_wrap=True, min_width=min(longest, 40))
+    for col in ("jobs", "rej.", "wait", "p50", "p95", "p99", f"{short.upper()}-h", "borrowed", "preempt."):
+        table.add_column(col, justify="right")
 
     def d(v: float | None) -> str:
         return "–" if v is None else format_duration(v)

@@ -1,0 +1,111 @@
+"""`rayqueue simulate` end to end: the files a planner gets, comparisons, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from rayqueue.scheduler.cli import app
+
+SPILL = Path(__file__).resolve().parents[1] / "simulations" / "scenarios" / "spillover"
+runner = CliRunner()
+
+
+def _run(*args: str):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, ["simulate", "--no-progress", *args])
+
+
+def test_flags_write_summary_jobs_and_report(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = _run(
+        "--quota",
+        str(SPILL / "tree.yaml"),
+        "--cluster",
+        str(SPILL / "cluster.yaml"),
+        "--policy",
+        str(SPILL / "policy.yaml"),
+        "--trace",
+        str(SPILL / "trace.csv"),
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["queues"]) == {"team-a", "team-b"}
+    team_a = summary["queues"]["team-a"]
+    for key in (
+        "jobs",
+        "wait_mean_s",
+        "wait_p50_s",
+        "wait_p95_s",
+        "wait_p99_s",
+        "gpu_hours",
+        "borrowed_gpu_hours",
+        "preemptions",
+    ):
+        assert key in team_a
+    c = summary["cluster"]
+    assert set(c["units"]) == {"ecs", "acs"}
+    assert c["units"]["ecs"]["utilisation"] is not None and 0 < c["units"]["ecs"]["utilisation"] <= 1
+    # team-a's burst spills over to ACS, and ACS is billed per GPU-hour.
+    assert c["acs_gpu_hours"] > 0
+    assert abs(c["acs_cost"] - c["acs_gpu_hours"] * 4.0) < 0.01
+    rows = list(csv.DictReader(open(out / "jobs.csv")))
+    assert len(rows) == summary["trace"]["jobs"] == 126
+    assert {"job", "queue", "priority", "submit", "admit", "finish", "unit", "preemptions"} <= set(rows[0])
+    assert {r["unit"] for r in rows} == {"ecs", "acs"}
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3
+    for png in ("wait_cdf.png", "utilisation.png", "queues.png"):
+        assert (out / png).read_bytes().startswith(b"\x89PNG")
+    assert "team-a" in result.output and "ACS" in result.output
+
+
+def test_bad_rows_are_skipped_and_counted_or_fail_with_strict(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.csv"
+    shutil.copy(SPILL / "trace.csv", trace)
+    with open(trace, "a") as fh:
+        fh.write("bad-1,10,-5,team-a,1,1,normal\n")  # negative duration
+        fh.write("bad-2,10,5,team-z,1,1,normal\n")  # no such namespace
+    args = ["--quota", str(SPILL / "tree.yaml"), "--cluster", str(SPILL / "cluster.yaml"), "--trace", str(trace)]
+    ok = _run(*args, "--out", str(tmp_path / "lenient"), "--no-plots")
+    assert ok.exit_code == 0, ok.output
+    summary = json.loads((tmp_path / "lenient" / "summary.json").read_text())
+    assert summary["trace"]["skipped_rows"] == 2
+    assert summary["trace"]["skipped_examples"][0].startswith("row 127 (bad-1): duration must not be negative")
+    skipped = [r for r in csv.DictReader(open(tmp_path / "lenient" / "jobs.csv")) if r["status"] == "skipped"]
+    assert [r["row"] for r in skipped] == ["127", "128"]
+
+    strict = _run(*args, "--out", str(tmp_path / "strict"), "--strict")
+    assert strict.exit_code == 2
+    assert "2 bad row(s) (--strict)" in strict.output and "row 128 (bad-2)" in strict.output
+    assert "team-z" in strict.output
+    assert not (tmp_path / "strict" / "summary.json").exists()
+
+
+def test_compare_runs_scenarios_side_by_side(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    result = _run("--compare", str(SPILL / "scenario.yaml"), str(SPILL / "scenario-more-ecs.yaml"), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "compare.json").read_text())
+    by_name = {r["scenario"]: r for r in data["scenarios"]}
+    assert set(by_name) == {"spillover", "spillover-more-ecs"}
+    # 8 more prepaid GPUs: less spill-over to ACS.
+    assert by_name["spillover-more-ecs"]["acs_cost"] < by_name["spillover"]["acs_cost"]
+    assert (out / "spillover" / "report.html").exists() and (out / "spillover-more-ecs" / "summary.json").exists()
+    assert (out / "compare.html").read_text().count("data:image/png;base64,") == 3
+
+
+def test_usage_errors(tmp_path: Path) -> None:
+    missing = _run("--quota", str(SPILL / "tree.yaml"), "--out", str(tmp_path))
+    assert missing.exit_code == 2 and "missing --cluster, --trace" in missing.output
+    two = _run(str(SPILL / "scenario.yaml"), str(SPILL / "scenario-more-ecs.yaml"), "--out", str(tmp_path))
+    assert two.exit_code == 2 and "add --compare" in two.output
+    bad_tree = tmp_path / "tree.yaml"
+    bad_tree.write_text((SPILL / "tree.yaml").read_text().replace("max: {nvidia.com/gpu: 32}", "max: {nvidia.com/gpu: 4}"))
+    bad = _run(str(SPILL / "scenario.yaml"), "--quota", str(bad_tree), "--out", str(tmp_path))
+    assert bad.exit_code == 2 and "team-a: min.nvidia.com/gpu 8 is above max.nvidia.com/gpu 4" in bad.output
