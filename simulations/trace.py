@@ -352,7 +352,8 @@ def load_trace(
             problems.append(RowProblem(row, name, message))
             continue
 
-        job = TraceJob(row, name, leaf.name, 0.0 if stamp is not None else submit, duration, request, pods, priority, pclass)
+        seconds = 0.0 if stamp is not None or isinstance(submit, datetime) else float(submit)
+        job = TraceJob(row, name, leaf.name, seconds, duration, request, pods, priority, pclass)
         if stamp is not None:
             stamps.append(stamp)
         else:
