@@ -128,8 +128,10 @@ class Service:
         config: ServiceConfig | None = None,
         clock: Callable[[], float] = time.time,
         tree_yaml: str | None = None,
+        nodes: Callable[[str], list[dict[str, Any]]] = alive_nodes,
     ) -> None:
         self.store = store
+        self._nodes = nodes  # Ray's alive nodes (resources, labels): the units' capacity
         self.ray = ray
         self.config = config or ServiceConfig()
         self.clock = clock
@@ -154,7 +156,7 @@ class Service:
 
     async def start(self) -> None:
         """Read Ray's capacity, rebuild the engine from the store, start the loops."""
-        nodes = await asyncio.to_thread(alive_nodes, self.ray.address)
+        nodes = await asyncio.to_thread(self._nodes, self.ray.address)
         if not nodes:
             raise ServiceError(f"Ray at {self.ray.address} has no alive node (is the cluster up?)")
         self._apply_capacity(nodes)
@@ -600,7 +602,7 @@ class Service:
         while True:
             await asyncio.sleep(self.config.capacity_interval_s)
             try:
-                nodes = await asyncio.to_thread(alive_nodes, self.ray.address)
+                nodes = await asyncio.to_thread(self._nodes, self.ray.address)
             except Exception:
                 continue
             if nodes and self._apply_capacity(nodes):

@@ -1,0 +1,258 @@
+"""Standalone mode without Ray: the release mapping, the store, the API's guards, and crash safety as an
+invariant over random histories (a fake Ray that can "die" between accepting a job and answering)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+from standalone_env import rayjob, tree
+from typer.testing import CliRunner
+
+from rayqueue.quota.quantity import GPU, MAX_JOBS
+from rayqueue.quota.tree import QuotaTree
+from rayqueue.scheduler.cli import app as cli_app
+from rayqueue.scheduler.rayjob import rayjob_request
+from rayqueue.scheduler.service import store as st
+from rayqueue.scheduler.service.api import create_app
+from rayqueue.scheduler.service.core import Service, ServiceConfig, ServiceError
+from rayqueue.scheduler.service.rayjobs import RayStatus, submission_for
+from rayqueue.scheduler.service.server import Runner, ServeOptions, is_loopback, load_priority_classes
+from rayqueue.scheduler.service.store import Store, submission_id
+
+TWO_TEAMS = tree(("team-a", 1, 3), ("team-b", 1, 3), root_min=2, root_max=3)
+NODES = [{"state": "ALIVE", "labels": {}, "resources_total": {"CPU": 64.0, "GPU": 8.0, "memory": 2.0**36}}]
+
+
+# ------------------------------------------------------------------------------------ release mapping
+
+
+def test_the_driver_reserves_the_head_pod_and_is_pinned_to_its_unit() -> None:
+    manifest = yaml.safe_load(rayjob("train", "python train.py", gpus=2, runtime_env="env_vars: {A: '1'}\n"))
+    manifest["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"] = {
+        "requests": {"cpu": "1500m", "memory": "2Gi"}, "limits": {"nvidia.com/gpu": 1}}
+    req = rayjob_request(manifest)
+    sub = submission_for(req, "train-abc", job_id="train-abc", queue="team-a", unit="ecs",
+                         node_selector={"pool": "ecs"})
+    kwargs = sub.kwargs()
+    assert kwargs["submission_id"] == "train-abc"
+    assert kwargs["entrypoint"] == "python train.py"
+    assert kwargs["runtime_env"] == {"env_vars": {"A": "1"}}
+    assert kwargs["entrypoint_num_cpus"] == 1.5  # the head pod, not the gang
+    assert kwargs["entrypoint_num_gpus"] == 1
+    assert kwargs["entrypoint_memory"] == 2 * 2**30
+    assert kwargs["entrypoint_label_selector"] == {"pool": "ecs"}
+    assert kwargs["metadata"]["rayqueue.io/unit"] == "ecs"
+    assert req.total[GPU] == 3000  # while the quota counts head + workers
+
+
+def test_submission_ids_differ_per_attempt_so_ray_never_starts_one_twice() -> None:
+    assert submission_id("job-1", 0) == "job-1"
+    assert submission_id("job-1", 2) == "job-1-r2"
+
+
+# ------------------------------------------------------------------------------------ store
+
+
+def test_every_transition_is_an_event_row_in_the_same_transaction(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/s.db")
+    store.add_jobs([st.JobRecord(id="j1", name="j", queue="team-a", submitted_at=1.0)])
+    store.transition("j1", "Admitted", "on ecs", at=2.0, state=st.ADMITTED, unit="ecs")
+    store.transition("j1", "Succeeded", "done", at=3.0, state=st.SUCCEEDED)
+    reopened = Store(f"sqlite:///{tmp_path}/s.db")
+    assert [(e.kind, e.state, e.at) for e in reopened.events("j1")] == [
+        ("Submitted", st.PENDING, 1.0), ("Admitted", st.ADMITTED, 2.0), ("Succeeded", st.SUCCEEDED, 3.0)]
+    assert reopened.get("j1").state == st.SUCCEEDED  # type: ignore[union-attr]
+    with pytest.raises(KeyError):
+        reopened.transition("nope", "X")
+
+
+# ------------------------------------------------------------------------------------ guards
+
+
+def test_a_non_loopback_bind_needs_a_token(tmp_path: Path) -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0")
+    with pytest.raises(ServiceError, match="--token"):
+        Runner(ServeOptions(host="0.0.0.0", port=18999, state_dir=tmp_path)).check()
+    Runner(ServeOptions(host="0.0.0.0", port=18999, token="s3cret", state_dir=tmp_path)).check()
+
+
+def test_priority_classes_from_kubernetes_documents_or_a_mapping(tmp_path: Path) -> None:
+    f = tmp_path / "pc.yaml"
+    f.write_text("apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: batch}\nvalue: 7\n")
+    assert load_priority_classes(f).resolve("batch") == (7, "batch")
+    f.write_text("gold: 10\nsilver: 5\n")
+    assert load_priority_classes(f).resolve("silver") == (5, "silver")
+    f.write_text("gold: high\n")
+    with pytest.raises(ServiceError, match="gold"):
+        load_priority_classes(f)
+
+
+def test_cli_registers_the_service_commands_and_quota_apply() -> None:
+    runner = CliRunner()
+    out = runner.invoke(cli_app, ["--help"]).output
+    for command in ("serve", "submit", "status", "jobs", "explain", "logs", "cancel", "history", "demo"):
+        assert command in out
+    assert "apply" in runner.invoke(cli_app, ["quota", "--help"]).output
+    result = runner.invoke(cli_app, ["status", "--url", "http://127.0.0.1:9"])
+    assert result.exit_code == 1 and "no rayqueue service answers" in result.output
+
+
+# ------------------------------------------------------------------------------------ a fake Ray
+
+
+class Crash(BaseException):
+    """The service process dies here (kill -9): nothing after this line of the service runs."""
+
+
+class FakeRay:
+    address = "fake://ray"
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, str] = {}
+        self.accepted: list[str] = []
+        self.crash_next_submit = False
+
+    def submit(self, sub: Any) -> bool:
+        if sub.submission_id in self.jobs:
+            return False
+        self.jobs[sub.submission_id] = "PENDING"
+        self.accepted.append(sub.submission_id)
+        if self.crash_next_submit:
+            self.crash_next_submit = False
+            raise Crash  # Ray has the job, the service never heard back
+        return True
+
+    def status(self, sid: str) -> RayStatus | None:
+        s = self.jobs.get(sid)
+        return None if s is None else RayStatus(s)
+
+    def stop(self, sid: str) -> None:
+        if self.jobs.get(sid) in ("PENDING", "RUNNING"):
+            self.jobs[sid] = "STOPPED"
+
+    def logs(self, sid: str) -> str | None:
+        return f"log of {sid}\n" if sid in self.jobs else None
+
+
+async def _settle(svc: Service) -> None:
+    for _ in range(50):
+        await asyncio.sleep(0)
+        await svc.poll_once()
+        if not svc._releasing and not svc._background:
+            return
+        await asyncio.sleep(0.002)
+
+
+async def _start(store: Store, ray: FakeRay) -> Service:
+    svc = Service(store, ray, QuotaTree.from_yaml_text(TWO_TEAMS),  # type: ignore[arg-type]
+                  config=ServiceConfig(poll_interval_s=3600, capacity_interval_s=3600),
+                  tree_yaml=TWO_TEAMS, nodes=lambda _: NODES)
+    await svc.start()
+    await _settle(svc)
+    return svc
+
+
+async def _crash(svc: Service) -> None:
+    """Lose the process: its tasks vanish; no shutdown code runs."""
+    for task in svc._tasks + list(svc._releasing.values()) + list(svc._background):
+        task.cancel()
+    await asyncio.sleep(0)
+
+
+def _check(svc: Service, ray: FakeRay, accepted: set[str]) -> None:
+    rows = {r.id: r for r in svc.store.jobs()}
+    assert accepted <= set(rows), "an accepted job was lost"
+    holding = [r for r in rows.values() if r.state in st.ACTIVE_STATES]
+    for node in ("root", "team-a", "team-b"):
+        expected = sum(r.request_dict().get(GPU, 0) for r in holding if node in ("root", r.queue))
+        assert svc.engine.tree.nodes[node].usage.get(GPU, 0) == expected, f"{node} usage is not exact"
+    assert svc.engine.tree.nodes["root"].usage.get(MAX_JOBS, 0) == 1000 * len(holding)
+    assert len(ray.accepted) == len(set(ray.accepted)), "a submission id was started twice"
+    for job_id in rows:
+        live = [sid for sid, s in ray.jobs.items() if s in ("PENDING", "RUNNING")
+                and (sid == job_id or sid.startswith(f"{job_id}-r"))]
+        assert len(live) <= 1, f"{job_id} runs twice in Ray: {live}"
+    assert svc.engine.tree.nodes["root"].usage.get(GPU, 0) <= 3000
+
+
+ACTIONS = ("submit", "submit", "submit", "run", "finish", "cancel", "crash", "crash_mid_release")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=hs.lists(hs.tuples(hs.sampled_from(ACTIONS), hs.integers(0, 10**6)), min_size=5, max_size=30))
+def test_crash_at_any_moment_loses_nothing_runs_nothing_twice_and_keeps_quota_exact(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, int]]
+) -> None:
+    db = f"sqlite:///{tmp_path_factory.mktemp('crash')}/rq.db"
+
+    async def scenario() -> None:
+        store, ray = Store(db), FakeRay()
+        svc = await _start(store, ray)
+        accepted: set[str] = set()
+        for action, seed in steps:
+            rnd = random.Random(seed)
+            if action == "submit":
+                team = rnd.choice(["team-a", "team-b"])
+                text = rayjob(f"j{seed % 97}", "python x.py", namespace=team, gpus=rnd.choice([1, 1, 2]),
+                              priority=rnd.choice(["low", "normal", "high"]))
+                accepted |= {a.id for a in svc.submit_text(text)}
+            elif action == "run":
+                pending = [sid for sid, s in ray.jobs.items() if s == "PENDING"]
+                if pending:
+                    ray.jobs[rnd.choice(pending)] = "RUNNING"
+            elif action == "finish":
+                running = [sid for sid, s in ray.jobs.items() if s == "RUNNING"]
+                if running:
+                    ray.jobs[rnd.choice(running)] = rnd.choice(["SUCCEEDED", "FAILED"])
+            elif action == "cancel":
+                live = svc.store.jobs(st.LIVE_STATES)
+                if live:
+                    svc.cancel(rnd.choice(live).id)
+            elif action in ("crash", "crash_mid_release"):
+                ray.crash_next_submit = action == "crash_mid_release"
+                if ray.crash_next_submit:
+                    text = rayjob(f"m{seed % 97}", "python x.py", namespace="team-b", gpus=1)
+                    accepted |= {a.id for a in svc.submit_text(text)}
+                    await asyncio.sleep(0.01)
+                await _crash(svc)
+                ray.crash_next_submit = False
+                svc = await _start(Store(db), ray)
+            await _settle(svc)
+            _check(svc, ray, accepted)
+        await svc.stop()
+
+    asyncio.run(scenario())
+
+
+async def test_the_http_api_answers_with_problems_and_needs_the_token(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/api.db")
+    svc = Service(store, FakeRay(), QuotaTree.from_yaml_text(TWO_TEAMS), nodes=lambda _: NODES)  # type: ignore[arg-type]
+    await svc.start()
+    try:
+        app = create_app(svc, token="t0ken")
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            assert (await http.get("/healthz")).status_code == 200
+            assert (await http.get("/v1/jobs")).status_code == 401
+            auth = {"Authorization": "Bearer t0ken"}
+            resp = await http.post("/v1/jobs", headers=auth, json={"yaml": "kind: RayJob\n", "source": "job.yaml"})
+            assert resp.status_code == 422 and resp.json()["problems"]
+            ok = await http.post("/v1/jobs", headers=auth, json={"yaml": rayjob("x", "python x.py")})
+            assert ok.status_code == 201
+            job = ok.json()["jobs"][0]
+            assert job["state"] == st.ADMITTED and job["queue"] == "team-a"
+            explained = (await http.get(f"/v1/jobs/{job['id']}", headers=auth)).json()
+            assert explained["unit"] == "default" and explained["submission_id"] == job["id"]
+            assert (await http.get("/v1/jobs/nope", headers=auth)).status_code == 404
+            schema = (await http.get("/openapi.json")).json()
+            assert "/v1/jobs" in schema["paths"] and "/v1/quota" in schema["paths"]
+    finally:
+        await svc.stop()
