@@ -146,7 +146,7 @@ def _compare(
     data = write_comparison(results, summaries, out)
     table = Table(title="Scenarios side by side", box=box.SIMPLE, pad_edge=False)
     table.add_column("scenario", no_wrap=True, min_width=min(max(len(sc.name) for sc in loaded), 40))
-    for col in ("jobs", "rejected", "wait mean", "wait p95", "makespan", "ACS cost", "total cost"):
+    for col in ("jobs", "rej.", "wait", "p95", "makespan", "ACS cost", "total"):
         table.add_column(col, justify="right")
     for r in data["scenarios"]:
         table.add_row(
@@ -156,11 +156,20 @@ def _compare(
             "–" if r["wait_mean_s"] is None else format_duration(r["wait_mean_s"]),
             "–" if r["wait_p95_s"] is None else format_duration(r["wait_p95_s"]),
             format_duration(r["makespan_s"]),
-            f"{r['acs_cost']:,.2f}",
-            f"{r['total_cost']:,.2f}",
+            _money(r["acs_cost"]),
+            _money(r["total_cost"]),
         )
     Console().print(table)
     Console().print(f"wrote {out}/compare.html, compare.json and each scenario's report under {out}/<scenario>/")
+
+
+def _money(value: float) -> str:
+    """Compact amounts for narrow terminals: 950.25, 223.1k, 11.17M."""
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:,.2f}M"
+    if abs(value) >= 1e4:
+        return f"{value / 1e3:,.1f}k"
+    return f"{value:,.2f}"
 
 
 def _print_summary(summary: dict[str, Any], out: Path, plots: bool) -> None:
