@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from operator_env import (
     POLICIES,
     PRIORITY_CLASSES,
@@ -15,6 +14,7 @@ from operator_env import (
     rayjob,
     tree_manifest,
 )
+
 from rayqueue.scheduler.operator.testing import FINAL_ANNOTATION
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]

@@ -112,6 +112,7 @@ class Controller:
         self._last_status: dict[str, Any] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._write_wake = asyncio.Event()
+        self._write_sem = asyncio.Semaphore(8)
         self.metrics.leader.set(1 if self.leader else 0)
         self.metrics.tree_valid.set(1)
 
@@ -541,7 +542,7 @@ class Controller:
             if obs.state is JobState.ADMITTED and obs.record is not None and \
                     abs(float(obs.record.get("admittedAtEpoch", 0)) - admitted_at) < 1e-6:
                 break  # already applied (an earlier attempt's answer was lost)
-            patch = admit_patch(body, w, placement, admitted_at)
+            patch = admit_patch(body, w, placement, admitted_at, by=self.config.identity)
             try:
                 body = await self.client.patch(RAYJOBS, obs.namespace, obs.name, patch)
                 self.jobs[uid] = body
@@ -635,13 +636,7 @@ class Controller:
             if not self.leader:
                 continue
             writes, self.pending_writes = self.pending_writes, {}
-            sem = asyncio.Semaphore(8)
-
-            async def one(uid: str, item: tuple[str, str, str, int | None]) -> None:
-                async with sem:
-                    await self._write_one(uid, item)
-
-            await asyncio.gather(*(one(uid, item) for uid, item in writes.items()))
+            await asyncio.gather(*(self._write_limited(uid, item) for uid, item in writes.items()))
             now = time.monotonic()
             if self._status_dirty:
                 wait = self.config.status_interval_s - (now - last_status)
@@ -655,6 +650,10 @@ class Controller:
                     log.warning("could not write the ElasticQuotaTree status: %s", exc)
                     self._status_dirty = True
                     self._write_wake.set()
+
+    async def _write_limited(self, uid: str, item: tuple[str, str, str, int | None]) -> None:
+        async with self._write_sem:
+            await self._write_one(uid, item)
 
     async def _write_one(self, uid: str, item: tuple[str, str, str, int | None]) -> None:
         type_, reason, message, position = item
@@ -782,6 +781,9 @@ class Controller:
 
     async def _leadership(self) -> None:
         assert self.config.peering is not None
+        # A newcomer waits a few polls before it claims leadership, so that a lower-priority leader
+        # (polling as often) has seen it and stepped down first.
+        await asyncio.sleep(3 * self.config.leadership_poll_s)
         while True:
             try:
                 peering = await self.client.get(PEERINGS, None, self.config.peering)

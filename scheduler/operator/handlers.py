@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,6 +155,19 @@ def build_settings(config: OperatorConfig, webhook: WebhookConfig | None = None)
     return settings
 
 
+class _AllTasks(Collection[asyncio.Task[Any]]):
+    """``ignored`` for kopf.run_tasks: leave every task that is not one of the operator's root tasks."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[asyncio.Task[Any]]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
 class Operator:
     """One operator instance in this event loop (tests run two side by side)."""
 
@@ -176,7 +189,7 @@ class Operator:
     async def run(self) -> None:
         if self.metrics_port is not None:
             self.metrics.serve(self.metrics_port)
-        await kopf.operator(
+        tasks = await kopf.spawn_tasks(
             registry=self.registry,
             settings=self.settings,
             clusterwide=True,
@@ -187,6 +200,9 @@ class Operator:
             stop_flag=self.stop_flag,
             ready_flag=self.ready_flag,
         )
+        # kopf.operator() would cancel every task created in the loop while it ran, other instances
+        # and the caller's included; our own tasks are stopped by the cleanup handler instead.
+        await kopf.run_tasks(tasks, ignored=_AllTasks())
 
     def start(self) -> asyncio.Task[None]:
         self.task = asyncio.create_task(self.run(), name=f"operator {self.config.identity}")
@@ -194,11 +210,13 @@ class Operator:
 
     async def stop(self, timeout: float = 15.0) -> None:
         self.stop_flag.set()
-        if self.task is not None:
+        if self.task is not None and not self.task.done():
             try:
-                await asyncio.wait_for(self.task, timeout)
+                await asyncio.wait_for(asyncio.shield(self.task), timeout)
             except TimeoutError:
                 self.task.cancel()
+            except (asyncio.CancelledError, Exception):
+                pass
 
     async def kill(self) -> None:
         """Stop abruptly, as a crashed pod would (no cleanup beyond closing sockets)."""

@@ -9,13 +9,11 @@ carries ``metadata.resourceVersion`` means "re-read and decide again", never "ap
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime
 import logging
 import os
 import random
 import ssl
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,10 +85,10 @@ class Connection:
     def from_environment(cls, context: str | None = None) -> Connection:
         """In-cluster service account when running in a pod, else the usual kubeconfig."""
         if os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(f"{SA_DIR}/token"):
-            host = os.environ["KUBERNETES_SERVICE_HOST"]
+            host: str = os.environ["KUBERNETES_SERVICE_HOST"]
             port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
             if ":" in host:
-                host = f"[{host}]"
+                host = "[" + host + "]"
             with open(f"{SA_DIR}/token") as f:
                 token = f.read().strip()
             return cls(server=f"https://{host}:{port}", token=token, ca_path=f"{SA_DIR}/ca.crt")
@@ -99,8 +97,8 @@ class Connection:
 
         configuration = k8s_client.Configuration()
         k8s_config.load_kube_config(context=context, client_configuration=configuration)
-        auth = configuration.api_key.get("authorization") or configuration.api_key.get("BearerToken")
-        token = auth.split(" ", 1)[1] if auth and " " in auth else auth
+        auth: str | None = configuration.api_key.get("authorization") or configuration.api_key.get("BearerToken")
+        token: str | None = auth.split(" ", 1)[1] if auth and " " in auth else auth
         return cls(
             server=configuration.host.rstrip("/"),
             token=token,
@@ -138,17 +136,6 @@ class Connection:
             certificate_data=read_b64(self.cert_path),
             private_key_data=read_b64(self.key_path),
         )
-
-
-def _b64(data: bytes) -> str:  # kept for kubeconfig files that embed data (written to temp files)
-    return base64.b64encode(data).decode()
-
-
-def write_temp(data: bytes, suffix: str) -> str:
-    fd, path = tempfile.mkstemp(suffix=suffix)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return path
 
 
 @dataclass

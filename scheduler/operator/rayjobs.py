@@ -185,7 +185,7 @@ def condition(type_: str, reason: str, message: str, position: int | None = None
 
 
 def _place_template(template: Any, placement: Placement) -> dict[str, Any]:
-    tpl: dict[str, Any] = copy.deepcopy(template) if isinstance(template, Mapping) else {}
+    tpl: dict[str, Any] = copy.deepcopy(dict(template)) if isinstance(template, Mapping) else {}
     meta = tpl.setdefault("metadata", {})
     labels = dict(meta.get("labels") or {})
     labels.update(placement.pod_labels)
@@ -205,7 +205,8 @@ def _place_template(template: Any, placement: Placement) -> dict[str, Any]:
     return tpl
 
 
-def admit_patch(body: Mapping[str, Any], w: Workload, placement: Placement, admitted_at: float) -> dict[str, Any]:
+def admit_patch(body: Mapping[str, Any], w: Workload, placement: Placement, admitted_at: float,
+                by: str = "") -> dict[str, Any]:
     """One merge patch: placement into head/worker (and submitter) templates, our record, unsuspend.
 
     ``workerGroupSpecs`` is a list, which a merge patch replaces whole, so the patch carries the full list
@@ -225,6 +226,7 @@ def admit_patch(body: Mapping[str, Any], w: Workload, placement: Placement, admi
         "priorityClass": w.priority_class,
         "admittedAt": datetime.datetime.fromtimestamp(admitted_at, datetime.UTC).isoformat(),
         "admittedAtEpoch": admitted_at,
+        "by": by,
     }
     new_workers = []
     for group in workers:

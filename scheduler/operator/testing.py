@@ -85,6 +85,7 @@ class Fault:
     times: int = 1
     timeout: float = 0.0  # > 0: hang this long before answering (the client times out first)
     subresource: str | None = "*"  # "*" any, None only the main resource, "status" only /status
+    after: bool = False  # apply the request, then hang ``timeout`` seconds and fail (a lost answer)
     hits: int = 0
 
     def matches(self, request: rendering.Request) -> bool:
@@ -119,9 +120,9 @@ class FakeApiServer(kmock.KubernetesEmulator):
 
     # ---- fault injection
     def inject(self, method: str, plural: str | None = None, *, status: int = 500, times: int = 1,
-               timeout: float = 0.0, subresource: str | None = "*") -> Fault:
+               timeout: float = 0.0, subresource: str | None = "*", after: bool = False) -> Fault:
         fault = Fault(method=method, plural=plural, status=status, times=times, timeout=timeout,
-                      subresource=subresource)
+                      subresource=subresource, after=after)
         self.faults.append(fault)
         return fault
 
@@ -133,7 +134,12 @@ class FakeApiServer(kmock.KubernetesEmulator):
 
     # ---- request handling
     async def _handle(self, request: rendering.Request) -> Any:
+        late: Fault | None = None
         for fault in self.faults:
+            if fault.matches(request) and fault.after:
+                fault.hits += 1
+                late = fault
+                break
             if fault.matches(request):
                 fault.hits += 1
                 if fault.timeout:
@@ -163,7 +169,12 @@ class FakeApiServer(kmock.KubernetesEmulator):
                     meta["resourceVersion"] = str(next(self._rv))
                     if "spec" in request.data and request.subresource is None:
                         meta["generation"] = int((current.get("metadata") or {}).get("generation", 1)) + 1
-        return await super()._handle(request)
+        response = await super()._handle(request)
+        if late is not None:
+            await asyncio.sleep(late.timeout)
+            raise kmock.KubernetesError(status=late.status, reason="Injected",
+                                        message=f"injected fault {late.status} after applying the request")
+        return response
 
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:  # type: ignore[override]
         drop = self._drop
@@ -185,7 +196,7 @@ class FakeApiServer(kmock.KubernetesEmulator):
                     return
         finally:
             with contextlib.suppress(BaseException):
-                await stream.aclose()
+                await stream.aclose()  # type: ignore[attr-defined]
 
     # ---- helpers for tests
     def obj(self, plural_key: str, namespace: str | None, name: str) -> dict[str, Any] | None:
