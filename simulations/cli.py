@@ -42,6 +42,7 @@ def simulate(
     from rayqueue.quota.tree import QuotaTreeError
     from rayqueue.scheduler.resourcepolicy import ResourcePolicyError
     from rayqueue.simulations.config import ConfigError, TraceRef
+    from rayqueue.simulations.simulator import SimulationError
     from rayqueue.simulations.trace import TraceError
 
     console = Console(stderr=True)
@@ -54,7 +55,7 @@ def simulate(
             _compare(list(scenarios or []), trace_ref, quota, cluster, policy, out, strict, plots, progress, console)
         else:
             _single(list(scenarios or []), trace_ref, quota, cluster, policy, out, strict, plots, progress, console)
-    except (QuotaTreeError, ConfigError, ResourcePolicyError, TraceError) as exc:
+    except (QuotaTreeError, ConfigError, ResourcePolicyError, TraceError, SimulationError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
 

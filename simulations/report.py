@@ -278,6 +278,7 @@ def _figures(result: SimulationResult) -> dict[str, bytes]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     res = short_name(result.resource).upper()
     out: dict[str, bytes] = {}
@@ -340,6 +341,8 @@ def _figures(result: SimulationResult) -> dict[str, bytes]:
             ax.axhline(leaf.max / MILLI, color="red", linestyle=":", linewidth=1, label="max")
         ax.set_title(leaf.name, fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.yaxis.set_major_locator(MaxNLocator(4))
+        ax.xaxis.set_major_locator(MaxNLocator(4))
     for k in range(n, rows * cols):
         axes[k // cols][k % cols].axis("off")
     axes[0][0].legend(fontsize=6)
