@@ -389,6 +389,11 @@ def render_html(summary: dict[str, Any], figures: dict[str, bytes]) -> str:
         for k in ("wait_mean_s", "wait_p50_s", "wait_p95_s", "wait_p99_s"):
             q[k + "_h"] = None if q[k] is None else format_duration(q[k])
     unit_rows = [{"unit": name, **u} for name, u in c["units"].items()]
+    for u in unit_rows:
+        if u.get("utilisation") is not None:
+            u["utilisation"] = f"{u['utilisation']:.1%}"
+        if u.get("cost") is not None:
+            u["cost"] = f"{u['cost']:,.2f}"
     class_rows = [{"class": name, **v} for name, v in summary["priority_classes"].items()]
     for v in class_rows:
         v["mean"] = None if v["wait_mean_s"] is None else format_duration(v["wait_mean_s"])

@@ -366,6 +366,7 @@ class _Progress:
         self.count = 0
         self._progress: Any = None
         if enabled:
+            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._progress = Progress(
@@ -375,6 +376,7 @@ class _Progress:
                 TextColumn("jobs done · virtual time {task.fields[vt]}"),
                 TimeElapsedColumn(),
                 transient=False,
+                console=Console(stderr=True),
             )
             self._task = self._progress.add_task("simulate", total=total, vt="0s")
             self._progress.start()
