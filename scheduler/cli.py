@@ -20,6 +20,7 @@ FRONT_END_MODULES = [
     "rayqueue.scheduler.quota_cli",
     "rayqueue.simulations.cli",
     "rayqueue.scheduler.service.cli",
+    "rayqueue.scheduler.operator.cli",
 ]
 
 

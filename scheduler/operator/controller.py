@@ -43,6 +43,7 @@ from rayqueue.scheduler.operator.kube import (
 from rayqueue.scheduler.operator.metrics import OperatorMetrics
 from rayqueue.scheduler.operator.rayjobs import (
     CONDITION_ANNOTATION,
+    MUTATED_ANNOTATION,
     JobError,
     JobState,
     admit_patch,
@@ -316,6 +317,11 @@ class Controller:
         if reject is not None:
             self._reject(body, obs.generation, reject.reason.code.value, reject.reason.message)
             return
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        if annotations.get(MUTATED_ANNOTATION) and CONDITION_ANNOTATION not in annotations:
+            self.events.post(dict(body), "RayJob", "Mutated",
+                             f"the rayqueue webhook set {annotations[MUTATED_ANNOTATION]} so that the job "
+                             f"waits in queue {job.queue} and frees its Ray cluster when it finishes")
         self._status_dirty = True
 
     def _reject(self, body: Mapping[str, Any], generation: int, reason: str, message: str) -> None:

@@ -98,10 +98,10 @@ class Connection:
         configuration = k8s_client.Configuration()
         k8s_config.load_kube_config(context=context, client_configuration=configuration)
         auth: str | None = configuration.api_key.get("authorization") or configuration.api_key.get("BearerToken")
-        token: str | None = auth.split(" ", 1)[1] if auth and " " in auth else auth
+        bearer = auth.split(" ", 1)[1] if auth and " " in auth else auth
         return cls(
             server=configuration.host.rstrip("/"),
-            token=token,
+            token=bearer,
             ca_path=configuration.ssl_ca_cert,
             cert_path=configuration.cert_file,
             key_path=configuration.key_file,

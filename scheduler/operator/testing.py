@@ -18,11 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import itertools
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -254,6 +257,46 @@ class Api:
                 raise RuntimeError(f"delete {plural_key} {namespace}/{name} failed: {rsp.status}")
 
 
+# ------------------------------------------------------------------------------------------ the real CRD
+
+KUBERAY_CRD = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "kuberay" / "ray.io_rayjobs.yaml"
+
+
+def _close_schema(schema: Any) -> Any:
+    """An API server prunes fields its structural schema does not declare; make them errors instead."""
+    if isinstance(schema, dict):
+        out = {k: _close_schema(v) for k, v in schema.items()}
+        if "properties" in out and not schema.get("x-kubernetes-preserve-unknown-fields") \
+                and "additionalProperties" not in out:
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_close_schema(v) for v in schema]
+    return schema
+
+
+@functools.lru_cache(maxsize=2)
+def rayjob_crd_validator(path: str | None = None) -> Any:
+    """A JSON-schema validator for ``ray.io/v1`` RayJobs built from KubeRay's CRD (status included)."""
+    import jsonschema
+    import yaml
+
+    crd_path = Path(path or os.environ.get("RAYQUEUE_KUBERAY_CRD") or KUBERAY_CRD)
+    with open(crd_path) as f:
+        crd = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    schema = _close_schema(version["schema"]["openAPIV3Schema"])
+    schema["properties"]["metadata"] = {"type": "object"}
+    return jsonschema.Draft7Validator(schema)
+
+
+def crd_violations(body: dict[str, Any]) -> list[str]:
+    """Where ``body`` breaks KubeRay's RayJob CRD (or would lose fields to pruning)."""
+    validator = rayjob_crd_validator()
+    return [f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message[:200]}"
+            for e in validator.iter_errors(body)]
+
+
 # ------------------------------------------------------------------------------------------ fake KubeRay
 
 RUNTIME_ANNOTATION = "rayqueue.test/runtime-seconds"
@@ -280,6 +323,9 @@ class FakeKubeRay:
     init_delay: float = 0.0  # seconds spent in Initializing
     suspend_delay: float = 0.0  # seconds spent in Suspending
     on_unsuspend: Callable[[dict[str, Any]], None] | None = None
+    validate: bool = True  # check every RayJob it reconciles against KubeRay's CRD
+    violations: list[str] = field(default_factory=list)
+    _checked: set[tuple[str, str]] = field(default_factory=set)
     clocks: dict[str, _JobClock] = field(default_factory=dict)
     unsuspended_at: dict[str, float] = field(default_factory=dict)  # "ns/name" -> wall time seen running
     _task: asyncio.Task[None] | None = None
@@ -318,6 +364,11 @@ class FakeKubeRay:
         suspend = bool(spec.get("suspend", False))
         now = time.monotonic()
         clock = self.clocks.setdefault(key, _JobClock())
+        if self.validate:
+            version = (key, str(meta.get("resourceVersion")))
+            if version not in self._checked:
+                self._checked.add(version)
+                self.violations.extend(f"{key}@{version[1]}: {v}" for v in crd_violations(job))
         if phase in ("Complete", "Failed", "ValidationFailed"):
             return
         if phase == "":

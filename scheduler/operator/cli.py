@@ -1,0 +1,81 @@
+"""``rayqueue operator``: run the Kubernetes operator (kopf) for KubeRay RayJobs."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("operator")(operator)
+
+
+def operator(
+    context: Annotated[str | None, typer.Option(help="kubeconfig context (default: in-cluster, else current)")]
+    = None,
+    server: Annotated[str | None, typer.Option(help="API server URL, bypassing kubeconfig (plain token auth)")]
+    = None,
+    token: Annotated[str | None, typer.Option(envvar="RAYQUEUE_TOKEN", help="bearer token with --server")]
+    = None,
+    tree_name: Annotated[str | None, typer.Option(help="the ElasticQuotaTree to follow (default: any)")] = None,
+    tree_namespace: Annotated[str | None, typer.Option(help="its namespace (default: any)")] = None,
+    policy_name: Annotated[str | None, typer.Option(help="the ResourcePolicy to follow (default: any)")] = None,
+    policy_namespace: Annotated[str | None, typer.Option(help="its namespace")] = None,
+    peering: Annotated[str, typer.Option(help="kopf ClusterKopfPeering name used for HA")] = "rayqueue",
+    standalone: Annotated[bool, typer.Option(help="no peering: this instance always admits")] = False,
+    priority: Annotated[int, typer.Option(help="peering priority; the highest live instance admits")] = 0,
+    identity: Annotated[str | None, typer.Option(help="this instance's name (default: $POD_NAME or host)")]
+    = None,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (0: off)")] = 8080,
+    webhook_port: Annotated[int, typer.Option(help="admission webhook HTTPS port (0: no webhooks)")] = 9443,
+    webhook_cert: Annotated[str | None, typer.Option(help="TLS certificate file for the webhook server")]
+    = None,
+    webhook_key: Annotated[str | None, typer.Option(help="TLS private key file for the webhook server")] = None,
+    webhook_host: Annotated[str | None, typer.Option(help="DNS name the API server calls the webhook by")]
+    = None,
+    queueing: Annotated[str, typer.Option(help="default queueing strategy: BestEffortFIFO or StrictFIFO")]
+    = "BestEffortFIFO",
+    preemption: Annotated[str, typer.Option(help="default preemption policy: Never or LowerPriority")]
+    = "Never",
+    reclaim: Annotated[bool, typer.Option(help="preempt borrowed work to give queues their min back")] = True,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
+) -> None:
+    """Admit KubeRay RayJobs against the ElasticQuotaTree (watches RayJobs, trees, policies, nodes)."""
+    import asyncio
+    import logging
+
+    from rayqueue.scheduler.engine import EngineConfig
+    from rayqueue.scheduler.operator.controller import OperatorConfig
+    from rayqueue.scheduler.operator.handlers import Operator, WebhookConfig
+    from rayqueue.scheduler.operator.kube import Connection
+
+    if queueing not in ("BestEffortFIFO", "StrictFIFO"):
+        raise typer.BadParameter(f"--queueing must be BestEffortFIFO or StrictFIFO, got {queueing!r}")
+    if preemption not in ("Never", "LowerPriority"):
+        raise typer.BadParameter(f"--preemption must be Never or LowerPriority, got {preemption!r}")
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    connection = Connection(server=server.rstrip("/"), token=token) if server else \
+        Connection.from_environment(context)
+    config = OperatorConfig(
+        tree_name=tree_name, tree_namespace=tree_namespace,
+        policy_name=policy_name, policy_namespace=policy_namespace,
+        engine=EngineConfig(default_queueing=queueing,  # type: ignore[arg-type]
+                            default_preemption=preemption,  # type: ignore[arg-type]
+                            reclaim=reclaim),
+        peering=None if standalone else peering,
+        priority=priority,
+        identity=identity or os.environ.get("POD_NAME") or socket.gethostname(),
+    )
+    webhook = None
+    if webhook_port:
+        webhook = WebhookConfig(port=webhook_port, host=webhook_host, certfile=webhook_cert,
+                                pkeyfile=webhook_key)
+    op = Operator(connection, config, webhook=webhook, metrics_port=metrics_port or None)
+    typer.echo(f"rayqueue operator {config.identity}: API {connection.server}, "
+               f"{'standalone' if standalone else f'peering {peering!r} priority {priority}'}, "
+               f"metrics :{metrics_port or 'off'}, webhooks :{webhook_port or 'off'}")
+    asyncio.run(op.run())
