@@ -182,6 +182,12 @@ def _check(svc: Service, ray: FakeRay, accepted: set[str]) -> None:
                 and (sid == job_id or sid.startswith(f"{job_id}-r"))]
         assert len(live) <= 1, f"{job_id} runs twice in Ray: {live}"
     assert svc.engine.tree.nodes["root"].usage.get(GPU, 0) <= 3000
+    for job_id, row in rows.items():
+        attempts = [sid for sid in ray.accepted if sid == job_id or sid.startswith(f"{job_id}-r")]
+        done = [sid for sid in attempts if ray.jobs[sid] in ("SUCCEEDED", "FAILED")]
+        if done:
+            assert attempts[-1] == done[0], f"{job_id} ran again after it ended in Ray"
+            assert row.state in st.FINAL_STATES or row.state in st.ACTIVE_STATES
 
 
 ACTIONS = ("submit", "submit", "submit", "run", "finish", "cancel", "crash", "crash_mid_release")
@@ -225,6 +231,11 @@ def test_crash_at_any_moment_loses_nothing_runs_nothing_twice_and_keeps_quota_ex
                     await asyncio.sleep(0.01)
                 await _crash(svc)
                 ray.crash_next_submit = False
+                for sid, state in list(ray.jobs.items()):  # Ray goes on while we are down
+                    if state == "RUNNING" and rnd.random() < 0.5:
+                        ray.jobs[sid] = "SUCCEEDED"
+                    elif state == "PENDING" and rnd.random() < 0.5:
+                        ray.jobs[sid] = "RUNNING"
                 svc = await _start(Store(db), ray)
             await _settle(svc)
             _check(svc, ray, accepted)
