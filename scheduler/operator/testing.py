@@ -112,6 +112,9 @@ class FakeApiServer(kmock.KubernetesEmulator):
     """kmock's emulator with resource versions, optimistic concurrency and fault injection."""
 
     faults: list[Fault] = attrs.field(factory=list)
+    #: called after every write: (plural, namespace, name, request data); KubeRay doubles and benchmarks
+    listeners: list[Callable[[str, str | None, str, Any], None]] = attrs.field(factory=list)
+    keep_requests: bool = True  # False: forget served requests (long benchmarks)
     _rv: Any = attrs.field(factory=lambda: itertools.count(1000), init=False)
     _watch_epoch: int = attrs.field(default=0, init=False)
     _drop: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
@@ -173,11 +176,42 @@ class FakeApiServer(kmock.KubernetesEmulator):
                     if "spec" in request.data and request.subresource is None:
                         meta["generation"] = int((current.get("metadata") or {}).get("generation", 1)) + 1
         response = await super()._handle(request)
+        if not self.keep_requests:
+            self._requests.clear()
+        if request.resource is not None and request.action in (
+                enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE) and self.listeners:
+            data = request.data if isinstance(request.data, dict) else {}
+            name = request.name or (data.get("metadata") or {}).get("name")
+            namespace = request.namespace or (data.get("metadata") or {}).get("namespace")
+            for listener in self.listeners:
+                listener(request.resource.plural or "", namespace, name, data)
         if late is not None:
             await asyncio.sleep(late.timeout)
             raise kmock.KubernetesError(status=late.status, reason="Injected",
                                         message=f"injected fault {late.status} after applying the request")
         return response
+
+    # kmock finds an object by scanning all of them; with thousands of RayJobs, look it up by key.
+    def _lookup(self, request: rendering.Request) -> Any:
+        data = request.data if isinstance(request.data, dict) else {}
+        key = (request.resource, request.namespace or (data.get("metadata") or {}).get("namespace"),
+               request.name or (data.get("metadata") or {}).get("name"))
+        return self.objects[key] if key in self.objects else None
+
+    async def _serve_fetch(self, request: rendering.Request) -> Any:
+        obj = self._lookup(request)
+        if obj is None or obj.deleted:
+            raise kmock.KubernetesObjectNotFoundError()
+        return obj.raw
+
+    async def _serve_create(self, request: rendering.Request) -> Any:
+        return self._lookup(request).last.raw
+
+    async def _serve_update(self, request: rendering.Request) -> Any:
+        return self._lookup(request).last.raw
+
+    async def _serve_delete(self, request: rendering.Request) -> Any:
+        return self._lookup(request).last.raw
 
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:  # type: ignore[override]
         drop = self._drop
@@ -313,8 +347,9 @@ class _JobClock:
 class FakeKubeRay:
     """Moves RayJob ``status`` like KubeRay's RayJob controller does, through the API server.
 
-    Polls the emulator's store every ``tick`` seconds (KubeRay reconciles on watch events; polling keeps
-    this double small) and writes ``status`` with merge patches on the ``/status`` subresource.
+    Reconciles a RayJob when it is written (a listener on the API server, as KubeRay's watch would) and,
+    while a job is in a timed phase (Initializing, Running, Suspending), every ``tick`` seconds; writes
+    ``status`` with merge patches on the ``/status`` subresource.
     """
 
     server: FakeApiServer
@@ -324,31 +359,60 @@ class FakeKubeRay:
     suspend_delay: float = 0.0  # seconds spent in Suspending
     on_unsuspend: Callable[[dict[str, Any]], None] | None = None
     validate: bool = True  # check every RayJob it reconciles against KubeRay's CRD
+    concurrency: int = 16
     violations: list[str] = field(default_factory=list)
     _checked: set[tuple[str, str]] = field(default_factory=set)
     clocks: dict[str, _JobClock] = field(default_factory=dict)
-    unsuspended_at: dict[str, float] = field(default_factory=dict)  # "ns/name" -> wall time seen running
+    unsuspended_at: dict[str, float] = field(default_factory=dict)  # "ns/name" -> wall time seen unsuspended
+    finished_at: dict[str, float] = field(default_factory=dict)  # "ns/name" -> wall time it completed
+    ran_for: dict[str, float] = field(default_factory=dict)  # "ns/name" -> seconds Running (last run)
+    _dirty: set[tuple[str | None, str]] = field(default_factory=set)
+    _timed: set[tuple[str | None, str]] = field(default_factory=set)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> FakeKubeRay:
         self.api = Api(self.server)
+        self.server.listeners.append(self._changed)
+        for job in self.server.objs(RAYJOBS):
+            self._dirty.add((job["metadata"].get("namespace"), job["metadata"]["name"]))
         self._task = asyncio.create_task(self._run())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self.server.listeners.remove(self._changed)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def _changed(self, plural: str, namespace: str | None, name: str, data: Any) -> None:
+        if plural == "rayjobs" and name:
+            self._dirty.add((namespace, name))
+            self._wake.set()
+
     async def _run(self) -> None:
-        while True:
-            for job in self.server.objs(RAYJOBS):
+        sem = asyncio.Semaphore(self.concurrency)
+
+        async def one(key: tuple[str | None, str]) -> None:
+            async with sem:
+                job = self.server.obj(RAYJOBS, key[0], key[1])
+                if job is None:
+                    self._timed.discard(key)
+                    return
                 try:
                     await self.reconcile(job)
-                except Exception:  # the API may be injected with faults; retry on the next tick
-                    pass
-            await asyncio.sleep(self.tick)
+                except Exception:  # the API may be injected with faults: try again on the next tick
+                    self._timed.add(key)
+
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.tick)
+            self._wake.clear()
+            keys = self._dirty | self._timed
+            self._dirty = set()
+            if keys:
+                await asyncio.gather(*(one(k) for k in keys))
 
     async def _status(self, job: dict[str, Any], **status: Any) -> None:
         meta = job["metadata"]
@@ -369,6 +433,11 @@ class FakeKubeRay:
             if version not in self._checked:
                 self._checked.add(version)
                 self.violations.extend(f"{key}@{version[1]}: {v}" for v in crd_violations(job))
+        tkey = (meta.get("namespace"), meta["name"])
+        if phase in ("Initializing", "Running", "Suspending"):
+            self._timed.add(tkey)
+        else:
+            self._timed.discard(tkey)
         if phase in ("Complete", "Failed", "ValidationFailed"):
             return
         if phase == "":
@@ -404,6 +473,8 @@ class FakeKubeRay:
             if now - (clock.started or now) >= runtime:
                 final = meta.get("annotations", {}).get(FINAL_ANNOTATION, "Complete")
                 job_status = "SUCCEEDED" if final == "Complete" else "FAILED"
+                self.finished_at[key] = time.time()
+                self.ran_for[key] = now - (clock.started or now)
                 await self._status(job, jobDeploymentStatus=final, jobStatus=job_status, endTime=_now_iso())
             return
         if phase == "Suspending":
