@@ -184,7 +184,7 @@ class FakeApiServer(kmock.KubernetesEmulator):
             name = request.name or (data.get("metadata") or {}).get("name")
             namespace = request.namespace or (data.get("metadata") or {}).get("namespace")
             for listener in self.listeners:
-                listener(request.resource.plural or "", namespace, name, data)
+                listener(request.resource.plural or "", namespace, str(name), data)
         if late is not None:
             await asyncio.sleep(late.timeout)
             raise kmock.KubernetesError(status=late.status, reason="Injected",
@@ -196,7 +196,7 @@ class FakeApiServer(kmock.KubernetesEmulator):
         data = request.data if isinstance(request.data, dict) else {}
         key = (request.resource, request.namespace or (data.get("metadata") or {}).get("namespace"),
                request.name or (data.get("metadata") or {}).get("name"))
-        return self.objects[key] if key in self.objects else None
+        return self.objects[key] if key in self.objects else None  # type: ignore[index,operator]
 
     async def _serve_fetch(self, request: rendering.Request) -> Any:
         obj = self._lookup(request)
