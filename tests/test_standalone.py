@@ -24,6 +24,7 @@ from standalone_env import Gates, rayjob, tree, wait_until
 
 from rayqueue.quota.quantity import GPU
 from rayqueue.quota.tree import QuotaTree
+from rayqueue.scheduler.resourcepolicy import load_resource_policy_text
 from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.api import create_app
 from rayqueue.scheduler.service.core import Service, ServiceConfig
@@ -38,7 +39,7 @@ TWO_TEAMS = tree(("team-a", 1, 2), ("team-b", 1, 2), root_min=2, root_max=2)
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[LocalRayCluster]:
-    cluster = LocalRayCluster.start(num_cpus=8, num_gpus=4)
+    cluster = LocalRayCluster.start(num_cpus=8, num_gpus=4, labels={"pool": "ecs"})
     try:
         yield cluster
     finally:
@@ -82,12 +83,13 @@ class Harness:
 async def harness(ray_cluster: LocalRayCluster, gates: Gates, tmp_path: Path) -> AsyncIterator[Any]:
     made: list[Harness] = []
 
-    async def make(tree_yaml: str = TWO_TEAMS, db: str | None = None) -> Harness:
+    async def make(tree_yaml: str = TWO_TEAMS, db: str | None = None, policy: str | None = None) -> Harness:
         store = Store(db or f"sqlite:///{tmp_path}/rq-{len(made)}.db")
         svc = Service(
             store,
             RayJobs(ray_cluster.url),
             QuotaTree.from_yaml_text(tree_yaml),
+            load_resource_policy_text(policy) if policy else None,
             config=ServiceConfig(poll_interval_s=0.1, capacity_interval_s=1.0),
             tree_yaml=tree_yaml,
         )
@@ -190,6 +192,36 @@ async def test_borrowing_then_reclaim_stops_the_borrower_in_ray_and_requeues_it(
     await h.until_state(a2, st.SUCCEEDED)
     await h.until_state(a1, st.SUCCEEDED)
     assert h.gpu_usage() == 0
+
+
+ECS_THEN_ACS = """\
+apiVersion: scheduling.alibabacloud.com/v1alpha1
+kind: ResourcePolicy
+metadata: {name: ecs-then-acs}
+spec:
+  units:
+    - {resource: ecs, nodeSelector: {pool: ecs}}
+    - {resource: acs, nodeSelector: {pool: acs}, max: 10}
+"""
+
+
+async def test_units_take_capacity_from_labelled_ray_nodes_and_jobs_are_pinned_to_their_unit(harness: Any) -> None:
+    h = await harness(tree(("team-a", 0, 8), root_max=8), policy=ECS_THEN_ACS)
+    ecs = h.svc.engine.units.by_name["ecs"]
+    assert ecs.capacity is not None and ecs.capacity[GPU] == 4000  # the node started with pool=ecs
+    assert h.svc.engine.units.by_name["acs"].capacity is None  # no acs node: elastic
+    on_ecs = h.submit("on-ecs", gpus=4)
+    spilled = h.submit("spilled", gpus=4)  # ecs is full: ACS
+    assert h.svc.explain(on_ecs)["unit"] == "ecs" and h.svc.explain(spilled)["unit"] == "acs"
+    await h.until_state(on_ecs, st.RUNNING)
+    await wait_until(lambda: h.svc.store.get(spilled).released, 30, "the acs job to be released")  # type: ignore[union-attr]
+    await asyncio.sleep(2)
+    # pinned with a label selector: Ray will not run it on the ecs node, although it has room for its driver
+    assert h.svc.ray.status(spilled).status == "PENDING"
+    assert h.state(spilled) == st.ADMITTED
+    h.svc.cancel(spilled)
+    h.gates.open("on-ecs")
+    await h.until_state(on_ecs, st.SUCCEEDED)
 
 
 # ---------------------------------------------------------------------------------------- bad input
