@@ -23,8 +23,14 @@ def order_key(w: Workload) -> OrderKey:
     return (-w.priority, w.submitted_at, w.display_name, w.seq)
 
 
+def victim_key(w: Workload) -> tuple[int, float, int, str]:
+    return (w.priority, -(w.admitted_at or 0.0), -w.seq, w.uid)
+
+
 class LeafQueue:
-    __slots__ = ("name", "strategy", "preemption", "pending", "ready", "parked", "admitted", "jobs", "heap_version")
+    __slots__ = (
+        "name", "strategy", "preemption", "pending", "ready", "parked", "admitted", "victim_order", "jobs", "heap_version",
+    )
 
     def __init__(self, name: str, strategy: QueueingStrategy, preemption: PreemptionPolicy) -> None:
         self.name = name
@@ -34,6 +40,8 @@ class LeafQueue:
         self.ready: SortedList = SortedList()  # keys of pending jobs that may be tried now
         self.parked: set[str] = set()
         self.admitted: dict[str, Workload] = {}  # admitted or preempting, by uid
+        # Admitted jobs in the order preemption takes them: lowest priority, then newest.
+        self.victim_order: SortedList = SortedList()
         self.jobs: dict[OrderKey, Workload] = {}
         self.heap_version = 0
 
@@ -65,6 +73,19 @@ class LeafQueue:
         self.parked.discard(w.uid)
         self.ready.add(order_key(w))
         return True
+
+    def start(self, w: Workload) -> None:
+        self.admitted[w.uid] = w
+        self.victim_order.add(victim_key(w))
+
+    def stop(self, w: Workload) -> None:
+        if self.admitted.pop(w.uid, None) is not None:
+            self.victim_order.remove(victim_key(w))
+
+    def victims(self) -> list[Workload]:
+        """Admitted (not already preempting) jobs, lowest priority and newest first."""
+        admitted = self.admitted
+        return [v for key in self.victim_order if (v := admitted[key[-1]]).state == "Admitted"]
 
     def candidate(self) -> Workload | None:
         """The job to try next: StrictFIFO only ever tries its head; BestEffortFIFO the first ready job."""

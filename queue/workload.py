@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -32,15 +33,43 @@ class ReasonCode(StrEnum):
     PREEMPTED_BY_PRIORITY = "PreemptedByPriority"
 
 
-@dataclass(frozen=True, slots=True)
 class Reason:
-    """A typed reason code and a sentence a user can act on."""
+    """A typed reason code and a sentence a user can act on.
 
-    code: ReasonCode
-    message: str
+    The sentence may be given as a function: a job that waits is re-checked often and read rarely,
+    so its sentence is only rendered when someone reads it.
+    """
+
+    __slots__ = ("code", "_message", "_render")
+
+    def __init__(self, code: ReasonCode, message: str | Callable[[], str]) -> None:
+        self.code = code
+        if callable(message):
+            self._message: str | None = None
+            self._render: Callable[[], str] | None = message
+        else:
+            self._message = message
+            self._render = None
+
+    @property
+    def message(self) -> str:
+        if self._message is None:
+            assert self._render is not None
+            self._message = self._render()
+            self._render = None
+        return self._message
 
     def __str__(self) -> str:
         return f"{self.code.value}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"Reason({self.code.value!r}, {self.message!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Reason) and (self.code, self.message) == (other.code, other.message)
+
+    def __hash__(self) -> int:
+        return hash((self.code, self.message))
 
 
 @dataclass(slots=True, eq=False)
@@ -69,6 +98,8 @@ class Workload:
     failures: int = 0  # consecutive attempts that did not fit (drives backoff)
     retry_after: float = 0.0
     pending_since: float = 0.0  # start of the current wait (submission or requeue)
+    reclaim_memo: tuple[int, int] | None = None  # (borrow admissions, shortfall) at its last failed reclaim
+    checked_epoch: int = -1  # the tree/units version its can-ever-fit check was made against
     seq: int = 0  # arrival order, the last tie-breaker
     park_token: int = 0  # invalidates stale entries in wake-up indexes
     preempted_by: str | None = None

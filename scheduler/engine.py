@@ -109,8 +109,12 @@ class Engine:
         self._dirty: set[BlockerKey] = set()  # blockers that woke jobs this cycle
         self._timers: list[tuple[float, int, str, int]] = []
         self._now = 0.0  # the time of the latest cycle: backoff is measured against it
+        self._epoch = 0  # bumped when the tree or the units change
         self.stats = EngineStats()
         self._borrowing: set[str] = set()  # leaves using more than their min: where reclaim looks
+        self._leaf_borrowed: dict[str, Resources] = {}
+        self._borrow_admissions = 0  # admissions into borrowing leaves: new work a reclaim could take
+        self._reclaimable: dict[str, Resources] = {}  # per node: what its borrowing leaves borrow in all
         self._sync_queues()
 
     # ================================================================ events from a front end
@@ -127,6 +131,7 @@ class Engine:
         w.state = WorkloadState.PENDING
         w.pending_since = w.submitted_at if w.submitted_at else self.clock()
         never = self._never_fits(w)
+        w.checked_epoch = self._epoch
         if never is not None:
             w.state = WorkloadState.REJECTED
             w.reason = never
@@ -168,12 +173,20 @@ class Engine:
         w.unit = None
         w.admitted_at = None
         w.failures = 0
-        w.retry_after = 0.0
         w.pending_since = now
         w.waiting_for = set()
         q = self.queues[w.queue]
         q.add(w)
-        self._offer(q)
+        if preempted and self.config.backoff_base_s > 0:
+            # A preempted job waits a little before it competes again, so a borrower that keeps being
+            # reclaimed does not thrash: base, 2 x base, ... per preemption, capped.
+            delay = min(self.config.backoff_base_s * 2 ** (w.preemptions - 1), self.config.backoff_max_s)
+            backoff = _Outcome(Reason(ReasonCode.BACKOFF, f"preempted; competes again after {delay:g}s"), [], now + delay)
+            self._park(w, q, backoff, now, False)
+            w.retry_after = now + delay
+        else:
+            w.retry_after = 0.0
+            self._offer(q)
         return w
 
     def restore(self, w: Workload, unit: str | None, admitted_at: float) -> None:
@@ -195,7 +208,7 @@ class Engine:
         self.tree.admit(leaf, w.request)
         self._note_borrowing(leaf)
         self.units.by_name[unit_name].take(w.request, w.pods)
-        self.queues[w.queue].admitted[w.uid] = w
+        self.queues[w.queue].start(w)
 
     # ================================================================ the admission cycle
 
@@ -305,7 +318,9 @@ class Engine:
         effects = self._tree_effects(tree)  # leaves ``tree`` accounting every admitted job
         self.tree = tree
         self._sync_queues()
-        self._borrowing = {name for name, leaf in tree.leaves.items() if tree.borrowed(leaf)}
+        self._borrowing, self._leaf_borrowed, self._reclaimable = set(), {}, {}
+        for leaf in tree.leaves.values():
+            self._note_borrowing(leaf)
         self._wake_all()
         return effects
 
@@ -314,7 +329,10 @@ class Engine:
     def _attempt(self, w: Workload, q: LeafQueue, now: float) -> list[Decision] | None:
         stats = self.stats
         stats.attempts += 1
-        never = self._never_fits(w)
+        never = None
+        if w.checked_epoch != self._epoch:  # can-ever-fit only changes with the tree or the units
+            never = self._never_fits(w)
+            w.checked_epoch = self._epoch
         if never is not None:
             stats.rejected += 1
             q.remove(w)
@@ -338,20 +356,20 @@ class Engine:
         if violation is not None:
             node = self.tree.nodes[violation.node.rsplit("/", 1)[-1]]
             return _Outcome(
-                Reason(ReasonCode.QUOTA_MAX_EXCEEDED, violation.sentence()),
+                Reason(ReasonCode.QUOTA_MAX_EXCEEDED, violation.sentence),
                 [(("node", node.name, violation.resource), w.request[violation.resource])],
             )
         return self._place(w, now)
 
     def _place(self, w: Workload, now: float) -> Unit | _Outcome:
         policy = self.units.when_try_next
-        lacks: list[str] = []
+        lacks: list[Callable[[], str]] = []
         blockers: list[tuple[BlockerKey, int]] = []
         retry_at: float | None = None
         request, pods = w.request, w.pods
         for unit in self.units.units:
             if unit.max_pods is not None and unit.pods + pods > unit.max_pods:
-                lacks.append(f"{unit.name} at max {unit.max_pods} pods ({unit.pods} in use, {pods} requested)")
+                lacks.append(_pods_message(unit.name, unit.max_pods, unit.pods, pods))
                 if unit.can_ever_hold(request, pods):
                     blockers.append((("pods", unit.name, ""), pods))
                 continue  # every policy moves on when a unit's max is exceeded
@@ -371,10 +389,10 @@ class Engine:
                     continue
                 retry_at = deadline
             break  # ExceedMax, or the timeout has not passed: wait for this unit
-        return _Outcome(Reason(ReasonCode.NO_CAPACITY_IN_UNITS, "; ".join(lacks)), blockers, retry_at)
+        return _Outcome(Reason(ReasonCode.NO_CAPACITY_IN_UNITS, lambda: "; ".join(m() for m in lacks)), blockers, retry_at)
 
     @staticmethod
-    def _unit_shortfall(unit: Unit, request: Resources) -> tuple[str, str] | None:
+    def _unit_shortfall(unit: Unit, request: Resources) -> tuple[str, Callable[[], str]] | None:
         cap = unit.capacity
         if cap is None:
             return None
@@ -382,11 +400,7 @@ class Engine:
         for r, v in request.items():
             c = cap.get(r)
             if c is not None and usage.get(r, 0) + v > c:
-                used = usage.get(r, 0)
-                return r, (
-                    f"{unit.name} full ({format_quantity(used, r)}/{format_quantity(c, r)} {r} in use, "
-                    f"{format_quantity(v, r)} requested)"
-                )
+                return r, _full_message(unit.name, r, usage.get(r, 0), c, v)
         return None
 
     def _never_fits(self, w: Workload) -> Reason | None:
@@ -411,9 +425,12 @@ class Engine:
 
     def _admit(self, w: Workload, q: LeafQueue, leaf: QuotaNode, unit: Unit, now: float) -> Admit:
         q.remove(w)
-        q.admitted[w.uid] = w
+        w.admitted_at = now
+        q.start(w)
         self.tree.admit(leaf, w.request)
         self._note_borrowing(leaf)
+        if leaf.name in self._borrowing:
+            self._borrow_admissions += 1
         unit.take(w.request, w.pods)
         w.state = WorkloadState.ADMITTED
         w.unit = unit.name
@@ -439,17 +456,21 @@ class Engine:
             (v := self.workloads.get(uid)) is not None and v.state == WorkloadState.PREEMPTING for uid in w.waiting_for
         ):
             waiting = ", ".join(sorted(w.waiting_for))
-            outcome.reason = Reason(ReasonCode.WAITING_FOR_RECLAIM, f"waiting for {waiting} to stop; then {outcome.reason}")
+            inner = outcome.reason
+            outcome.reason = Reason(ReasonCode.WAITING_FOR_RECLAIM, lambda: f"waiting for {waiting} to stop; then {inner}")
             return []
-        if self.config.reclaim and self.tree.within_guarantee(leaf, w.request):
-            victims = self._choose_victims(w, leaf, now, self._reclaim_candidates(leaf, outcome))
-            if victims:
-                return self._preempt(w, victims, outcome, ReasonCode.RECLAIMED, leaf)
+        if self.config.reclaim and self.tree.within_guarantee(leaf, w.request) and self._reclaim_could_help(w, outcome):
+            # A reclaim that failed can only succeed once new borrowed work exists or the shortfall shrank.
+            shortfall = self._shortfall(w, outcome)
+            memo = w.reclaim_memo
+            if memo is None or memo[0] != self._borrow_admissions or shortfall < memo[1]:
+                victims = self._choose_victims(w, leaf, now, self._reclaim_candidates(leaf, outcome))
+                if victims:
+                    w.reclaim_memo = None
+                    return self._preempt(w, victims, outcome, ReasonCode.RECLAIMED, leaf)
+                w.reclaim_memo = (self._borrow_admissions, shortfall)
         if q.preemption == "LowerPriority":
-            candidates = sorted(
-                (v for v in q.admitted.values() if v.state == WorkloadState.ADMITTED and v.priority < w.priority),
-                key=lambda v: (v.priority, -(v.admitted_at or 0.0), -v.seq),
-            )
+            candidates = itertools.takewhile(lambda v: v.priority < w.priority, q.victims())
             victims = self._choose_victims(w, leaf, now, candidates)
             if victims:
                 return self._preempt(w, victims, outcome, ReasonCode.PREEMPTED_BY_PRIORITY, leaf)
@@ -473,17 +494,16 @@ class Engine:
             lo, hi = self._leaf_span[ancestor.name]
             names = [*order[lo : below[0]], *order[below[1] : hi]]
             below = (lo, hi)
-            level = [
-                v
-                for name in names
-                if name in self._borrowing
-                for v in self.queues[name].admitted.values()
-                if v.state == WorkloadState.ADMITTED
-                and (frees_quota or v.unit in blocking_units)
-                and any(v.request.get(r, 0) for r in guaranteed)
-            ]
-            level.sort(key=lambda v: (v.priority, -(v.admitted_at or 0.0), -v.seq))
-            yield from level
+            lanes = [iter(self.queues[name].victim_order) for name in names if name in self._borrowing]
+            for key in heapq.merge(*lanes):  # each leaf's list is already in victim order
+                v = self.workloads.get(key[-1])
+                if (
+                    v is not None
+                    and v.state == WorkloadState.ADMITTED
+                    and (frees_quota or v.unit in blocking_units)
+                    and any(v.request.get(r, 0) for r in guaranteed)
+                ):
+                    yield v
 
     def _choose_victims(self, w: Workload, leaf: QuotaNode, now: float, candidates: Iterable[Workload]) -> list[Workload]:
         """A small set of candidates whose removal lets ``w`` fit; empty if none does."""
@@ -538,7 +558,8 @@ class Engine:
         w.waiting_for = {v.uid for v in victims}
         wait_code = ReasonCode.WAITING_FOR_RECLAIM if code == ReasonCode.RECLAIMED else ReasonCode.WAITING_FOR_PREEMPTION
         names = ", ".join(v.display_name for v in victims)
-        outcome.reason = Reason(wait_code, f"preempting {names} to make room; {outcome.reason}")
+        inner = outcome.reason
+        outcome.reason = Reason(wait_code, lambda: f"preempting {names} to make room; {inner}")
         return decisions
 
     def _account(self, v: Workload) -> None:
@@ -564,7 +585,9 @@ class Engine:
         else:
             w.failures = 0
             w.retry_after = 0.0
-        order = order_key(w)
+        # Jobs within their guarantee wake first, as they go first across queues.
+        within = 0 if self.tree.within_guarantee(self.tree.leaves[w.queue], w.request) else 1
+        order = (within, *order_key(w))
         for key, need in outcome.blockers:
             self._index.add(key, need, order, token, w.uid)
         if outcome.retry_at is not None:
@@ -632,7 +655,7 @@ class Engine:
         self.tree.release(leaf, w.request)
         self._note_borrowing(leaf)
         unit.give_back(w.request, w.pods)
-        self.queues[w.queue].admitted.pop(w.uid, None)
+        self.queues[w.queue].stop(w)
         # Wake what this release could have unblocked: its quota path, then its unit.
         for node in leaf.lineage:
             for r in w.request:
@@ -651,12 +674,63 @@ class Engine:
             self._offer(q)
 
     def _note_borrowing(self, leaf: QuotaNode) -> None:
-        if self.tree.borrowed(leaf):
+        """Keep the set of borrowing leaves and, per node, how much its leaves borrow in all."""
+        now = self.tree.borrowed(leaf)
+        before = self._leaf_borrowed.get(leaf.name, {})
+        if now == before:
+            return
+        for r in now.keys() | before.keys():
+            delta = now.get(r, 0) - before.get(r, 0)
+            if delta:
+                for node in leaf.lineage:
+                    sums = self._reclaimable.setdefault(node.name, {})
+                    sums[r] = sums.get(r, 0) + delta
+        if now:
             self._borrowing.add(leaf.name)
+            self._leaf_borrowed[leaf.name] = now
         else:
             self._borrowing.discard(leaf.name)
+            self._leaf_borrowed.pop(leaf.name, None)
+
+    def _shortfall(self, w: Workload, outcome: _Outcome) -> int:
+        """How much is missing at the tightest blocker (0 when unknown)."""
+        best: int | None = None
+        for (kind, name, r), _need in outcome.blockers:
+            if kind == "node":
+                node = self.tree.nodes[name]
+                short = node.usage.get(r, 0) + w.request.get(r, 0) - node.max[r]
+            elif kind == "unit":
+                unit = self.units.by_name[name]
+                short = unit.usage.get(r, 0) + w.request.get(r, 0) - (unit.capacity or {}).get(r, 0)
+            else:
+                unit = self.units.by_name[name]
+                short = unit.pods + w.pods - (unit.max_pods or 0)
+            best = short if best is None else min(best, short)
+        return best or 0
+
+    def _reclaim_could_help(self, w: Workload, outcome: _Outcome) -> bool:
+        """False when all the borrowing that a reclaim could take back is less than the shortfall."""
+        root_sums = self._reclaimable.get(self.tree.root.name, {})
+        for (kind, name, r), _need in outcome.blockers:
+            if r not in self.tree.guaranteed:
+                return True  # no bound known for a resource nobody guarantees
+            if kind == "node":
+                node = self.tree.nodes[name]
+                short = node.usage.get(r, 0) + w.request.get(r, 0) - node.max[r]
+                if self._reclaimable.get(name, {}).get(r, 0) >= short:
+                    return True
+            elif kind == "unit":
+                unit = self.units.by_name[name]
+                cap = unit.capacity or {}
+                short = unit.usage.get(r, 0) + w.request.get(r, 0) - cap.get(r, 0)
+                if root_sums.get(r, 0) >= short:
+                    return True
+            else:
+                return True
+        return False
 
     def _wake_all(self) -> None:
+        self._epoch += 1
         self._index.clear()
         self._timers.clear()
         for q in self.queues.values():
@@ -769,6 +843,17 @@ class Engine:
             if violation is not None:
                 effects.append(f"! pending job {w.display_name} would never fit: {violation.sentence()}")
         return effects
+
+
+def _pods_message(unit: str, max_pods: int, in_use: int, requested: int) -> Callable[[], str]:
+    return lambda: f"{unit} at max {max_pods} pods ({in_use} in use, {requested} requested)"
+
+
+def _full_message(unit: str, r: str, used: int, cap: int, requested: int) -> Callable[[], str]:
+    return lambda: (
+        f"{unit} full ({format_quantity(used, r)}/{format_quantity(cap, r)} {r} in use, "
+        f"{format_quantity(requested, r)} requested)"
+    )
 
 
 def _visible(request: Resources) -> Resources:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from simhelp import by_job, simulate, times, tree_yaml
 
 from rayqueue.simulations.report import summarize
@@ -58,13 +57,6 @@ def test_borrowing_beyond_min_and_waiting_for_capacity(tmp_path: Path) -> None:
     assert summary["cluster"]["units"]["ecs"]["utilisation"] == round(82 / (8 * 13), 4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine (b05d7b1): the wake-up index wakes parked jobs in queue order (priority, submit time), "
-    "not in the cross-queue order that puts jobs within their guarantee first, so at t=6 the freed room "
-    "wakes only the borrower a2 (submitted earlier); b2 stays parked and neither runs nor reclaims until "
-    "7. Reported to the lead; remove this mark when b2 gets the room at 6.",
-)
 def test_a_job_within_its_guarantee_goes_before_a_borrower(tmp_path: Path) -> None:
     # t=1: b1 (within b's min) reclaims a2, the newest borrowed job; b1 runs 1..6 and a2 re-queues.
     # t=2: b2 (within b's min too) finds the cluster full; a1 cannot be taken (a would drop below min).
