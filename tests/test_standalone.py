@@ -21,9 +21,11 @@ from typing import Any
 import httpx
 import pytest
 from standalone_env import Gates, rayjob, tree, wait_until
+from typer.testing import CliRunner
 
 from rayqueue.quota.quantity import GPU
 from rayqueue.quota.tree import QuotaTree
+from rayqueue.scheduler.cli import app as cli_app
 from rayqueue.scheduler.resourcepolicy import load_resource_policy_text
 from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.api import create_app
@@ -403,6 +405,28 @@ def test_kill_9_the_service_with_its_own_ray_then_restart(tmp_path: Path, gates:
         history = httpx.get(f"{url}/v1/history", params={"job": one}, timeout=10).json()["events"]
         assert [e["kind"] for e in history].count("Released") == 1  # submitted to Ray exactly once
         assert "Reattached" in [e["kind"] for e in history]
+
+        # the CLI against the restarted service
+        cli = CliRunner()
+        env = {"RAYQUEUE_URL": url, "COLUMNS": "200"}
+        out = cli.invoke(cli_app, ["status"], env=env)
+        assert out.exit_code == 0 and "team-a" in out.output and "2 / - / 2" in out.output, out.output
+        out = cli.invoke(cli_app, ["explain", two], env=env)
+        assert out.exit_code == 0 and "Running" in out.output and "unit      default" in out.output
+        out = cli.invoke(cli_app, ["history", one], env=env)
+        assert out.exit_code == 0 and "Reattached" in out.output and "Succeeded" in out.output
+        out = cli.invoke(cli_app, ["logs", one], env=env)
+        assert out.exit_code == 0 and "finished one" in out.output
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(rayjob("bad", "x", namespace="team-a").replace("team-a", "team-q"))
+        out = cli.invoke(cli_app, ["submit", str(bad)], env=env)
+        assert out.exit_code == 2 and "team-q" in out.output
+        good = tmp_path / "good.yaml"
+        good.write_text(rayjob("four", gates.entrypoint("four")))
+        out = cli.invoke(cli_app, ["submit", str(good)], env=env)
+        assert out.exit_code == 0 and "Pending, position 0 in queue team-a" in out.output, out.output
+        out = cli.invoke(cli_app, ["cancel", "four"], env=env)
+        assert out.exit_code == 0 and "Cancelled" in out.output
     finally:
         gates.open_all()
         if proc.poll() is None:
