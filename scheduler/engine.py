@@ -114,6 +114,8 @@ class Engine:
         self._borrowing: set[str] = set()  # leaves using more than their min: where reclaim looks
         self._leaf_borrowed: dict[str, Resources] = {}
         self._borrow_admissions = 0  # admissions into borrowing leaves: new work a reclaim could take
+        self._victim_leaves: set[str] = set()
+        self._victim_leaf_count: dict[str, int] = {}
         self._reclaimable: dict[str, Resources] = {}  # per node: what its borrowing leaves borrow in all
         self._sync_queues()
 
@@ -205,10 +207,10 @@ class Engine:
         w.reason = Reason(ReasonCode.ADMITTED, f"running on unit {unit_name} (restored)")
         self.workloads[w.uid] = w
         leaf = self.tree.leaves[w.queue]
+        self.queues[w.queue].start(w)
         self.tree.admit(leaf, w.request)
         self._note_borrowing(leaf)
         self.units.by_name[unit_name].take(w.request, w.pods)
-        self.queues[w.queue].start(w)
 
     # ================================================================ the admission cycle
 
@@ -319,6 +321,7 @@ class Engine:
         self.tree = tree
         self._sync_queues()
         self._borrowing, self._leaf_borrowed, self._reclaimable = set(), {}, {}
+        self._victim_leaves, self._victim_leaf_count = set(), {}
         for leaf in tree.leaves.values():
             self._note_borrowing(leaf)
         self._wake_all()
@@ -426,6 +429,7 @@ class Engine:
     def _admit(self, w: Workload, q: LeafQueue, leaf: QuotaNode, unit: Unit, now: float) -> Admit:
         q.remove(w)
         w.admitted_at = now
+        w.state = WorkloadState.ADMITTED
         q.start(w)
         self.tree.admit(leaf, w.request)
         self._note_borrowing(leaf)
@@ -482,7 +486,6 @@ class Engine:
         succeeds among siblings never looks at the rest of the tree."""
         blocking_depths = [self.tree.nodes[key[1]].depth for key, _ in outcome.blockers if key[0] == "node"]
         blocking_units = {key[1] for key, _ in outcome.blockers if key[0] in ("unit", "pods")}
-        guaranteed = self.tree.guaranteed
         order = self._leaf_order
         below = self._leaf_span[leaf.name]
         for ancestor in leaf.lineage[1:]:
@@ -494,16 +497,30 @@ class Engine:
             lo, hi = self._leaf_span[ancestor.name]
             names = [*order[lo : below[0]], *order[below[1] : hi]]
             below = (lo, hi)
-            lanes = [iter(self.queues[name].victim_order) for name in names if name in self._borrowing]
-            for key in heapq.merge(*lanes):  # each leaf's list is already in victim order
-                v = self.workloads.get(key[-1])
-                if (
-                    v is not None
-                    and v.state == WorkloadState.ADMITTED
-                    and (frees_quota or v.unit in blocking_units)
-                    and any(v.request.get(r, 0) for r in guaranteed)
-                ):
-                    yield v
+            lanes = [
+                self._victim_lane(name, borrowed, frees_quota, blocking_units)
+                for name in names
+                if (borrowed := self._leaf_borrowed.get(name)) is not None and name in self._victim_leaves
+            ]
+            for key in heapq.merge(*lanes):  # each lane is already in victim order
+                yield self.workloads[key[-1]]
+
+    def _victim_lane(
+        self, name: str, borrowed: Resources, frees_quota: bool, blocking_units: set[str]
+    ) -> Iterator[tuple[int, float, int, str]]:
+        """One leaf's jobs that it could lose without dropping below its min, in victim order (lazily:
+        the merge across leaves usually needs only the first few). Re-checked cumulatively when chosen."""
+        admitted = self.queues[name].admitted
+        guaranteed = self.tree.guaranteed
+        for key in self.queues[name].victim_order:
+            v = admitted[key[-1]]
+            if (
+                v.state == WorkloadState.ADMITTED
+                and (frees_quota or v.unit in blocking_units)
+                and all(x <= borrowed.get(r, 0) for r, x in v.request.items() if r in guaranteed)
+                and any(v.request.get(r, 0) for r in guaranteed)
+            ):
+                yield key
 
     def _choose_victims(self, w: Workload, leaf: QuotaNode, now: float, candidates: Iterable[Workload]) -> list[Workload]:
         """A small set of candidates whose removal lets ``w`` fit; empty if none does."""
@@ -555,6 +572,8 @@ class Engine:
                 message = f"preempted by higher-priority {w.display_name} (priority {w.priority} > {v.priority}) in {leaf.path}"
             v.reason = Reason(code, message)
             decisions.append(Preempt(v, v.reason, w.uid))
+        for v in victims:
+            self._note_victims(self.tree.leaves[v.queue])
         w.waiting_for = {v.uid for v in victims}
         wait_code = ReasonCode.WAITING_FOR_RECLAIM if code == ReasonCode.RECLAIMED else ReasonCode.WAITING_FOR_PREEMPTION
         names = ", ".join(v.display_name for v in victims)
@@ -678,6 +697,7 @@ class Engine:
         now = self.tree.borrowed(leaf)
         before = self._leaf_borrowed.get(leaf.name, {})
         if now == before:
+            self._note_victims(leaf)
             return
         for r in now.keys() | before.keys():
             delta = now.get(r, 0) - before.get(r, 0)
@@ -691,6 +711,29 @@ class Engine:
         else:
             self._borrowing.discard(leaf.name)
             self._leaf_borrowed.pop(leaf.name, None)
+        self._note_victims(leaf)
+
+    def _note_victims(self, leaf: QuotaNode) -> None:
+        """Keep, per node, how many leaves below it hold a job a reclaim could take whole."""
+        borrowed = self._leaf_borrowed.get(leaf.name)
+        has = False
+        if borrowed:
+            guaranteed = self.tree.guaranteed
+            has = any(
+                v.state == WorkloadState.ADMITTED
+                and all(x <= borrowed.get(r, 0) for r, x in v.request.items() if r in guaranteed)
+                and any(v.request.get(r, 0) for r in guaranteed)
+                for v in self.queues[leaf.name].admitted.values()
+            )
+        if has == (leaf.name in self._victim_leaves):
+            return
+        delta = 1 if has else -1
+        if has:
+            self._victim_leaves.add(leaf.name)
+        else:
+            self._victim_leaves.discard(leaf.name)
+        for node in leaf.lineage:
+            self._victim_leaf_count[node.name] = self._victim_leaf_count.get(node.name, 0) + delta
 
     def _shortfall(self, w: Workload, outcome: _Outcome) -> int:
         """How much is missing at the tightest blocker (0 when unknown)."""
@@ -709,7 +752,10 @@ class Engine:
         return best or 0
 
     def _reclaim_could_help(self, w: Workload, outcome: _Outcome) -> bool:
-        """False when all the borrowing that a reclaim could take back is less than the shortfall."""
+        """False when no leaf holds a job a reclaim could take, or all the borrowing that a reclaim could
+        take back is less than the shortfall (both kept up to date, so this costs O(blockers))."""
+        if not self._victim_leaf_count.get(self.tree.root.name, 0):
+            return False
         root_sums = self._reclaimable.get(self.tree.root.name, {})
         for (kind, name, r), _need in outcome.blockers:
             if r not in self.tree.guaranteed:
@@ -717,7 +763,7 @@ class Engine:
             if kind == "node":
                 node = self.tree.nodes[name]
                 short = node.usage.get(r, 0) + w.request.get(r, 0) - node.max[r]
-                if self._reclaimable.get(name, {}).get(r, 0) >= short:
+                if self._victim_leaf_count.get(name, 0) and self._reclaimable.get(name, {}).get(r, 0) >= short:
                     return True
             elif kind == "unit":
                 unit = self.units.by_name[name]
