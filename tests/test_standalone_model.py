@@ -267,3 +267,42 @@ async def test_the_http_api_answers_with_problems_and_needs_the_token(tmp_path: 
             assert "/v1/jobs" in schema["paths"] and "/v1/quota" in schema["paths"]
     finally:
         await svc.stop()
+
+
+async def test_a_job_cancelled_while_ray_is_being_asked_is_stopped_and_stays_cancelled(tmp_path: Path) -> None:
+    import threading
+
+    class SlowRay(FakeRay):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = threading.Event()
+            self.entered = threading.Event()
+
+        def submit(self, sub: Any) -> bool:
+            self.entered.set()
+            self.gate.wait(10)
+            return super().submit(sub)
+
+    ray = SlowRay()
+    svc = Service(Store(f"sqlite:///{tmp_path}/c.db"), ray, QuotaTree.from_yaml_text(TWO_TEAMS),  # type: ignore[arg-type]
+                  config=ServiceConfig(poll_interval_s=0.01), nodes=lambda _: NODES)
+    await svc.start()
+    try:
+        job = svc.submit_text(rayjob("slow", "python x.py"))[0].id
+        assert svc.store.get(job).state == st.ADMITTED  # type: ignore[union-attr]
+        for _ in range(200):  # the release is inside Ray's submit_job call
+            if ray.entered.is_set():
+                break
+            await asyncio.sleep(0.01)
+        svc.cancel(job)
+        ray.gate.set()
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if ray.jobs.get(job) == "STOPPED":
+                break
+        assert ray.jobs.get(job) == "STOPPED"
+        await asyncio.sleep(0.1)  # a few polls
+        assert svc.store.get(job).state == st.CANCELLED  # type: ignore[union-attr]
+        assert svc.engine.tree.nodes["root"].usage.get(GPU, 0) == 0
+    finally:
+        await svc.stop()

@@ -461,6 +461,10 @@ class Service:
                     self._finalize(job_id, RayStatus("FAILED", f"Ray refused the job: {exc}"), logs=None)
                     return
             self.metrics.release_seconds.observe(time.perf_counter() - started)
+            if job_id in self._cancelled:  # cancelled while Ray was being asked: stop what Ray started
+                self.store.record(job_id, "Released", f"Ray took {sid} after the job was cancelled; stopping it")
+                self._spawn(self._stop_in_ray(job_id, sid))
+                return
             now = self.clock()
             self.store.transition(
                 job_id,
@@ -471,7 +475,7 @@ class Service:
                 released_at=now,
             )
             self._active[job_id] = sid
-            if job_id in self._cancelled or job_id in self._preempting:
+            if job_id in self._preempting:
                 self._spawn(self._stop_in_ray(job_id, sid))
         finally:
             self._releasing.pop(job_id, None)
@@ -559,6 +563,7 @@ class Service:
         if job_id in self.engine.workloads:
             self.engine.finish(job_id)
         self.metrics.finished.labels(queue=row.queue, state=state).inc()
+        self.wake()
 
     def _requeue(self, job_id: str, kind: str, message: str, preempted: bool = False) -> None:
         row = self.store.get(job_id)
@@ -581,6 +586,7 @@ class Service:
         )
         if job_id in self.engine.workloads:
             self.engine.suspended(job_id, self.clock())
+        self.wake()
 
     # ================================================================ loops
 
