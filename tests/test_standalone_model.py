@@ -135,6 +135,9 @@ class FakeRay:
         s = self.jobs.get(sid)
         return None if s is None else RayStatus(s)
 
+    def statuses(self, sids: list[str]) -> dict[str, RayStatus | None]:
+        return {sid: self.status(sid) for sid in sids}
+
     def stop(self, sid: str) -> None:
         if self.jobs.get(sid) in ("PENDING", "RUNNING"):
             self.jobs[sid] = "STOPPED"
@@ -177,6 +180,9 @@ def _check(svc: Service, ray: FakeRay, accepted: set[str]) -> None:
         assert svc.engine.tree.nodes[node].usage.get(GPU, 0) == expected, f"{node} usage is not exact"
     assert svc.engine.tree.nodes["root"].usage.get(MAX_JOBS, 0) == 1000 * len(holding)
     assert len(ray.accepted) == len(set(ray.accepted)), "a submission id was started twice"
+    for row in rows.values():
+        if row.state in st.ACTIVE_STATES and row.released:
+            assert row.submission_id in ray.jobs, f"{row.id} is counted but Ray does not have it"
     for job_id in rows:
         live = [sid for sid, s in ray.jobs.items() if s in ("PENDING", "RUNNING")
                 and (sid == job_id or sid.startswith(f"{job_id}-r"))]
@@ -184,13 +190,13 @@ def _check(svc: Service, ray: FakeRay, accepted: set[str]) -> None:
     assert svc.engine.tree.nodes["root"].usage.get(GPU, 0) <= 3000
     for job_id, row in rows.items():
         attempts = [sid for sid in ray.accepted if sid == job_id or sid.startswith(f"{job_id}-r")]
-        done = [sid for sid in attempts if ray.jobs[sid] in ("SUCCEEDED", "FAILED")]
+        done = [sid for sid in attempts if ray.jobs.get(sid) in ("SUCCEEDED", "FAILED")]
         if done:
             assert attempts[-1] == done[0], f"{job_id} ran again after it ended in Ray"
             assert row.state in st.FINAL_STATES or row.state in st.ACTIVE_STATES
 
 
-ACTIONS = ("submit", "submit", "submit", "run", "finish", "cancel", "crash", "crash_mid_release")
+ACTIONS = ("submit", "submit", "submit", "run", "finish", "cancel", "crash", "crash_mid_release", "ray_lost")
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -219,6 +225,8 @@ def test_crash_at_any_moment_loses_nothing_runs_nothing_twice_and_keeps_quota_ex
                 running = [sid for sid, s in ray.jobs.items() if s == "RUNNING"]
                 if running:
                     ray.jobs[rnd.choice(running)] = rnd.choice(["SUCCEEDED", "FAILED"])
+            elif action == "ray_lost":  # the Ray cluster is replaced: it forgets every job
+                ray.jobs.clear()
             elif action == "cancel":
                 live = svc.store.jobs(st.LIVE_STATES)
                 if live:

@@ -503,9 +503,16 @@ class Service:
         followed = list(self._active.items())
         if not followed:
             return
-        results = await asyncio.gather(
-            *(asyncio.to_thread(self.ray.status, sid) for _, sid in followed), return_exceptions=True
-        )
+        if len(followed) > 4:
+            try:
+                found = await asyncio.to_thread(self.ray.statuses, [sid for _, sid in followed])
+            except RayUnavailable:
+                return  # ask again next time
+            results: list[RayStatus | None | BaseException] = [found.get(sid) for _, sid in followed]
+        else:
+            results = await asyncio.gather(
+                *(asyncio.to_thread(self.ray.status, sid) for _, sid in followed), return_exceptions=True
+            )
         changed = False
         for (job_id, sid), result in zip(followed, results, strict=True):
             if isinstance(result, BaseException):

@@ -189,6 +189,27 @@ class RayJobs:
             end_time=(info.end_time / 1000.0) if info.end_time else None,
         )
 
+    def statuses(self, sids: list[str], batch_above: int = 16) -> dict[str, RayStatus | None]:
+        """Many jobs' statuses: one ``list_jobs`` call when there are many, else one call per job."""
+        if len(sids) <= batch_above:
+            return {sid: self.status(sid) for sid in sids}
+        try:
+            listed = self._c().list_jobs()
+        except RuntimeError as exc:
+            raise RayUnavailable(_short(str(exc))) from exc
+        except OSError as exc:
+            raise RayUnavailable(str(exc)) from exc
+        by_sid = {}
+        for info in listed:
+            if info.submission_id:
+                by_sid[info.submission_id] = RayStatus(
+                    status=getattr(info.status, "value", str(info.status)),
+                    message=info.message or "",
+                    start_time=(info.start_time / 1000.0) if info.start_time else None,
+                    end_time=(info.end_time / 1000.0) if info.end_time else None,
+                )
+        return {sid: by_sid.get(sid) for sid in sids}
+
     def stop(self, sid: str) -> None:
         try:
             self._c().stop_job(sid)
