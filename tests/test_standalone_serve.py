@@ -123,14 +123,22 @@ def test_kill_9_the_service_with_its_own_ray_then_restart(tmp_path: Path, gates:
         out = cli.invoke(cli_app, ["cancel", "four"], env=env)
         assert out.exit_code == 0 and "Cancelled" in out.output
     finally:
-        gates.open_all()
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)  # a clean stop also stops the Ray head it started
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+        gates.open_all()
     assert proc.returncode == 0, log.read_text()[-3000:]
     if ray_info:
         assert not dashboard_alive(ray_info["dashboard_url"], timeout=1)
         assert not Path(ray_info["temp_dir"]).exists()
+    # the job that ran on the stopped head is requeued for the next start, with the reason in its history
+    store = Store(f"sqlite:///{tmp_path / 'state' / 'rayqueue.db'}")
+    by_name = {r.name: r for r in store.jobs()}
+    assert by_name["one"].state == "Succeeded" and by_name["four"].state == "Cancelled"
+    for name in ("two", "three"):  # still running when SIGTERM came
+        assert by_name[name].state == "Pending" and by_name[name].attempt == 1
+        assert [e.kind for e in store.events(by_name[name].id)][-1] == "Interrupted"
+    assert store.get_setting("local_ray") is None
