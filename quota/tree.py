@@ -224,6 +224,19 @@ class QuotaTree:
                         return QuotaViolation(node.path, r, used, v, m)
         return None
 
+    def over_max(self, leaf: QuotaNode, request: Mapping[str, int]) -> list[tuple[QuotaNode, str]]:
+        """Every (node, resource) on the leaf's path whose ``max`` the request would exceed now."""
+        out: list[tuple[QuotaNode, str]] = []
+        for node in leaf.lineage:
+            limits = node.max
+            if limits:
+                usage = node.usage
+                for r, v in request.items():
+                    m = limits.get(r)
+                    if m is not None and usage.get(r, 0) + v > m:
+                        out.append((node, r))
+        return out
+
     def never_fits(self, leaf: QuotaNode, request: Mapping[str, int]) -> QuotaViolation | None:
         """A violation even on an empty tree: the request is larger than a ``max`` on its path."""
         for node in leaf.lineage:

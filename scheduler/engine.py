@@ -34,6 +34,8 @@ from rayqueue.scheduler.decisions import Admit, Decision, Placement, Preempt, Re
 from rayqueue.scheduler.resourcepolicy import Unit, Units
 from rayqueue.scheduler.wakeup import ANY, BlockerKey, WakeIndex
 
+_RETRY, _REINDEX = 0, 1
+
 
 class UnknownQueue(KeyError):
     def __str__(self) -> str:
@@ -65,6 +67,7 @@ class EngineStats:
     rejected: int = 0
     preempted: int = 0
     cycles: int = 0
+    moved: int = 0  # parked jobs moved to another full blocker instead of being tried
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,8 @@ class _Outcome:
     reason: Reason
     blockers: list[tuple[BlockerKey, int]]
     retry_at: float | None = None
+    # Quota blockers must all have room; unit blockers are alternatives (any unit with room will do).
+    alternatives: bool = False
 
 
 class Engine:
@@ -107,7 +112,10 @@ class Engine:
         self._heap: list[tuple[tuple[int, int, float, float, int], int, str]] = []
         self._index = WakeIndex(self._is_parked_with)
         self._dirty: set[BlockerKey] = set()  # blockers that woke jobs this cycle
-        self._timers: list[tuple[float, int, str, int]] = []
+        # uid -> (its blockers, its wake order) while parked
+        self._parked: dict[str, tuple[list[tuple[BlockerKey, int]], tuple]] = {}
+        # (when, seq, uid, park token, kind): kind RETRY tries the job then; REINDEX ends a backoff.
+        self._timers: list[tuple[float, int, str, int, int]] = []
         self._now = 0.0  # the time of the latest cycle: backoff is measured against it
         self._epoch = 0  # bumped when the tree or the units change
         self.stats = EngineStats()
@@ -220,6 +228,7 @@ class Engine:
         self._fire_timers(now)
         self.stats.cycles += 1
         decisions: list[Decision] = []
+        self._wake_dirty()
         heap = self._heap
         queues = self.queues
         while True:
@@ -235,17 +244,15 @@ class Engine:
                 if decision is not None:
                     decisions.extend(decision)
                 self._offer(q)
-            # Jobs woken by a release may have failed elsewhere, leaving room unused: wake the next ones.
-            dirty, self._dirty = self._dirty, set()
-            for key in dirty:
-                self._wake_blocker(key)
+            # Jobs woken may have failed elsewhere, leaving room unused: wake the next ones.
+            self._wake_dirty()
             if not heap:
                 return decisions
 
     def next_wakeup(self) -> float | None:
         timers = self._timers
         while timers:
-            at, _, uid, token = timers[0]
+            at, _, uid, token, _kind = timers[0]
             w = self.workloads.get(uid)
             if w is not None and w.park_token == token and w.uid in self.queues[w.queue].parked:
                 return at
@@ -357,10 +364,11 @@ class Engine:
     def _try_admit(self, w: Workload, leaf: QuotaNode, now: float) -> Unit | _Outcome:
         violation = self.tree.fits(leaf, w.request)
         if violation is not None:
-            node = self.tree.nodes[violation.node.rsplit("/", 1)[-1]]
+            # Every full node on the way up, so a wake from one of them checks the others first.
+            over = self.tree.over_max(leaf, w.request)
             return _Outcome(
                 Reason(ReasonCode.QUOTA_MAX_EXCEEDED, violation.sentence),
-                [(("node", node.name, violation.resource), w.request[violation.resource])],
+                [(("node", node.name, r), w.request[r]) for node, r in over],
             )
         return self._place(w, now)
 
@@ -392,7 +400,8 @@ class Engine:
                     continue
                 retry_at = deadline
             break  # ExceedMax, or the timeout has not passed: wait for this unit
-        return _Outcome(Reason(ReasonCode.NO_CAPACITY_IN_UNITS, lambda: "; ".join(m() for m in lacks)), blockers, retry_at)
+        reason = Reason(ReasonCode.NO_CAPACITY_IN_UNITS, lambda: "; ".join(m() for m in lacks))
+        return _Outcome(reason, blockers, retry_at, alternatives=True)
 
     @staticmethod
     def _unit_shortfall(unit: Unit, request: Resources) -> tuple[str, Callable[[], str]] | None:
@@ -596,30 +605,43 @@ class Engine:
         w.reason = outcome.reason
         w.park_token += 1
         token = w.park_token
+        delay = 0.0
         if backoff:
             w.failures += 1
             if w.failures > 1 and self.config.backoff_base_s > 0:
                 delay = min(self.config.backoff_base_s * 2 ** (w.failures - 2), self.config.backoff_max_s)
-                w.retry_after = now + delay
+            w.retry_after = now + delay
         else:
             w.failures = 0
             w.retry_after = 0.0
         # Jobs within their guarantee wake first, as they go first across queues.
         within = 0 if self.tree.within_guarantee(self.tree.leaves[w.queue], w.request) else 1
         order = (within, *order_key(w))
-        for key, need in outcome.blockers:
-            self._index.add(key, need, order, token, w.uid)
+        blockers = outcome.blockers
+        if not blockers and outcome.retry_at is None:
+            blockers = [(ANY, 0)]  # nothing a release would signal: retry after any release
         if outcome.retry_at is not None:
-            heapq.heappush(self._timers, (outcome.retry_at, w.seq, w.uid, token))
-        if not outcome.blockers and outcome.retry_at is None:
-            # Nothing a release would signal: retry after any release.
-            self._index.add(ANY, 0, order, token, w.uid)
+            heapq.heappush(self._timers, (outcome.retry_at, w.seq, w.uid, token, _RETRY))
+        self._parked[w.uid] = ([] if outcome.alternatives else blockers, order)
+        if delay > 0:
+            # Backing off: out of the wake-up index until the delay ends, so releases meanwhile neither
+            # wake it nor count it against the room they free.
+            heapq.heappush(self._timers, (w.retry_after, w.seq, w.uid, token, _REINDEX))
+            return
+        if outcome.alternatives:
+            for key, need in blockers:  # any of them freeing may be enough
+                self._index.add(key, need, order, token, w.uid)
+        elif blockers:
+            # One live entry, under the first blocker; when that one frees, the others are checked first.
+            key, need = blockers[0]
+            self._index.add(key, need, order, token, w.uid)
 
     def _wake(self, w: Workload) -> None:
         q = self.queues.get(w.queue)
         if q is None or w.state != WorkloadState.PENDING or w.uid not in q.parked:
             return
         w.park_token += 1  # every other index entry of this parking is now stale
+        self._parked.pop(w.uid, None)
         q.unpark(w)
         self._offer(q)
 
@@ -646,6 +668,11 @@ class Engine:
             return unit.max_pods - unit.pods
         return float("inf")
 
+    def _wake_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        for key in dirty:
+            self._wake_blocker(key)
+
     def _wake_blocker(self, key: BlockerKey) -> None:
         if key not in self._index:
             return
@@ -653,20 +680,41 @@ class Engine:
         if woken and key != ANY:
             self._dirty.add(key)
         for uid, token in woken:
-            w = self.workloads[uid]
-            if w.retry_after > self._now:
-                heapq.heappush(self._timers, (w.retry_after, w.seq, uid, token))
-                continue
+            self._wake_or_move(uid, token, key)
+
+    def _end_backoff(self, w: Workload, token: int) -> None:
+        """Back into the wake-up index; the blockers are looked at once this cycle, within their room."""
+        blockers, order = self._parked.get(w.uid, ([], ()))
+        if not blockers:  # unit alternatives (or nothing recorded): simply try again
             self._wake(w)
+            return
+        key, need = blockers[0]
+        self._index.add(key, need, order, token, w.uid)
+        self._dirty.add(key)
+
+    def _wake_or_move(self, uid: str, token: int, skip: BlockerKey | None = None) -> None:
+        """Wake a parked job if every blocker it recorded has room; else move its one index entry to
+        a blocker that still lacks room, without an attempt."""
+        blockers, order = self._parked.get(uid, ([], ()))
+        for key, need in blockers:
+            if key != skip and key != ANY and self._room(key) < need:
+                self._index.add(key, need, order, token, uid)
+                self.stats.moved += 1
+                return
+        self._wake(self.workloads[uid])
 
     def _fire_timers(self, now: float) -> None:
         self._now = now
         timers = self._timers
         while timers and timers[0][0] <= now:
-            _, _, uid, token = heapq.heappop(timers)
+            _, _, uid, token, kind = heapq.heappop(timers)
             w = self.workloads.get(uid)
-            if w is not None and w.park_token == token:
+            if w is None or w.park_token != token:
+                continue
+            if kind == _RETRY:
                 self._wake(w)
+            else:  # the backoff is over: woken now if its blockers have room, else back into the index
+                self._end_backoff(w, token)
 
     def _release(self, w: Workload) -> None:
         leaf = self.tree.leaves[w.queue]
@@ -675,18 +723,20 @@ class Engine:
         self._note_borrowing(leaf)
         unit.give_back(w.request, w.pods)
         self.queues[w.queue].stop(w)
-        # Wake what this release could have unblocked: its quota path, then its unit.
+        # What this release could unblock (its quota path, then its unit) is woken at the next cycle,
+        # once per blocker and within the room left then, however many releases came before it.
+        dirty = self._dirty
         for node in leaf.lineage:
             for r in w.request:
                 if r in node.max:
-                    self._wake_blocker(("node", node.name, r))
+                    dirty.add(("node", node.name, r))
         if unit.capacity is not None:
             for r in w.request:
                 if r in unit.capacity:
-                    self._wake_blocker(("unit", unit.name, r))
+                    dirty.add(("unit", unit.name, r))
         if unit.max_pods is not None:
-            self._wake_blocker(("pods", unit.name, ""))
-        self._wake_blocker(ANY)
+            dirty.add(("pods", unit.name, ""))
+        dirty.add(ANY)
         # The leaf's usage fell, so its queue's order across queues may improve.
         q = self.queues[w.queue]
         if q.candidate() is not None:
@@ -779,6 +829,7 @@ class Engine:
         self._epoch += 1
         self._index.clear()
         self._timers.clear()
+        self._parked.clear()
         for q in self.queues.values():
             for uid in list(q.parked):
                 w = self.workloads[uid]
@@ -809,6 +860,7 @@ class Engine:
     def _dequeue(self, w: Workload) -> None:
         q = self.queues[w.queue]
         q.remove(w)
+        self._parked.pop(w.uid, None)
         w.park_token += 1
         self._offer(q)
 

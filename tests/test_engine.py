@@ -287,19 +287,33 @@ def test_order_across_queues_guaranteed_first_then_priority_then_fair_share() ->
 
 def test_backoff_delays_a_job_that_keeps_failing() -> None:
     clock = Clock(0.0)
-    e = engine(tree(node("root", children=[node("q", max={GPU: 4, CPU: 4})])), clock=clock, backoff_base_s=10.0)
-    e.submit(job("cpu-hog", "q", gpu=0, cpu=4))
+    e = engine(tree(node("root", children=[node("q", max={GPU: 4})])), clock=clock, backoff_base_s=10.0)
     e.submit(job("gpu-run", "q", gpu=4, at=0))
-    assert admitted(e.schedule(0.0)) == ["cpu-hog", "gpu-run"]
-    e.submit(job("w", "q", gpu=1, cpu=1, at=1))
-    assert admitted(e.schedule(1.0)) == []  # parked on gpu (first failure: no delay)
-    e.finish("gpu-run")  # wakes w: it fails on cpu now -> second failure -> backoff 10 s
-    assert admitted(e.schedule(2.0)) == []
+    assert admitted(e.schedule(0.0)) == ["gpu-run"]
+    e.submit(job("w", "q", gpu=1, at=1))
+    assert admitted(e.schedule(1.0)) == []  # parked on the leaf's GPUs (first failure: no delay)
+    e.submit(job("urgent", "q", gpu=4, at=2, priority=10))
+    e.finish("gpu-run")  # wakes w, but urgent goes first and takes the room: w's second failure
+    assert admitted(e.schedule(2.0)) == ["urgent"]
     assert e.workloads["w"].failures == 2
-    e.finish("cpu-hog")  # it would fit now, but it is backing off until t=12
+    e.finish("urgent")  # w would fit now, but it backs off until t=12, out of the wake-up index
     assert admitted(e.schedule(3.0)) == []
     assert e.next_wakeup() == 12.0
     assert admitted(e.schedule(12.0)) == ["w"]
+
+
+def test_a_woken_job_still_blocked_elsewhere_is_not_tried() -> None:
+    e = engine(tree(node("root", max={GPU: 4}, children=[node("q", max={GPU: 4, CPU: 4})])))
+    e.submit(job("cpu-hog", "q", gpu=0, cpu=4))
+    e.submit(job("gpu-run", "q", gpu=4, at=0))
+    e.schedule()
+    e.submit(job("w", "q", gpu=1, cpu=1, at=1))
+    e.schedule()
+    attempts = e.stats.attempts
+    e.finish("gpu-run")  # frees GPUs, but w also waits for CPU: moved, not tried
+    assert admitted(e.schedule()) == [] and e.stats.attempts == attempts and e.stats.moved == 1
+    e.finish("cpu-hog")
+    assert admitted(e.schedule()) == ["w"]
 
 
 def test_bad_events_are_clear_errors_and_lose_nothing() -> None:
