@@ -450,9 +450,11 @@ class Engine:
         w.admitted_at = now
         w.failures = 0
         w.waiting_for = set()
-        borrowing = self.tree.borrowed(leaf)
-        note = f", borrowing {describe(borrowing)}" if borrowing else ""
-        w.reason = Reason(ReasonCode.ADMITTED, f"admitted to {leaf.path} on unit {unit.name}{note}")
+        borrowing = self._leaf_borrowed.get(leaf.name)  # a snapshot: the engine replaces, never mutates it
+        w.reason = Reason(
+            ReasonCode.ADMITTED,
+            lambda: f"admitted to {leaf.path} on unit {unit.name}" + (f", borrowing {describe(borrowing)}" if borrowing else ""),
+        )
         placement = Placement(
             unit=unit.name,
             resource=unit.resource,
@@ -846,7 +848,8 @@ class Engine:
             return
         leaf = self.tree.leaves[q.name]
         within = 0 if self.tree.within_guarantee(leaf, w.request) else 1
-        key = (within, -w.priority, self.tree.fair_share(leaf), w.submitted_at, w.seq)
+        share = self.tree.fair_share(leaf) if q.name in self._borrowing else 0.0
+        key = (within, -w.priority, share, w.submitted_at, w.seq)
         heapq.heappush(self._heap, (key, q.heap_version, q.name))
 
     # ================================================================ internals: bookkeeping

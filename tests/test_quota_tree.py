@@ -14,7 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_import_queue_from_repo_root_is_the_standard_library() -> None:
-    code = "import queue, concurrent.futures, urllib3; import rayqueue.queue.queues as q; print(queue.__file__); print(q.__file__)"
+    code = (
+        "import queue, concurrent.futures, urllib3; import rayqueue.queue.queues as q; "
+        "print(queue.__file__); print(q.__file__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     stdlib_queue, ours = out.splitlines()
     assert not stdlib_queue.startswith(str(ROOT)), stdlib_queue
@@ -113,7 +116,8 @@ def test_usage_accounting_borrowed_and_headroom() -> None:
     assert t.borrowed(a) == {GPU: 2000}
     assert t.headroom(a) == {GPU: 4000, MAX_JOBS: 2000}
     violation = t.fits(a, {GPU: 6000})
-    assert violation is not None and violation.sentence() == "root/a would use 12 of max 10 nvidia.com/gpu (6 in use + 6 requested)"
+    assert violation is not None
+    assert violation.sentence() == "root/a would use 12 of max 10 nvidia.com/gpu (6 in use + 6 requested)"
     t.release(a, req)
     assert all(v == 0 for n in t for v in n.usage.values())
     assert t.never_fits(a, {GPU: 11000}) is not None
