@@ -7,7 +7,6 @@ says so, so every ordering below is decided by the service, not by timing luck.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from rayqueue.scheduler.resourcepolicy import load_resource_policy_text
 from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.api import create_app
 from rayqueue.scheduler.service.core import Service, ServiceConfig
-from rayqueue.scheduler.service.raycluster import LocalRayCluster
+from rayqueue.scheduler.service.raycluster import LocalRayCluster, alive_nodes
 from rayqueue.scheduler.service.rayjobs import RayJobs, submission_for
 from rayqueue.scheduler.service.store import Store
 
@@ -35,6 +34,7 @@ TWO_TEAMS = tree(("team-a", 1, 2), ("team-b", 1, 2), root_min=2, root_max=2)
 def ray_cluster() -> Iterator[LocalRayCluster]:
     cluster = LocalRayCluster.start(num_cpus=8, num_gpus=4, labels={"pool": "ecs"})
     try:
+        cluster.add_node({"pool": "acs"}, num_gpus=4, num_cpus=4)
         yield cluster
     finally:
         cluster.stop()
@@ -199,22 +199,29 @@ spec:
 """
 
 
-async def test_units_take_capacity_from_labelled_ray_nodes_and_jobs_are_pinned_to_their_unit(harness: Any) -> None:
-    h = await harness(tree(("team-a", 0, 8), root_max=8), policy=ECS_THEN_ACS)
-    ecs = h.svc.engine.units.by_name["ecs"]
-    assert ecs.capacity is not None and ecs.capacity[GPU] == 4000  # the node started with pool=ecs
-    assert h.svc.engine.units.by_name["acs"].capacity is None  # no acs node: elastic
+async def test_units_take_capacity_from_labelled_ray_nodes_and_jobs_are_pinned_to_their_unit(
+    harness: Any, ray_cluster: LocalRayCluster
+) -> None:
+    h = await harness(tree(("team-a", 0, 9), root_max=9), policy=ECS_THEN_ACS)
+    units = h.svc.engine.units.by_name
+    assert units["ecs"].capacity[GPU] == 4000  # type: ignore[index]  # the head, started with pool=ecs
+    assert units["acs"].capacity[GPU] == 4000  # type: ignore[index]  # the node started with pool=acs
     on_ecs = h.submit("on-ecs", gpus=4)
     spilled = h.submit("spilled", gpus=4)  # ecs is full: ACS
     assert h.svc.explain(on_ecs)["unit"] == "ecs" and h.svc.explain(spilled)["unit"] == "acs"
+    third = h.submit("third", gpus=1)  # both units full: waits, although root allows it
+    assert h.svc.explain(third)["reason_code"] == "NoCapacityInUnits"
     await h.until_state(on_ecs, st.RUNNING)
-    await wait_until(lambda: h.svc.store.get(spilled).released, 30, "the acs job to be released")  # type: ignore[union-attr]
-    await asyncio.sleep(2)
-    # pinned with a label selector: Ray will not run it on the ecs node, although it has room for its driver
-    assert h.svc.ray.status(spilled).status == "PENDING"
-    assert h.state(spilled) == st.ADMITTED
-    h.svc.cancel(spilled)
-    h.gates.open("on-ecs")
+    await h.until_state(spilled, st.RUNNING)
+    # each driver runs on a node of its own unit: Ray's label selector pins it
+    node_pool = {n["node_id"]: n["labels"].get("pool") for n in alive_nodes(ray_cluster.url)}
+    client = h.svc.ray._c()
+    assert node_pool[client.get_job_info(on_ecs).driver_node_id] == "ecs"
+    assert node_pool[client.get_job_info(spilled).driver_node_id] == "acs"
+    h.gates.open("spilled")
+    await h.until_state(third, st.RUNNING)
+    assert h.svc.explain(third)["unit"] == "acs"
+    h.gates.open_all()
     await h.until_state(on_ecs, st.SUCCEEDED)
 
 

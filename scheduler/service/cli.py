@@ -181,6 +181,8 @@ def serve(
                                            "default: start a local head."),
     num_gpus: int = typer.Option(0, "--num-gpus", help="Logical GPUs of the local Ray head."),
     num_cpus: int = typer.Option(8, "--num-cpus", help="Logical CPUs of the local Ray head."),
+    unit_gpus: list[str] = typer.Option(None, "--unit-gpus", help="UNIT=N: also start a local Ray node with N "
+                                        "logical GPUs labelled with that policy unit's nodeSelector (repeatable)."),
     db: str | None = typer.Option(None, "--db", envvar="RAYQUEUE_DB",
                                   help="SQL URL (default sqlite under --state-dir; postgresql+psycopg://...)."),
     state_dir: Path = typer.Option(Path(".rayqueue"), "--state-dir", help="Where the default SQLite file lives."),
@@ -199,9 +201,16 @@ def serve(
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     console = _console()
+    parsed: dict[str, int] = {}
+    for item in unit_gpus or []:
+        name, _, count = item.partition("=")
+        if not name or not count.isdigit():
+            console.print(f"[bold red]--unit-gpus {item!r}:[/] expected UNIT=N, e.g. acs=4")
+            raise typer.Exit(2)
+        parsed[name] = int(count)
     opts = ServeOptions(
         tree=tree, policy=policy, priority_classes=priority_classes, ray_address=ray_address, num_gpus=num_gpus,
-        num_cpus=num_cpus, db=db, state_dir=state_dir, host=host, port=port, token=token,
+        num_cpus=num_cpus, unit_gpus=parsed, db=db, state_dir=state_dir, host=host, port=port, token=token,
         config=ServiceConfig(poll_interval_s=poll_interval),
     )
     runner = Runner(opts)

@@ -79,6 +79,8 @@ class LocalRayInfo:
     num_cpus: int
     num_gpus: int
     labels: dict[str, str] = field(default_factory=dict)
+    #: process groups of the extra local nodes (one per ResourcePolicy unit started with --unit-gpus)
+    worker_pgids: list[int] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -139,14 +141,7 @@ class LocalRayCluster:
             cmd += ["--labels", ",".join(f"{k}={v}" for k, v in labels.items())]
         if resources:
             cmd += ["--resources", json.dumps(dict(resources))]
-        env = dict(os.environ)
-        # Job drivers inherit this environment: put this interpreter first so `python` has ray.
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        env["RAY_enable_worker_prestart"] = "0"  # no idle workers eating a small machine's cores
-        env["RAY_prestart_worker_first_driver"] = "0"
-        env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        # Every process of this head (drivers too) inherits the marker: stop() finds strays by it.
-        env[MARKER_ENV] = temp_dir
+        env = _ray_env(temp_dir)
         log_path = Path(temp_dir) / "ray-start.log"
         with open(log_path, "wb") as out:
             process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -168,6 +163,48 @@ class LocalRayCluster:
         log.info("started a local Ray head at %s (temp dir %s)", info.dashboard_url, temp_dir)
         return cluster
 
+    def add_node(
+        self, labels: Mapping[str, str], num_gpus: int = 0, num_cpus: int = 2, object_store_mb: int = 128,
+        timeout: float = 90.0,
+    ) -> None:
+        """Another local node joining this head, with node labels (a ResourcePolicy unit's nodeSelector)."""
+        ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray") or "ray"
+        node_mgr, obj_mgr, env_agent, agent_http, agent_grpc, metrics = free_ports(6)
+        temp_dir = Path(self.info.temp_dir) / f"n{len(self.info.worker_pgids) + 1}"
+        temp_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            ray_bin, "start", "--block",
+            "--address", self.info.gcs_address,
+            "--node-ip-address", "127.0.0.1",
+            "--node-manager-port", str(node_mgr),
+            "--object-manager-port", str(obj_mgr),
+            "--runtime-env-agent-port", str(env_agent),
+            "--dashboard-agent-listen-port", str(agent_http),
+            "--dashboard-agent-grpc-port", str(agent_grpc),
+            "--metrics-export-port", str(metrics),
+            "--num-cpus", str(num_cpus),
+            "--num-gpus", str(num_gpus),
+            "--object-store-memory", str(object_store_mb * 2**20),
+            "--temp-dir", str(temp_dir),
+            "--disable-usage-stats",
+        ]  # fmt: skip
+        if labels:
+            cmd += ["--labels", ",".join(f"{k}={v}" for k, v in labels.items())]
+        with open(temp_dir / "ray-start.log", "wb") as out:
+            process = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=_ray_env(self.info.temp_dir), start_new_session=True
+            )
+        self.info.worker_pgids.append(process.pid)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RayClusterError(f"`ray start` of a {labels} node exited with {process.returncode}")
+            if any(matches(n.get("labels") or {}, labels) and not n.get("is_head_node")
+                   for n in alive_nodes(self.url)):
+                return
+            time.sleep(0.3)
+        raise RayClusterError(f"the local {labels} node did not join within {timeout:.0f}s")
+
     @classmethod
     def reattach(cls, info: LocalRayInfo) -> LocalRayCluster | None:
         """The head a crashed service left running, if it still answers."""
@@ -187,14 +224,14 @@ class LocalRayCluster:
         raise RayClusterError(f"the local Ray head did not come up within {timeout:.0f}s")
 
     def stop(self) -> None:
-        """Stop every process of this head (its whole process group) and remove its temp dir."""
-        pgid = self.info.pgid
-        try:
-            os.killpg(pgid, signal.SIGKILL)  # SIGTERM drains for 30 s; nothing of ours needs it
-        except ProcessLookupError:
-            pass
-        except PermissionError as exc:
-            raise RayClusterError(f"cannot stop the Ray head (process group {pgid}): {exc}") from exc
+        """Stop every process of this head and its extra nodes (their process groups), remove the temp dir."""
+        for pgid in [*self.info.worker_pgids, self.info.pgid]:
+            try:
+                os.killpg(pgid, signal.SIGKILL)  # SIGTERM drains for 30 s; nothing of ours needs it
+            except ProcessLookupError:
+                pass
+            except PermissionError as exc:
+                raise RayClusterError(f"cannot stop the Ray head (process group {pgid}): {exc}") from exc
         if self.process is not None:
             try:
                 self.process.wait(timeout=10)
@@ -202,6 +239,18 @@ class LocalRayCluster:
                 pass
         _kill_strays(self.info.temp_dir)
         shutil.rmtree(self.info.temp_dir, ignore_errors=True)
+
+
+def _ray_env(temp_dir: str) -> dict[str, str]:
+    env = dict(os.environ)
+    # Job drivers inherit this environment: put this interpreter first so `python` has ray.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["RAY_enable_worker_prestart"] = "0"  # no idle workers eating a small machine's cores
+    env["RAY_prestart_worker_first_driver"] = "0"
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Every process of this head (drivers too) inherits the marker: stop() finds strays by it.
+    env[MARKER_ENV] = temp_dir
+    return env
 
 
 def _kill_strays(temp_dir: str) -> None:

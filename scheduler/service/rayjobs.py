@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import yaml
 
 from rayqueue.quota.quantity import CPU, GPU, MEMORY, MILLI
@@ -121,6 +122,7 @@ class RayStatus:
     message: str = ""
     start_time: float | None = None
     end_time: float | None = None
+    driver_node_id: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -136,13 +138,22 @@ class RaySubmitRefused(RuntimeError):
 
 
 class RayJobs:
-    """A thin, blocking wrapper around ``JobSubmissionClient``; the service calls it from threads."""
+    """The Ray Job Submission REST API (``/api/jobs/``), blocking, every call bounded by a timeout.
 
-    def __init__(self, address: str) -> None:
-        self.address = address
+    The service calls it from worker threads; a Ray dashboard that hangs makes a call fail with
+    :class:`RayUnavailable` (retried later) instead of freezing the service or its shutdown. A runtime env
+    with a local ``working_dir`` / ``py_modules`` is submitted through Ray's ``JobSubmissionClient``,
+    which uploads the files first.
+    """
+
+    def __init__(self, address: str, timeout_s: float = 15.0) -> None:
+        self.address = address.rstrip("/")
+        self.timeout_s = timeout_s
+        self._http = httpx.Client(base_url=self.address, timeout=timeout_s)
         self._client: Any = None
 
     def _c(self) -> Any:
+        """Ray's own SDK client (uploads of local working dirs; tests and benchmarks)."""
         if self._client is None:
             from ray.job_submission import JobSubmissionClient
 
@@ -152,11 +163,30 @@ class RayJobs:
                 raise RayUnavailable(f"cannot reach Ray at {self.address}: {exc}") from exc
         return self._client
 
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise RayUnavailable(f"{method} {self.address}{path}: {exc!r}") from exc
+
     def submit(self, sub: Submission) -> bool:
         """Submit; True if Ray accepted it now, False if this submission id already existed."""
-        client = self._c()
+        if _needs_upload(sub.runtime_env):
+            return self._submit_with_sdk(sub)
+        body = {k: v for k, v in sub.kwargs().items() if v is not None}
+        resp = self._request("POST", "/api/jobs/", json=body)
+        if resp.status_code == 200:
+            return True
+        text = resp.text
+        if "already exists" in text:
+            return False
+        if 400 <= resp.status_code < 500 or "ValueError" in text or "TypeError" in text:
+            raise RaySubmitRefused(_short(text))
+        raise RayUnavailable(f"status {resp.status_code}: {_short(text)}")
+
+    def _submit_with_sdk(self, sub: Submission) -> bool:
         try:
-            client.submit_job(**sub.kwargs())
+            self._c().submit_job(**sub.kwargs())
             return True
         except RuntimeError as exc:
             text = str(exc)
@@ -172,63 +202,58 @@ class RayJobs:
 
     def status(self, sid: str) -> RayStatus | None:
         """The job's status, or None when Ray does not know this submission id."""
-        client = self._c()
-        try:
-            info = client.get_job_info(sid)
-        except RuntimeError as exc:
-            if "status code 404" in str(exc) or "does not exist" in str(exc):
-                return None
-            raise RayUnavailable(_short(str(exc))) from exc
-        except OSError as exc:
-            raise RayUnavailable(str(exc)) from exc
-        status = getattr(info.status, "value", str(info.status))
-        return RayStatus(
-            status=status,
-            message=info.message or "",
-            start_time=(info.start_time / 1000.0) if info.start_time else None,
-            end_time=(info.end_time / 1000.0) if info.end_time else None,
-        )
+        resp = self._request("GET", f"/api/jobs/{sid}")
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise RayUnavailable(f"status {resp.status_code}: {_short(resp.text)}")
+        return _status(resp.json())
 
     def statuses(self, sids: list[str], batch_above: int = 16) -> dict[str, RayStatus | None]:
-        """Many jobs' statuses: one ``list_jobs`` call when there are many, else one call per job."""
+        """Many jobs' statuses: one listing when there are many, else one call per job."""
         if len(sids) <= batch_above:
             return {sid: self.status(sid) for sid in sids}
-        try:
-            listed = self._c().list_jobs()
-        except RuntimeError as exc:
-            raise RayUnavailable(_short(str(exc))) from exc
-        except OSError as exc:
-            raise RayUnavailable(str(exc)) from exc
-        by_sid = {}
-        for info in listed:
-            if info.submission_id:
-                by_sid[info.submission_id] = RayStatus(
-                    status=getattr(info.status, "value", str(info.status)),
-                    message=info.message or "",
-                    start_time=(info.start_time / 1000.0) if info.start_time else None,
-                    end_time=(info.end_time / 1000.0) if info.end_time else None,
-                )
+        resp = self._request("GET", "/api/jobs/")
+        if resp.status_code != 200:
+            raise RayUnavailable(f"status {resp.status_code}: {_short(resp.text)}")
+        by_sid = {d["submission_id"]: _status(d) for d in resp.json() if d.get("submission_id")}
         return {sid: by_sid.get(sid) for sid in sids}
 
     def stop(self, sid: str) -> None:
-        try:
-            self._c().stop_job(sid)
-        except RuntimeError as exc:
-            if "status code 404" in str(exc) or "does not exist" in str(exc):
-                return
-            raise RayUnavailable(_short(str(exc))) from exc
-        except OSError as exc:
-            raise RayUnavailable(str(exc)) from exc
+        resp = self._request("POST", f"/api/jobs/{sid}/stop")
+        if resp.status_code in (200, 404):
+            return
+        raise RayUnavailable(f"status {resp.status_code}: {_short(resp.text)}")
 
     def logs(self, sid: str) -> str | None:
-        try:
-            return str(self._c().get_job_logs(sid))
-        except RuntimeError as exc:
-            if "status code 404" in str(exc) or "does not exist" in str(exc):
-                return None
-            raise RayUnavailable(_short(str(exc))) from exc
-        except OSError as exc:
-            raise RayUnavailable(str(exc)) from exc
+        resp = self._request("GET", f"/api/jobs/{sid}/logs")
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise RayUnavailable(f"status {resp.status_code}: {_short(resp.text)}")
+        return str(resp.json().get("logs") or "")
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _status(d: Mapping[str, Any]) -> RayStatus:
+    start, end = d.get("start_time"), d.get("end_time")
+    return RayStatus(
+        status=str(d.get("status")),
+        message=str(d.get("message") or ""),
+        start_time=start / 1000.0 if start else None,
+        end_time=end / 1000.0 if end else None,
+        driver_node_id=d.get("driver_node_id"),
+    )
+
+
+def _needs_upload(env: Mapping[str, Any] | None) -> bool:
+    """A local path in working_dir / py_modules: Ray's SDK must upload it before submitting."""
+    if not env:
+        return False
+    paths: list[Any] = [env.get("working_dir"), *(env.get("py_modules") or [])]
+    return any(isinstance(p, str) and "://" not in p for p in paths)
 
 
 def _short(text: str, limit: int = 600) -> str:

@@ -44,6 +44,8 @@ class ServeOptions:
     ray_address: str | None = None
     num_gpus: int = 0
     num_cpus: int = 8
+    #: extra local Ray nodes, one per named ResourcePolicy unit: unit name -> logical GPUs
+    unit_gpus: dict[str, int] = field(default_factory=dict)
     db: str | None = None
     state_dir: Path = Path(".rayqueue")
     host: str = "127.0.0.1"
@@ -180,8 +182,28 @@ class Runner:
             if found is not None:
                 log.info("re-attached to the local Ray head at %s", info.dashboard_url)
                 return found
-        labels = dict(units.units[0].node_selector) if units is not None else {}
-        cluster = LocalRayCluster.start(num_cpus=self.opts.num_cpus, num_gpus=self.opts.num_gpus, labels=labels)
+        extra = dict(self.opts.unit_gpus)
+        if extra and units is None:
+            raise ServiceError("--unit-gpus needs --policy (it starts a local node per ResourcePolicy unit)")
+        if units is not None:
+            unknown = sorted(set(extra) - set(units.by_name))
+            if unknown:
+                raise ServiceError(f"--unit-gpus: no unit {', '.join(unknown)} in the policy "
+                                   f"(units: {', '.join(units.by_name)})")
+            for name in extra:
+                if not units.by_name[name].node_selector:
+                    raise ServiceError(f"--unit-gpus {name}: the unit has no nodeSelector to label its node with")
+        first = units.units[0] if units is not None else None
+        labels = dict(first.node_selector) if first is not None else {}
+        head_gpus = extra.pop(first.name, self.opts.num_gpus) if first is not None else self.opts.num_gpus
+        cluster = LocalRayCluster.start(num_cpus=self.opts.num_cpus, num_gpus=head_gpus, labels=labels)
+        try:
+            for name, gpus in extra.items():
+                assert units is not None
+                cluster.add_node(units.by_name[name].node_selector, num_gpus=gpus, num_cpus=self.opts.num_cpus)
+        except BaseException:
+            cluster.stop()
+            raise
         store.set_setting(LOCAL_RAY_SETTING, cluster.info.to_json())
         return cluster
 
@@ -216,6 +238,7 @@ class Runner:
             self._server_task = None
         if self.service is not None:
             await self.service.stop()
+            self.service.ray.close()
             if self.local_ray is not None:
                 self.service.interrupt_running("rayqueue stopped and took its local Ray cluster down")
         if self.local_ray is not None:
