@@ -625,7 +625,10 @@ class Service:
         """Each unit's capacity = the alive Ray nodes matching its nodeSelector; True if any changed."""
         changed = False
         for unit in self.units.units:
-            cap = capacity_for(nodes, unit.node_selector)
+            # A policy unit without a nodeSelector (ACS virtual capacity) names no Ray node: it keeps its
+            # declared capacity (else elastic). Only the no-policy default unit is "the whole cluster".
+            selects = bool(unit.node_selector) or unit.resource == "default"
+            cap = capacity_for(nodes, unit.node_selector) if selects else None
             if cap is None:
                 cap = self._declared_capacity.get(unit.name)
             if cap != unit.capacity:
