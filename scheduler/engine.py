@@ -35,6 +35,8 @@ from rayqueue.scheduler.resourcepolicy import Unit, Units
 from rayqueue.scheduler.wakeup import ANY, BlockerKey, WakeIndex
 
 _RETRY, _REINDEX = 0, 1
+# Wake-up rounds in one cycle after the first: what is left waits for the next cycle (see next_wakeup).
+ROUNDS = 3
 
 
 class UnknownQueue(KeyError):
@@ -231,6 +233,7 @@ class Engine:
         self._wake_dirty()
         heap = self._heap
         queues = self.queues
+        rounds = 0
         while True:
             while heap:
                 _, version, name = heapq.heappop(heap)
@@ -245,11 +248,16 @@ class Engine:
                     decisions.extend(decision)
                 self._offer(q)
             # Jobs woken may have failed elsewhere, leaving room unused: wake the next ones.
+            rounds += 1
+            if rounds > ROUNDS:
+                return decisions
             self._wake_dirty()
             if not heap:
                 return decisions
 
     def next_wakeup(self) -> float | None:
+        if self._dirty:
+            return self._now  # room freed that this cycle did not finish handing out
         timers = self._timers
         while timers:
             at, _, uid, token, _kind = timers[0]
