@@ -108,3 +108,17 @@ class Workload:
     @property
     def display_name(self) -> str:
         return self.name or self.uid
+
+    def fresh(self) -> Workload:
+        """The same job as a new submission: its own fields, none of the engine's state."""
+        return Workload(
+            uid=self.uid,
+            queue=self.queue,
+            request=dict(self.request),
+            pods=self.pods,
+            priority=self.priority,
+            priority_class=self.priority_class,
+            submitted_at=self.submitted_at,
+            expected_duration=self.expected_duration,
+            name=self.name,
+        )

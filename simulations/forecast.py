@@ -26,20 +26,6 @@ from rayqueue.simulations.simulator import fresh_units
 MAX_INSTANTS = 20_000
 
 
-def _copy(w: Workload) -> Workload:
-    return Workload(
-        uid=w.uid,
-        queue=w.queue,
-        request=dict(w.request),
-        pods=w.pods,
-        priority=w.priority,
-        priority_class=w.priority_class,
-        submitted_at=w.submitted_at,
-        expected_duration=w.expected_duration,
-        name=w.name,
-    )
-
-
 def forecast_starts(
     engine: Engine,
     now: float,
@@ -62,7 +48,7 @@ def forecast_starts(
     pending: list[Workload] = []
     for w in engine.workloads.values():
         if w.state == WorkloadState.ADMITTED:
-            c = _copy(w)
+            c = w.fresh()
             admitted_at = w.admitted_at if w.admitted_at is not None else now
             copy.restore(c, w.unit, admitted_at)
             if w.expected_duration is not None:
@@ -73,7 +59,7 @@ def forecast_starts(
     # Same order as the live engine's arrivals, so ties break the same way.
     pending.sort(key=lambda w: w.seq)
     for w in pending:
-        c = _copy(w)
+        c = w.fresh()
         if copy.submit(c) is None:
             waiting[c.uid] = None
     unresolved = set(waiting)
