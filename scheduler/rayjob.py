@@ -39,6 +39,7 @@ from rayqueue.quota.quantity import (
     parse_quantity,
     parse_resources,
 )
+from rayqueue.scheduler.resourcepolicy import parse_duration
 
 API_VERSION = "ray.io/v1"
 KIND = "RayJob"
@@ -47,6 +48,9 @@ KIND = "RayJob"
 QUEUE_LABEL = "rayqueue.io/queue"
 #: Label naming the priority class (a Kubernetes PriorityClass name, or an integer).
 PRIORITY_LABEL = "rayqueue.io/priority-class"
+#: Annotation: how long the job is expected to run (``3600``, ``45m``, ``1h30m``); feeds expected start
+#: times. Without it, ``spec.activeDeadlineSeconds`` (an upper bound) is used, else the run time is unknown.
+EXPECTED_DURATION_ANNOTATION = "rayqueue.io/expected-duration"
 
 K8S_JOB_MODE = "K8sJobMode"
 HTTP_MODE = "HTTPMode"
@@ -105,6 +109,8 @@ class RayJobRequest:
     shutdown_after_job_finishes: bool | None = None
     #: Things a user should know about how the request was counted (clamped replicas, ...).
     notes: tuple[str, ...] = ()
+    #: Seconds the job is expected to run (annotation, else activeDeadlineSeconds), None when unknown.
+    expected_duration: float | None = None
 
     def per_pod_requests(self) -> Iterator[Resources]:
         """Every pod's request, one by one (head first)."""
@@ -337,7 +343,24 @@ def rayjob_request(manifest: Mapping[str, Any], *, validate: bool = True) -> Ray
         generate_name=not meta.get("name"),
         shutdown_after_job_finishes=shutdown if isinstance(shutdown, bool) else None,
         notes=tuple(notes),
+        expected_duration=_expected_duration(manifest, spec),
     )
+
+
+def _expected_duration(manifest: Mapping[str, Any], spec: Mapping[str, Any]) -> float | None:
+    annotations = (manifest.get("metadata") or {}).get("annotations") or {}
+    raw = annotations.get(EXPECTED_DURATION_ANNOTATION)
+    if raw is not None:
+        try:
+            return parse_duration(raw)
+        except ValueError as exc:
+            raise RayJobRejected(
+                f"RayJob {_ident(manifest)}: metadata.annotations.{EXPECTED_DURATION_ANNOTATION}: {exc}"
+            ) from exc
+    deadline = spec.get("activeDeadlineSeconds")
+    if isinstance(deadline, int) and not isinstance(deadline, bool) and deadline > 0:
+        return float(deadline)
+    return None
 
 
 def _ident(manifest: Mapping[str, Any]) -> str:

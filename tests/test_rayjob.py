@@ -422,3 +422,18 @@ def test_total_is_the_sum_of_pod_sets(head: dict[str, Any], workers: list[dict[s
         for c in pod_spec["containers"]:
             for r, v in {**c["resources"].get("limits", {}), **c["resources"].get("requests", {})}.items():
                 assert pod_set.per_pod.get(r, 0) >= q(v)
+
+
+# ------------------------------------------------------------------------------ expected duration
+
+
+def test_expected_duration_from_the_annotation_else_the_deadline() -> None:
+    job = sample("ray-job.kueue-toy-sample.yaml")
+    assert rayjob_request(job).expected_duration is None
+    job["spec"]["activeDeadlineSeconds"] = 600
+    assert rayjob_request(job).expected_duration == 600.0
+    job.setdefault("metadata", {})["annotations"] = {"rayqueue.io/expected-duration": "1h30m"}
+    assert rayjob_request(job).expected_duration == 5400.0
+    job["metadata"]["annotations"]["rayqueue.io/expected-duration"] = "soon"
+    with pytest.raises(RayJobRejected, match=r"metadata.annotations.rayqueue.io/expected-duration: 'soon' is not a duration"):
+        rayjob_request(job)
