@@ -314,3 +314,15 @@ async def test_a_job_cancelled_while_ray_is_being_asked_is_stopped_and_stays_can
         assert svc.engine.tree.nodes["root"].usage.get(GPU, 0) == 0
     finally:
         await svc.stop()
+
+
+async def test_with_no_configuration_a_job_without_namespace_queues_in_the_default_leaf(tmp_path: Path) -> None:
+    from rayqueue.scheduler.service.core import default_tree
+
+    svc = Service(Store(f"sqlite:///{tmp_path}/d.db"), FakeRay(), default_tree(), nodes=lambda _: NODES)  # type: ignore[arg-type]
+    await svc.start()
+    try:
+        accepted = svc.submit_text(rayjob("plain", "python x.py", namespace=None))
+        assert accepted[0].queue == "default" and accepted[0].state == st.ADMITTED
+    finally:
+        await svc.stop()

@@ -250,7 +250,8 @@ class Service:
                 problems.append(f"{where}: {exc.message}")
                 continue
             try:
-                leaf = self.engine.tree.leaf_for(namespace=req.namespace, quota=queue or req.queue)
+                # like kubectl: no metadata.namespace means the namespace "default"
+                leaf = self.engine.tree.leaf_for(namespace=req.namespace or "default", quota=queue or req.queue)
             except KeyError as exc:
                 label = "--queue" if queue else ("label rayqueue.io/queue" if req.queue else "metadata.namespace")
                 problems.append(f"{where}: RayJob {req.name}: {label}: {exc.args[0]}")
