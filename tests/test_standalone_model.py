@@ -326,3 +326,31 @@ async def test_with_no_configuration_a_job_without_namespace_queues_in_the_defau
         assert accepted[0].queue == "default" and accepted[0].state == st.ADMITTED
     finally:
         await svc.stop()
+
+
+async def test_a_restart_with_a_tree_that_lost_a_leaf_holding_jobs_refuses_to_start_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    db = f"sqlite:///{tmp_path}/t.db"
+    ray = FakeRay()
+    svc = await _start(Store(db), ray)
+    job = svc.submit_text(rayjob("b-job", "python x.py", namespace="team-b"))[0].id
+    await _settle(svc)
+    await svc.stop()
+    only_a = tree(("team-a", 1, 3), root_min=2, root_max=3)
+    svc2 = Service(Store(db), ray, QuotaTree.from_yaml_text(only_a), nodes=lambda _: NODES)  # type: ignore[arg-type]
+    with pytest.raises(ServiceError, match="no leaf team-b"):
+        await svc2.start()
+    row = Store(db).get(job)
+    assert row is not None and row.state == st.ADMITTED and row.queue == "team-b"
+
+
+async def test_serve_refuses_to_start_when_ray_does_not_answer(tmp_path: Path) -> None:
+    from rayqueue.scheduler.service.raycluster import free_ports
+
+    port = free_ports(1)[0]
+    runner = Runner(ServeOptions(ray_address=f"127.0.0.1:{port}", db=f"sqlite:///{tmp_path}/r.db",
+                                 port=free_ports(1)[0], state_dir=tmp_path))
+    with pytest.raises(ServiceError, match="no alive node"):
+        await runner.start()
+    await runner.shutdown()
