@@ -122,7 +122,8 @@ class Env:
                              timeout_s: float = 2.0, wait: bool = True) -> Operator:
         config = OperatorConfig(identity=identity, peering=peering, priority=priority,
                                 engine=engine or EngineConfig(backoff_base_s=0.05, backoff_max_s=0.2),
-                                status_interval_s=0.2, retry_failed_after_s=0.3, leadership_poll_s=0.2)
+                                status_interval_s=0.2, retry_failed_after_s=0.3, leadership_poll_s=0.2,
+                                announce_after_s=0.1)
         op = Operator(self.connection(), config, webhook=webhook)
         op.client.retry = RetryPolicy(attempts=8, base_s=0.02, max_s=0.3, timeout_s=timeout_s)
         op.start()

@@ -26,7 +26,8 @@ def operator(
     policy_namespace: Annotated[str | None, typer.Option(help="its namespace")] = None,
     peering: Annotated[str, typer.Option(help="kopf ClusterKopfPeering name used for HA")] = "rayqueue",
     standalone: Annotated[bool, typer.Option(help="no peering: this instance always admits")] = False,
-    priority: Annotated[int, typer.Option(help="peering priority; the highest live instance admits")] = 0,
+    priority: Annotated[int, typer.Option(help="peering priority; the highest live instance admits; "
+                                          "-1: random (distinct replicas of one Deployment)")] = 0,
     identity: Annotated[str | None, typer.Option(help="this instance's name (default: $POD_NAME or host)")]
     = None,
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (0: off)")] = 8080,
@@ -58,6 +59,10 @@ def operator(
         raise typer.BadParameter(f"--preemption must be Never or LowerPriority, got {preemption!r}")
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if priority < 0:
+        import random
+
+        priority = random.randint(1, 2**31 - 1)
     connection = Connection(server=server.rstrip("/"), token=token) if server else \
         Connection.from_environment(context)
     config = OperatorConfig(

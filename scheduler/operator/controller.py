@@ -71,10 +71,12 @@ class OperatorConfig:
     apply_concurrency: int = 16
     status_interval_s: float = 1.0  # ElasticQuotaTree status is written at most this often
     retry_failed_after_s: float = 10.0
+    announce_after_s: float = 1.0  # tell a pending job it waits (event + condition) once it waited this long
     peering: str | None = None  # kopf peering name; None = standalone (always the leader)
     priority: int = 0
     identity: str = "rayqueue-operator"
     leadership_poll_s: float = 1.0
+    watch_inactivity_s: float = 70.0  # kopf re-opens a watch that has been silent this long
 
 
 def _now() -> float:
@@ -91,7 +93,8 @@ class Controller:
         self.events = EventPoster(client, instance=self.config.identity,
                                   on_posted=lambda reason: self.metrics.events.labels(reason).inc())
         client.on_retry = lambda verb, why: self.metrics.api_retries.labels(verb, why).inc()
-        self.lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # the engine and the object caches; never held across I/O
+        self.cycle_lock = asyncio.Lock()  # one cycle (or rebuild) at a time, held while applying
         self.wake = asyncio.Event()
         self.engine: Engine | None = None
         self.priorities = PriorityClasses()
@@ -150,7 +153,7 @@ class Controller:
         classes = await self.client.list(PRIORITY_CLASSES)
         nodes = await self.client.list(NODES)
         jobs = await self.client.list(RAYJOBS)
-        async with self.lock:
+        async with self.cycle_lock, self.lock:
             self.engine = None
             self.tree = self.tree_body = None
             self.policy_body = None
@@ -467,15 +470,20 @@ class Controller:
                 self.wake.set()
 
     async def cycle(self) -> list[Decision]:
-        """One admission cycle, its decisions applied (idempotently) before the next one starts."""
-        async with self.lock:
-            engine = self.engine
-            if engine is None:
-                return []
-            started = time.perf_counter()
-            decisions = engine.schedule(self.clock())
-            self.cycles += 1
-            self.metrics.cycles.inc()
+        """One admission cycle, its decisions applied (idempotently) before the next one starts.
+
+        The engine is only touched under ``lock`` (short, no I/O), so watch events keep flowing while
+        decisions are written; ``cycle_lock`` keeps cycles (and rebuilds) one at a time.
+        """
+        async with self.cycle_lock:
+            async with self.lock:
+                engine = self.engine
+                if engine is None:
+                    return []
+                started = time.perf_counter()
+                decisions = engine.schedule(self.clock())
+                self.cycles += 1
+                self.metrics.cycles.inc()
             if decisions:
                 sem = asyncio.Semaphore(self.config.apply_concurrency)
 
@@ -485,9 +493,9 @@ class Controller:
 
                 await asyncio.gather(*(apply(d) for d in decisions))
                 self._status_dirty = True
-            self._announce_pending()
             self._update_gauges()
             self.metrics.cycle_seconds.observe(time.perf_counter() - started)
+            log.debug("cycle %d: %d decisions in %.3fs", self.cycles, len(decisions), time.perf_counter() - started)
         if self._status_dirty:
             self._write_wake.set()
         return decisions
@@ -534,6 +542,8 @@ class Controller:
         admitted_at = w.admitted_at or self.clock()
         body = self.jobs.get(uid)
         for attempt in range(6):
+            if self.engine is None or self.engine.workloads.get(uid) is not w or w.state != WorkloadState.ADMITTED:
+                return  # deleted, finished or rebuilt while we were writing: nothing to admit any more
             if body is None or attempt > 0:
                 try:
                     body = await self.client.get(RAYJOBS, *self._ns_name(w.name))
@@ -573,6 +583,8 @@ class Controller:
 
     async def _apply_preempt(self, d: Preempt) -> None:
         w = d.workload
+        if self.engine is None or self.engine.workloads.get(w.uid) is not w or w.state != WorkloadState.PREEMPTING:
+            return
         ns, name = self._ns_name(w.name)
         preemptor = self.engine.workloads.get(d.preemptor) if self.engine else None
         by = preemptor.display_name if preemptor is not None else d.preemptor
@@ -599,13 +611,20 @@ class Controller:
     # ================================================================ telling users why
 
     def _announce_pending(self) -> None:
-        """Queued events (once per waiting episode) and a condition annotation when the reason changes."""
+        """Queued events (once per waiting episode) and a condition annotation when the reason changes.
+
+        Only for jobs that waited ``announce_after_s``: a job admitted at once is told "Admitted" only,
+        which spares the API server a write per job in a burst.
+        """
         engine = self.engine
         if engine is None:
             return
+        horizon = self.clock() - self.config.announce_after_s
         for w in engine.pending():
             code = w.reason.code.value if w.reason else "Queued"
             if self.announced.get(w.uid) == code:
+                continue
+            if (w.pending_since or w.submitted_at or 0.0) > horizon:
                 continue
             first = w.uid not in self.announced
             self.announced[w.uid] = code
@@ -637,10 +656,13 @@ class Controller:
         """Condition annotations of pending/rejected jobs and the tree's status, in the background."""
         last_status = 0.0
         while True:
-            await self._write_wake.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._write_wake.wait(), timeout=max(0.05, self.config.announce_after_s / 2))
             self._write_wake.clear()
-            if not self.leader:
+            if not self.leader or self.engine is None:
                 continue
+            async with self.lock:
+                self._announce_pending()
             writes, self.pending_writes = self.pending_writes, {}
             await asyncio.gather(*(self._write_limited(uid, item) for uid, item in writes.items()))
             now = time.monotonic()

@@ -141,6 +141,7 @@ def build_settings(config: OperatorConfig, webhook: WebhookConfig | None = None)
     settings.scanning.disabled = True  # our kinds are known; no need to watch CRDs appear
     settings.watching.reconnect_backoff = 0.2
     settings.watching.server_timeout = 300
+    settings.watching.inactivity_timeout = config.watch_inactivity_s
     settings.networking.error_backoffs = [0.1, 0.2, 0.5, 1, 2, 5]
     settings.peering.clusterwide = True
     if config.peering is not None:

@@ -114,7 +114,9 @@ class FakeApiServer(kmock.KubernetesEmulator):
     faults: list[Fault] = attrs.field(factory=list)
     #: called after every write: (plural, namespace, name, request data); KubeRay doubles and benchmarks
     listeners: list[Callable[[str, str | None, str, Any], None]] = attrs.field(factory=list)
-    keep_requests: bool = True  # False: forget served requests (long benchmarks)
+    #: kmock matches each request against every request served so far (quadratic); by default forget a
+    #: request once answered so that thousands of RayJobs stay fast. True keeps ``kmock.requests``.
+    keep_requests: bool = False
     _rv: Any = attrs.field(factory=lambda: itertools.count(1000), init=False)
     _watch_epoch: int = attrs.field(default=0, init=False)
     _drop: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
@@ -140,6 +142,16 @@ class FakeApiServer(kmock.KubernetesEmulator):
 
     # ---- request handling
     async def _handle(self, request: rendering.Request) -> Any:
+        try:
+            return await self._handle_tracked(request)
+        finally:
+            if not self.keep_requests:
+                for i, r in enumerate(self._requests):
+                    if r is request:
+                        del self._requests[i]
+                        break
+
+    async def _handle_tracked(self, request: rendering.Request) -> Any:
         late: Fault | None = None
         for fault in self.faults:
             if fault.matches(request) and fault.after:
@@ -176,8 +188,6 @@ class FakeApiServer(kmock.KubernetesEmulator):
                     if "spec" in request.data and request.subresource is None:
                         meta["generation"] = int((current.get("metadata") or {}).get("generation", 1)) + 1
         response = await super()._handle(request)
-        if not self.keep_requests:
-            self._requests.clear()
         if request.resource is not None and request.action in (
                 enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE) and self.listeners:
             data = request.data if isinstance(request.data, dict) else {}
@@ -214,6 +224,10 @@ class FakeApiServer(kmock.KubernetesEmulator):
         return self._lookup(request).last.raw
 
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:  # type: ignore[override]
+        if os.environ.get("RAYQUEUE_PLAIN_WATCH"):
+            async for item in super()._serve_watch(request):
+                yield item
+            return
         drop = self._drop
         stream = super()._serve_watch(request)
         try:
@@ -380,7 +394,8 @@ class FakeKubeRay:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self.server.listeners.remove(self._changed)
+        if self._changed in self.server.listeners:
+            self.server.listeners.remove(self._changed)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
