@@ -1,0 +1,52 @@
+"""`rayqueue operator` as a real process against the kmock API server: admits, serves metrics, stops."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+
+import aiohttp
+import pytest
+from operator_env import TREES, environment, eventually, rayjob, tree_manifest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_rayqueue_operator_command_admits_and_serves_metrics() -> None:
+    metrics_port = free_port()
+    async with environment(runtime=30) as env:
+        await env.create(TREES, tree_manifest({"team-a": ("2", "2")}, root_min="2", root_max="2"))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "rayqueue.scheduler.cli", "operator", "--server", env.url, "--standalone",
+            "--webhook-port", "0", "--metrics-port", str(metrics_port), "--identity", "cli-op",
+            "--log-level", "WARNING",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        try:
+            await env.create_job(rayjob("one", "team-a"))
+            await env.create_job(rayjob("two", "team-a"))
+            await eventually(lambda: env.running("team-a", "one"), timeout=40, what="one admitted")
+            assert env.admission("team-a", "one")["by"] == "cli-op"
+            assert not env.running("team-a", "two")  # 4 CPU > the queue's 2
+
+            async def scrape() -> str:
+                async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{metrics_port}/metrics") as r:
+                    return await r.text()
+
+            text = await scrape()
+            assert 'rayqueue_operator_decisions_total{kind="admit",queue="team-a"} 1.0' in text
+            assert "rayqueue_operator_tree_valid 1.0" in text
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 20)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
