@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -354,3 +355,16 @@ async def test_serve_refuses_to_start_when_ray_does_not_answer(tmp_path: Path) -
     with pytest.raises(ServiceError, match="no alive node"):
         await runner.start()
     await runner.shutdown()
+
+
+async def test_stop_right_after_a_wake_up_stops_every_loop(tmp_path: Path) -> None:
+    """Python 3.11's wait_for could swallow this cancellation and keep the scheduling loop alive."""
+    for i in range(5):
+        svc = await _start(Store(f"sqlite:///{tmp_path}/w{i}.db"), FakeRay())
+        tasks = list(svc._tasks)
+        svc.submit_text(rayjob("w", "python x.py"))
+        svc.wake()
+        await asyncio.sleep(0)
+        started = time.monotonic()
+        await svc.stop()
+        assert all(t.done() for t in tasks) and time.monotonic() - started < 2

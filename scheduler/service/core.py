@@ -171,14 +171,14 @@ class Service:
         self.started = True
         self._run_cycle()
 
-    async def stop(self) -> None:
-        for task in self._tasks + list(self._releasing.values()) + list(self._background):
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        tasks = self._tasks + list(self._releasing.values()) + list(self._background)
+        for task in tasks:
             task.cancel()
-        for task in self._tasks + list(self._releasing.values()) + list(self._background):
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=timeout_s)
+            for task in stuck:
+                log.warning("task %s did not stop within %.0fs", task.get_name(), timeout_s)
         self._tasks = []
         self.started = False
 
@@ -602,10 +602,13 @@ class Service:
         while True:
             wakeup = self.engine.next_wakeup()
             timeout = 5.0 if wakeup is None else min(5.0, max(0.0, wakeup - self.clock()))
+            # asyncio.wait, not wait_for: Python 3.11's wait_for can swallow a cancellation that
+            # arrives as the event is set, and the loop would then never stop.
+            waiter = asyncio.ensure_future(self._wake.wait())
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
+                await asyncio.wait({waiter}, timeout=timeout)
+            finally:
+                waiter.cancel()
             self._wake.clear()
             try:
                 self._run_cycle()

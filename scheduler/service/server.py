@@ -231,10 +231,9 @@ class Runner:
     async def shutdown(self) -> None:
         if self.server is not None and self._server_task is not None:
             self.server.should_exit = True
-            try:
-                await asyncio.wait_for(self._server_task, 10)
-            except (TimeoutError, asyncio.CancelledError):
-                pass
+            done, _ = await asyncio.wait({self._server_task}, timeout=10)
+            if not done:
+                self._server_task.cancel()
             self._server_task = None
         if self.service is not None:
             await self.service.stop()
