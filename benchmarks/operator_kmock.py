@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import multiprocessing as mp
@@ -106,12 +107,12 @@ def kueue_baseline(scale: float) -> tuple[dict[str, Any], list[JobSpec], float]:
 # ------------------------------------------------------------------------------------------ cluster side
 
 
-def cluster_side(conn: Any, tree: dict[str, Any], specs: list[JobSpec]) -> None:
+def cluster_side(conn: Any, tree: dict[str, Any], specs: list[JobSpec], max_wait: float) -> None:
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(_cluster_main(conn, tree, specs))
+    asyncio.run(_cluster_main(conn, tree, specs, max_wait))
 
 
-async def _cluster_main(conn: Any, tree: dict[str, Any], specs: list[JobSpec]) -> None:
+async def _cluster_main(conn: Any, tree: dict[str, Any], specs: list[JobSpec], max_wait: float) -> None:
     import kmock
 
     from rayqueue.scheduler.operator.testing import RAYJOBS, TREES, Api, FakeApiServer, FakeKubeRay
@@ -146,10 +147,15 @@ async def _cluster_main(conn: Any, tree: dict[str, Any], specs: list[JobSpec]) -
                     create_took[key] = time.time() - created[key]
 
             submitters = asyncio.gather(*(submit(j) for j in specs))
-            deadline = time.time() + MAX_JOB_WAIT_S + max(j.arrival for j in specs)
+            deadline = time.time() + max_wait + max(j.arrival for j in specs)
             while len(kuberay.finished_at) < len(specs) and time.time() < deadline:
                 await asyncio.sleep(0.1)
-            await submitters
+            if time.time() >= deadline:
+                submitters.cancel()
+                print(f"stopped after --max-wait: {len(kuberay.finished_at)} of {len(specs)} jobs completed",
+                      flush=True)
+            with contextlib.suppress(asyncio.CancelledError):
+                await submitters
             end = time.time()
             result = {
                 "start": start, "end": end, "created": created, "unsuspended": unsuspended,
@@ -251,10 +257,11 @@ def report(name: str, specs: list[JobSpec], quota_cpu: float, r: dict[str, Any])
     return out
 
 
-def run(name: str, tree: dict[str, Any], specs: list[JobSpec], quota_cpu: float) -> dict[str, Any]:
+def run(name: str, tree: dict[str, Any], specs: list[JobSpec], quota_cpu: float,
+        max_wait: float = MAX_JOB_WAIT_S) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=cluster_side, args=(child, tree, specs), daemon=True)
+    proc = ctx.Process(target=cluster_side, args=(child, tree, specs, max_wait), daemon=True)
     proc.start()
     try:
         url = parent.recv()
@@ -295,16 +302,18 @@ def main() -> None:
     parser.add_argument("--kueue-baseline", action="store_true", help="also run Kueue's baseline (minutes)")
     parser.add_argument("--only-baseline", action="store_true", help="run only Kueue's baseline")
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the baseline's jobs per queue")
+    parser.add_argument("--max-wait", type=float, default=MAX_JOB_WAIT_S,
+                        help="seconds after the last arrival to wait for completions")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
     results = []
     if not args.only_baseline:
         tree, specs, quota = burst_scenario(args.jobs, args.queues)
-        results.append(run("burst", tree, specs, quota))
+        results.append(run("burst", tree, specs, quota, args.max_wait))
         print_report(results[-1])
     if args.kueue_baseline or args.only_baseline:
         tree, specs, quota = kueue_baseline(args.scale)
-        results.append(run("kueue-baseline", tree, specs, quota))
+        results.append(run("kueue-baseline", tree, specs, quota, args.max_wait))
         print_report(results[-1])
     if args.json:
         with open(args.json, "w") as f:
