@@ -343,11 +343,13 @@ def rayjob_request(manifest: Mapping[str, Any], *, validate: bool = True) -> Ray
         generate_name=not meta.get("name"),
         shutdown_after_job_finishes=shutdown if isinstance(shutdown, bool) else None,
         notes=tuple(notes),
-        expected_duration=_expected_duration(manifest, spec),
+        expected_duration=expected_duration(manifest),
     )
 
 
-def _expected_duration(manifest: Mapping[str, Any], spec: Mapping[str, Any]) -> float | None:
+def expected_duration(manifest: Mapping[str, Any]) -> float | None:
+    """Seconds a RayJob is expected to run: its annotation, else ``activeDeadlineSeconds``, else None."""
+    spec = manifest.get("spec") or {}
     annotations = (manifest.get("metadata") or {}).get("annotations") or {}
     raw = annotations.get(EXPECTED_DURATION_ANNOTATION)
     if raw is not None:

@@ -368,3 +368,23 @@ async def test_stop_right_after_a_wake_up_stops_every_loop(tmp_path: Path) -> No
         started = time.monotonic()
         await svc.stop()
         assert all(t.done() for t in tasks) and time.monotonic() - started < 2
+
+
+async def test_explain_gives_a_waiting_job_its_expected_start(tmp_path: Path) -> None:
+    svc = Service(Store(f"sqlite:///{tmp_path}/e.db"), FakeRay(), QuotaTree.from_yaml_text(TWO_TEAMS),  # type: ignore[arg-type]
+                  config=ServiceConfig(poll_interval_s=3600, capacity_interval_s=3600), nodes=lambda _: NODES)
+    await svc.start()
+    try:
+        def timed(name: str, seconds: str) -> str:
+            text = rayjob(name, "python x.py")
+            return text.replace("metadata:\n", f'metadata:\n  annotations: {{rayqueue.io/expected-duration: "{seconds}"}}\n', 1)
+
+        running = [svc.submit_text(timed(f"run{i}", "100"))[0] for i in range(3)]  # team-a's max is 3 GPUs
+        waiting = svc.submit_text(timed("next", "5m"))[0]
+        assert [r.state for r in running] == [st.ADMITTED] * 3 and waiting.state == st.PENDING
+        started = min(svc.store.get(r.id).admitted_at for r in running)  # type: ignore[union-attr,type-var]
+        info = svc.explain(waiting.id)
+        assert info["position"] == 0 and info["reason_code"] == "QuotaMaxExceeded"
+        assert info["expected_start"] == pytest.approx(started + 100, abs=1.0)
+    finally:
+        await svc.stop()

@@ -38,6 +38,7 @@ from rayqueue.scheduler.rayjob import (
     KIND,
     RayJobRejected,
     RayJobRequest,
+    expected_duration,
     load_rayjob_documents,
     rayjob_request,
 )
@@ -54,6 +55,7 @@ from rayqueue.scheduler.service.rayjobs import (
     submission_for,
 )
 from rayqueue.scheduler.service.store import JobRecord, Store, submission_id
+from rayqueue.simulations.forecast import forecast_starts
 
 log = logging.getLogger("rayqueue.service")
 
@@ -272,6 +274,7 @@ class Service:
                 priority=prio,
                 priority_class=prio_class,
                 submitted_at=self.clock(),
+                expected_duration=req.expected_duration,
                 name=req.name,
             )
             workloads.append((w, req, doc, list(req.notes)))
@@ -730,6 +733,7 @@ class Service:
             priority=row.priority,
             priority_class=row.priority_class,
             submitted_at=row.submitted_at,
+            expected_duration=_expected_duration(row),
             name=row.name,
         )
 
@@ -799,7 +803,9 @@ class Service:
             info = self.engine.explain(row.id)
             out["position"] = info.position
             out["pending_in_queue"] = info.pending_in_queue
-            out["expected_start"] = info.expected_start
+            if info.state == WorkloadState.PENDING:
+                # A forecast on a copy of the engine: running jobs end after their expected duration.
+                out["expected_start"] = forecast_starts(self.engine, self.clock()).get(row.id)
             if info.reason is not None and row.state == st.PENDING:
                 out["reason_code"] = info.reason.code.value
                 out["reason"] = info.reason.message
@@ -931,3 +937,10 @@ __all__ = [
     "WorkloadState",
     "default_tree",
 ]
+
+
+def _expected_duration(row: JobRecord) -> float | None:
+    try:
+        return expected_duration(row.manifest_dict())
+    except (RayJobRejected, ValueError):
+        return None
