@@ -702,6 +702,7 @@ class Controller:
                     self.jobs[uid] = new
                 return
             except Conflict:
+                self.metrics.conflicts.inc()
                 try:
                     fresh = await self.client.get(RAYJOBS, meta.get("namespace"), meta["name"])
                 except NotFound:
