@@ -582,19 +582,7 @@ class Service:
             return
         self._active.pop(job_id, None)
         self._preempting.discard(job_id)
-        self.store.transition(
-            job_id,
-            kind,
-            message,
-            state=st.PENDING,
-            attempt=row.attempt + 1,
-            released=False,
-            unit=None,
-            submission_id=None,
-            admitted_at=None,
-            running_at=None,
-            preemptions=row.preemptions + (1 if preempted else 0),
-        )
+        self._requeue_row(row, kind, message, preempted)
         if job_id in self.engine.workloads:
             self.engine.suspended(job_id, self.clock())
         self.wake()
