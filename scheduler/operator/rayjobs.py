@@ -158,11 +158,6 @@ def workload_for(body: Mapping[str, Any], tree: QuotaTree, priorities: PriorityC
         raise JobError("UnknownPriorityClass",
                        f"label {PRIORITY_LABEL}: {exc} (create the PriorityClass or use an integer)") from exc
     submitted = parse_time(meta.get("creationTimestamp")) or (now if now is not None else time.time())
-    expected = (meta.get("annotations") or {}).get("rayqueue.io/expected-duration")
-    try:
-        expected_duration = float(expected) if expected else None
-    except ValueError:
-        expected_duration = None
     return Workload(
         uid=job_uid(body),
         queue=leaf.name,
@@ -171,7 +166,7 @@ def workload_for(body: Mapping[str, Any], tree: QuotaTree, priorities: PriorityC
         priority=priority,
         priority_class=class_name,
         submitted_at=submitted,
-        expected_duration=expected_duration,
+        expected_duration=req.expected_duration,
         name=job_ref(body),
     )
 
