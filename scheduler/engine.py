@@ -309,11 +309,19 @@ class Engine:
     # ================================================================ tree and capacity changes
 
     def set_unit_capacity(self, name: str, capacity: Resources | None, max_pods: int | None = -1) -> None:
+        """A unit's capacity changed (nodes joined or left). Only the jobs waiting on this unit look
+        again, at the next cycle; what can ever fit is checked again at each job's next try."""
         unit = self.units.by_name[name]
+        before = (unit.capacity, unit.max_pods)
         unit.capacity = dict(capacity) if capacity is not None else None
         if max_pods != -1:
             unit.max_pods = max_pods
-        self._wake_all()
+        if (unit.capacity, unit.max_pods) == before:
+            return
+        self._epoch += 1
+        for r in set(before[0] or {}) | set(unit.capacity or {}):
+            self._dirty.add(("unit", name, r))
+        self._dirty.add(("pods", name, ""))
 
     def set_units(self, units: Units) -> None:
         """Swap the ResourcePolicy; running jobs keep their unit when it still exists."""

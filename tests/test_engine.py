@@ -403,3 +403,21 @@ def test_rejected_jobs_after_a_tree_edit_leave_their_queue() -> None:
     e.finish("run")
     decisions = e.schedule()
     assert rejected(decisions) == ["big"] and admitted(decisions) == ["small"]
+
+
+def test_a_capacity_change_wakes_only_the_jobs_waiting_on_that_unit() -> None:
+    units = Units([Unit("ecs", "ecs", capacity=gpus(3))])
+    e = engine(tree(node("root", children=[node("q", max={GPU: 8}), node("capped", max={GPU: 1})])), units)
+    e.submit(job("run", "q", gpu=2))
+    e.submit(job("capped-run", "capped", gpu=1, at=1))
+    e.submit(job("wait-unit", "q", gpu=2, at=2))  # waits for the unit
+    e.submit(job("wait-quota", "capped", gpu=1, at=3))  # waits for its leaf's max
+    assert admitted(e.schedule()) == ["run", "capped-run"]
+    attempts = e.stats.attempts
+    e.set_unit_capacity("ecs", gpus(3))  # unchanged: nothing happens
+    assert admitted(e.schedule()) == [] and e.stats.attempts == attempts
+    e.set_unit_capacity("ecs", gpus(8))  # nodes joined: only the job waiting on the unit is tried
+    assert admitted(e.schedule()) == ["wait-unit"] and e.stats.attempts == attempts + 1
+    e.set_unit_capacity("ecs", gpus(1))  # they left: running jobs keep running; 2 GPUs can never fit now
+    reject = e.submit(job("too-big-now", "q", gpu=2, at=9))
+    assert reject is not None and reject.reason.code == ReasonCode.NEVER_FITS
