@@ -49,13 +49,13 @@ class LeafQueue:
         return len(self.pending)
 
     def add(self, w: Workload) -> None:
-        key = order_key(w)
+        key = w.order = order_key(w)
         self.jobs[key] = w
         self.pending.add(key)
         self.ready.add(key)
 
     def remove(self, w: Workload) -> None:
-        key = order_key(w)
+        key = w.order
         del self.jobs[key]
         self.pending.remove(key)
         if w.uid in self.parked:
@@ -64,14 +64,14 @@ class LeafQueue:
             self.ready.remove(key)
 
     def park(self, w: Workload) -> None:
-        self.ready.remove(order_key(w))
+        self.ready.remove(w.order)
         self.parked.add(w.uid)
 
     def unpark(self, w: Workload) -> bool:
         if w.uid not in self.parked:
             return False
         self.parked.discard(w.uid)
-        self.ready.add(order_key(w))
+        self.ready.add(w.order)
         return True
 
     def start(self, w: Workload) -> None:
@@ -100,4 +100,4 @@ class LeafQueue:
         return self.jobs[self.pending[0]] if self.pending else None
 
     def position(self, w: Workload) -> int:
-        return int(self.pending.index(order_key(w)))
+        return int(self.pending.index(w.order))

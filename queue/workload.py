@@ -100,6 +100,7 @@ class Workload:
     pending_since: float = 0.0  # start of the current wait (submission or requeue)
     reclaim_memo: tuple[int, int] | None = None  # (borrow admissions, shortfall) at its last failed reclaim
     checked_epoch: int = -1  # the tree/units version its can-ever-fit check was made against
+    order: tuple = ()  # its key in its queue, fixed while it is queued
     seq: int = 0  # arrival order, the last tie-breaker
     park_token: int = 0  # invalidates stale entries in wake-up indexes
     preempted_by: str | None = None

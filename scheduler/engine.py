@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from rayqueue.queue.queues import LeafQueue, PreemptionPolicy, QueueingStrategy, order_key
+from rayqueue.queue.queues import LeafQueue, PreemptionPolicy, QueueingStrategy
 from rayqueue.queue.workload import Reason, ReasonCode, Workload, WorkloadState
 from rayqueue.quota.quantity import MAX_JOBS, MILLI, Resources, describe, format_quantity
 from rayqueue.quota.tree import (
@@ -28,6 +28,7 @@ from rayqueue.quota.tree import (
     QuotaNode,
     QuotaTree,
     QuotaTreeError,
+    QuotaViolation,
     diff_trees,
 )
 from rayqueue.scheduler.decisions import Admit, Decision, Placement, Preempt, Reject
@@ -378,10 +379,11 @@ class Engine:
         return list(preemptions) if preemptions else None
 
     def _try_admit(self, w: Workload, leaf: QuotaNode, now: float) -> Unit | _Outcome:
-        violation = self.tree.fits(leaf, w.request)
-        if violation is not None:
-            # Every full node on the way up, so a wake from one of them checks the others first.
-            over = self.tree.over_max(leaf, w.request)
+        # Every full node on the way up, so a wake from one of them checks the others first.
+        over = self.tree.over_max(leaf, w.request)
+        if over:
+            first, r = over[0]
+            violation = QuotaViolation(first.path, r, first.usage.get(r, 0), w.request[r], first.max[r])
             return _Outcome(
                 Reason(ReasonCode.QUOTA_MAX_EXCEEDED, violation.sentence),
                 [(("node", node.name, r), w.request[r]) for node, r in over],
@@ -634,7 +636,7 @@ class Engine:
             w.retry_after = 0.0
         # Jobs within their guarantee wake first, as they go first across queues.
         within = 0 if self.tree.within_guarantee(self.tree.leaves[w.queue], w.request) else 1
-        order = (within, *order_key(w))
+        order = (within, *w.order)
         blockers = outcome.blockers
         if not blockers and outcome.retry_at is None:
             blockers = [(ANY, 0)]  # nothing a release would signal: retry after any release
