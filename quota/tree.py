@@ -20,7 +20,6 @@ from rayqueue.quota.quantity import (
     MAX_JOBS,
     QuantityError,
     Resources,
-    describe,
     format_quantity,
     parse_resources,
 )
@@ -478,7 +477,3 @@ def _find_alias_cycle(obj: Any, path: str = "", active: set[int] | None = None) 
                 return found
         active.discard(id(obj))
     return None
-
-
-def request_summary(request: Mapping[str, int]) -> str:
-    return describe({r: v for r, v in request.items() if r != MAX_JOBS})

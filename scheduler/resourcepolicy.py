@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rayqueue.quota.quantity import Resources, describe, format_quantity, parse_quantity
+from rayqueue.quota.quantity import Resources, describe, parse_quantity
 
 API_VERSION = "scheduling.alibabacloud.com/v1alpha1"
 KIND = "ResourcePolicy"
@@ -88,25 +88,6 @@ class Unit:
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     usage: Resources = field(default_factory=dict)
     pods: int = 0
-
-    def lack(self, request: Mapping[str, int], pods: int) -> str | None:
-        """None when the gang fits now; else a sentence saying what this unit lacks."""
-        if self.max_pods is not None and self.pods + pods > self.max_pods:
-            return f"{self.name} at max {self.max_pods} pods ({self.pods} in use, {pods} requested)"
-        cap = self.capacity
-        if cap is not None:
-            usage = self.usage
-            for r, v in request.items():
-                c = cap.get(r)
-                if c is not None and usage.get(r, 0) + v > c:
-                    return (
-                        f"{self.name} full ({format_quantity(usage.get(r, 0), r)}/{format_quantity(c, r)} {r}, "
-                        f"{format_quantity(v, r)} requested)"
-                    )
-        return None
-
-    def exceeds_max(self, pods: int) -> bool:
-        return self.max_pods is not None and self.pods + pods > self.max_pods
 
     def can_ever_hold(self, request: Mapping[str, int], pods: int) -> bool:
         if self.max_pods is not None and pods > self.max_pods:
