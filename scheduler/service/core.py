@@ -188,18 +188,7 @@ class Service:
         """The Ray cluster is going away with us (our own local head): requeue what ran on it."""
         count = 0
         for row in self.store.jobs(st.ACTIVE_STATES):
-            self.store.transition(
-                row.id,
-                "Interrupted",
-                f"{why}; requeued (attempt {row.attempt + 1} on the next start)",
-                state=st.PENDING,
-                attempt=row.attempt + 1,
-                released=False,
-                unit=None,
-                submission_id=None,
-                admitted_at=None,
-                running_at=None,
-            )
+            self._requeue_row(row, "Interrupted", f"{why}; requeued (attempt {row.attempt + 1} on the next start)")
             count += 1
         return count
 
