@@ -751,31 +751,17 @@ class Service:
 
     def explain(self, ref: str) -> dict[str, Any]:
         row = self.resolve(ref)
-        out: dict[str, Any] = {
-            "id": row.id,
-            "name": row.name,
-            "queue": row.queue,
-            "state": row.state,
-            "priority": row.priority,
-            "priority_class": row.priority_class,
-            "unit": row.unit,
-            "position": None,
-            "pending_in_queue": None,
-            "reason_code": row.reason_code,
-            "reason": row.reason,
-            "expected_start": None,
-            "submitted_at": row.submitted_at,
-            "admitted_at": row.admitted_at,
-            "running_at": row.running_at,
-            "finished_at": row.finished_at,
-            "attempt": row.attempt,
-            "preemptions": row.preemptions,
-            "submission_id": row.submission_id,
-            "ray_status": row.ray_status,
-            "ray_message": row.ray_message,
-            "request": describe(row.request_dict()),
-            "pods": row.pods,
-        }
+        out = self._job_view(row, position=None)
+        out.update(
+            pending_in_queue=None,
+            reason_code=row.reason_code,
+            expected_start=None,
+            attempt=row.attempt,
+            submission_id=row.submission_id,
+            ray_status=row.ray_status,
+            ray_message=row.ray_message,
+            pods=row.pods,
+        )
         if row.id in self.engine.workloads:
             info = self.engine.explain(row.id)
             out["position"] = info.position
@@ -790,31 +776,33 @@ class Service:
             out["reason"] = "running in Ray"
         return out
 
+    def _job_view(self, row: JobRecord, position: int | None) -> dict[str, Any]:
+        """What `jobs` shows of one job; `explain` adds to it."""
+        return {
+            "id": row.id,
+            "name": row.name,
+            "queue": row.queue,
+            "state": row.state,
+            "priority": row.priority,
+            "priority_class": row.priority_class,
+            "unit": row.unit,
+            "position": position,
+            "request": describe(row.request_dict()),
+            "submitted_at": row.submitted_at,
+            "admitted_at": row.admitted_at,
+            "running_at": row.running_at,
+            "finished_at": row.finished_at,
+            "preemptions": row.preemptions,
+            "reason": row.reason,
+        }
+
     def job_views(self, states: list[str] | None = None, queue: str | None = None) -> list[dict[str, Any]]:
         out = []
         for row in self.store.jobs(states, queue):
             position = None
             if row.state == st.PENDING and row.id in self.engine.workloads:
                 position = self.engine.explain(row.id).position
-            out.append(
-                {
-                    "id": row.id,
-                    "name": row.name,
-                    "queue": row.queue,
-                    "state": row.state,
-                    "priority": row.priority,
-                    "priority_class": row.priority_class,
-                    "unit": row.unit,
-                    "position": position,
-                    "request": describe(row.request_dict()),
-                    "submitted_at": row.submitted_at,
-                    "admitted_at": row.admitted_at,
-                    "running_at": row.running_at,
-                    "finished_at": row.finished_at,
-                    "preemptions": row.preemptions,
-                    "reason": row.reason,
-                }
-            )
+            out.append(self._job_view(row, position))
         return out
 
     def status(self) -> dict[str, Any]:
