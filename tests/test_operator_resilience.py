@@ -115,7 +115,9 @@ async def test_unknown_priority_class_is_rejected_until_it_exists() -> None:
         await env.create_job(rayjob("typo", "team-a", priority="hihg"))
         rejected = await eventually(lambda: env.events("typo", "Rejected"), what="Rejected event")
         assert "hihg" in rejected[0]["message"] and "UnknownPriorityClass" in rejected[0]["message"]
-        assert env.condition("team-a", "typo")["type"] == "Rejected"
+        # The event and the condition annotation are written by separate background writers.
+        condition = await eventually(lambda: env.condition("team-a", "typo"), what="Rejected condition")
+        assert condition["type"] == "Rejected" and "hihg" in condition["message"]
         assert not env.running("team-a", "typo")
         await env.create(PRIORITY_CLASSES, {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
                                             "metadata": {"name": "hihg"}, "value": 7})
