@@ -4,26 +4,42 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean native
+
+NATIVE := $(VENV)/.native
+# The engine's hot path, compiled with mypyc (setup.py); edited sources are compiled again.
+NATIVE_SRC := quota/quantity.py quota/tree.py queue/workload.py queue/queues.py \
+	scheduler/units.py scheduler/decisions.py scheduler/wakeup.py scheduler/engine.py
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	RAYQUEUE_PURE_PYTHON=1 $(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-demo: $(STAMP)
+# Stale extensions are removed first, so a failed compile leaves the interpreted engine, never an old one.
+$(NATIVE): $(STAMP) setup.py $(NATIVE_SRC)
+	@rm -f quota/*.so queue/*.so scheduler/*.so
+	@if [ "$${RAYQUEUE_PURE_PYTHON:-0}" != 0 ]; then echo "RAYQUEUE_PURE_PYTHON is set: the engine runs interpreted"; \
+	elif $(BIN)/python setup.py -q build_ext --inplace >$(VENV)/native-build.log 2>&1; then touch quota/*.so queue/*.so scheduler/*.so; echo "compiled the engine with mypyc"; \
+	else echo "warning: the mypyc compile failed (see $(VENV)/native-build.log): the engine runs interpreted"; fi
+	@touch $(NATIVE)
+
+native: $(NATIVE)
+
+demo: $(NATIVE)
 	$(BIN)/rayqueue demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check quota queue scheduler simulations tests benchmarks
 	$(BIN)/mypy quota queue scheduler simulations
 
-test: $(STAMP) lint
+test: $(NATIVE) lint
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(NATIVE)
 	$(BIN)/python benchmarks/engine_drain.py
 
 clean:
 	rm -rf $(VENV) .rayqueue build *.egg-info
+	rm -f quota/*.so queue/*.so scheduler/*.so

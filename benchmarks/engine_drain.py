@@ -154,7 +154,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     sizes = [int(x) for x in args.pending.split(",")]
+    import rayqueue.scheduler.engine as engine_module
+
+    build = "compiled with mypyc" if engine_module.__file__.endswith(".so") else "interpreted (run `make native` to compile)"
     print("engine drain: 10x10x10 tree (1,000 leaves), cpu/memory/nvidia.com/gpu/max-jobs, ECS + ACS units")
+    print(f"engine: {build}")
     header = (
         f"{'pending':>8} {'decisions':>10} {'admitted':>9} {'cycles':>7} {'engine s':>9} "
         f"{'decisions/s':>12} {'admits/s':>9} {'us/decision':>12} {'submit us':>10}"

@@ -32,21 +32,13 @@ from rayqueue.quota.tree import (
     diff_trees,
 )
 from rayqueue.scheduler.decisions import Admit, Decision, Placement, Preempt, Reject
-from rayqueue.scheduler.resourcepolicy import Unit, Units
+from rayqueue.scheduler.errors import DuplicateJob, UnknownQueue
+from rayqueue.scheduler.units import Unit, Units
 from rayqueue.scheduler.wakeup import ANY, BlockerKey, WakeIndex
 
 _RETRY, _REINDEX = 0, 1
 # Wake-up rounds in one cycle after the first: what is left waits for the next cycle (see next_wakeup).
 ROUNDS = 3
-
-
-class UnknownQueue(KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class DuplicateJob(ValueError):
-    pass
 
 
 @dataclass(slots=True)

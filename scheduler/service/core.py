@@ -33,7 +33,8 @@ from rayqueue.queue.workload import Workload, WorkloadState
 from rayqueue.quota.quantity import MAX_JOBS, Resources, describe
 from rayqueue.quota.tree import QuotaTree, QuotaTreeError
 from rayqueue.scheduler.decisions import Admit, Preempt, Reject
-from rayqueue.scheduler.engine import DuplicateJob, Engine, EngineConfig, UnknownQueue
+from rayqueue.scheduler.engine import Engine, EngineConfig
+from rayqueue.scheduler.errors import DuplicateJob, UnknownQueue
 from rayqueue.scheduler.rayjob import (
     KIND,
     RayJobRejected,

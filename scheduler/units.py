@@ -1,0 +1,86 @@
+"""Capacity pools a job is placed in whole (the runtime side of a ``ResourcePolicy``).
+
+The engine accounts every admitted job against one unit; ``resourcepolicy.py`` builds these from the
+manifest. Kept apart from the manifest's pydantic models so that the engine's hot path compiles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rayqueue.quota.quantity import Resources, describe
+
+UnitKind = Literal["ecs", "acs", "eci", "default"]
+WhenTryNext = Literal["LackResourceOrExceedMax", "ExceedMax", "TimeoutOrExceedMax"]
+
+
+class ResourcePolicyError(ValueError):
+    def __init__(self, violations: list[str], source: str = "ResourcePolicy") -> None:
+        self.violations = violations
+        lines = "\n".join(f"  - {v}" for v in violations)
+        super().__init__(f"{source} is invalid ({len(violations)} problem(s)):\n{lines}")
+
+
+@dataclass(slots=True, eq=False)
+class Unit:
+    """One capacity pool. ``capacity`` None means elastic (ACS): bounded only by ``max_pods``."""
+
+    name: str
+    resource: UnitKind = "default"
+    capacity: Resources | None = None
+    max_pods: int | None = None
+    node_selector: dict[str, str] = field(default_factory=dict)
+    pod_labels: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    usage: Resources = field(default_factory=dict)
+    pods: int = 0
+
+    def can_ever_hold(self, request: Mapping[str, int], pods: int) -> bool:
+        if self.max_pods is not None and pods > self.max_pods:
+            return False
+        if self.capacity is None:
+            return True
+        return all(v <= self.capacity.get(r, v) for r, v in request.items())
+
+    def take(self, request: Mapping[str, int], pods: int) -> None:
+        usage = self.usage
+        for r, v in request.items():
+            usage[r] = usage.get(r, 0) + v
+        self.pods += pods
+
+    def give_back(self, request: Mapping[str, int], pods: int) -> None:
+        usage = self.usage
+        for r, v in request.items():
+            usage[r] = usage.get(r, 0) - v
+        self.pods -= pods
+
+    def describe_capacity(self) -> str:
+        cap = "elastic" if self.capacity is None else describe(self.capacity)
+        pods = "" if self.max_pods is None else f", max {self.max_pods} pods"
+        return f"{self.name} ({self.resource}): {cap}{pods}"
+
+
+@dataclass
+class Units:
+    """The ordered pools a job may be placed in, and when to move on to the next one."""
+
+    units: list[Unit]
+    when_try_next: WhenTryNext = "LackResourceOrExceedMax"
+    timeout_s: float = 0.0
+    name: str = "default"
+    by_name: dict[str, Unit] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        names = [u.name for u in self.units]
+        if len(set(names)) != len(names):
+            raise ResourcePolicyError([f"unit names must be unique (got {names})"], self.name)
+        if not self.units:
+            raise ResourcePolicyError(["at least one unit is required"], self.name)
+        self.by_name: dict[str, Unit] = {u.name: u for u in self.units}
+
+    @classmethod
+    def single(cls, capacity: Resources | None = None, name: str = "default") -> Units:
+        """No ResourcePolicy: one pool with the cluster's capacity (None: unbounded)."""
+        return cls([Unit(name=name, resource="default", capacity=capacity)])
