@@ -7,6 +7,8 @@ something that could make it fit happens (see the wake-up index in the engine).
 
 from __future__ import annotations
 
+import heapq
+from bisect import bisect_left, insort
 from typing import Literal
 
 from sortedcontainers import SortedList
@@ -23,7 +25,10 @@ def order_key(w: Workload) -> OrderKey:
     return (-w.priority, w.submitted_at, w.display_name, w.seq)
 
 
-def victim_key(w: Workload) -> tuple[int, float, int, str]:
+VictimKey = tuple[int, float, int, str]
+
+
+def victim_key(w: Workload) -> VictimKey:
     return (w.priority, -(w.admitted_at or 0.0), -w.seq, w.uid)
 
 
@@ -37,11 +42,14 @@ class LeafQueue:
         self.strategy: QueueingStrategy = strategy
         self.preemption: PreemptionPolicy = preemption
         self.pending: SortedList = SortedList()  # every pending job's key: positions
-        self.ready: SortedList = SortedList()  # keys of pending jobs that may be tried now
+        # Keys of pending jobs that may be tried now, as a heap: only the first is ever needed. Entries
+        # of jobs that left or parked since are dropped when they reach the top.
+        self.ready: list[OrderKey] = []
         self.parked: set[str] = set()
         self.admitted: dict[str, Workload] = {}  # admitted or preempting, by uid
-        # Admitted jobs in the order preemption takes them: lowest priority, then newest.
-        self.victim_order: SortedList = SortedList()
+        # Admitted jobs in the order preemption takes them: lowest priority, then newest. A plain sorted
+        # list: a leaf runs few jobs next to the backlog it queues, and bisect + memmove beat a SortedList there.
+        self.victim_order: list[VictimKey] = []
         self.jobs: dict[OrderKey, Workload] = {}
         self.heap_version = 0
 
@@ -52,35 +60,32 @@ class LeafQueue:
         key = w.order = order_key(w)
         self.jobs[key] = w
         self.pending.add(key)
-        self.ready.add(key)
+        heapq.heappush(self.ready, key)
 
     def remove(self, w: Workload) -> None:
         key = w.order
         del self.jobs[key]
         self.pending.remove(key)
-        if w.uid in self.parked:
-            self.parked.discard(w.uid)
-        else:
-            self.ready.remove(key)
+        self.parked.discard(w.uid)
 
     def park(self, w: Workload) -> None:
-        self.ready.remove(w.order)
         self.parked.add(w.uid)
 
     def unpark(self, w: Workload) -> bool:
         if w.uid not in self.parked:
             return False
         self.parked.discard(w.uid)
-        self.ready.add(w.order)
+        heapq.heappush(self.ready, w.order)
         return True
 
     def start(self, w: Workload) -> None:
         self.admitted[w.uid] = w
-        self.victim_order.add(victim_key(w))
+        insort(self.victim_order, victim_key(w))
 
     def stop(self, w: Workload) -> None:
         if self.admitted.pop(w.uid, None) is not None:
-            self.victim_order.remove(victim_key(w))
+            order = self.victim_order
+            del order[bisect_left(order, victim_key(w))]
 
     def victims(self) -> list[Workload]:
         """Admitted (not already preempting) jobs, lowest priority and newest first."""
@@ -89,12 +94,17 @@ class LeafQueue:
 
     def candidate(self) -> Workload | None:
         """The job to try next: StrictFIFO only ever tries its head; BestEffortFIFO the first ready job."""
-        if not self.ready:
+        ready, jobs, parked = self.ready, self.jobs, self.parked
+        while ready:
+            w = jobs.get(ready[0])
+            if w is not None and w.uid not in parked:
+                break
+            heapq.heappop(ready)
+        else:
             return None
-        first_ready = self.ready[0]
-        if self.strategy == "StrictFIFO" and self.pending[0] != first_ready:
+        if self.strategy == "StrictFIFO" and self.pending[0] != w.order:
             return None  # the head is parked and blocks everything behind it
-        return self.jobs[first_ready]
+        return w
 
     def head(self) -> Workload | None:
         return self.jobs[self.pending[0]] if self.pending else None

@@ -1,45 +1,79 @@
-"""What one admission cycle returns: decisions as data, applied by a front end."""
+"""What one admission cycle returns: decisions as data, applied by a front end.
+
+Plain classes rather than dataclasses: they are built on the engine's hot path, and mypyc compiles an
+explicit ``__init__`` but leaves a dataclass's generated one interpreted.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from rayqueue.queue.workload import Reason, Workload
 
 
-@dataclass(frozen=True, slots=True)
 class Placement:
-    """Where an admitted gang runs: one capacity unit of the ResourcePolicy (or the default pool)."""
+    """Where an admitted gang runs: one capacity unit of the ResourcePolicy (or the default pool).
 
-    unit: str
-    resource: str = "ecs"  # ecs | acs | eci | default
-    node_selector: dict[str, str] = field(default_factory=dict)
-    pod_labels: dict[str, str] = field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    The engine hands out one Placement per unit to every job admitted there: read it, never change it.
+    """
+
+    __slots__ = ("unit", "resource", "node_selector", "pod_labels", "tolerations")
+
+    def __init__(
+        self,
+        unit: str,
+        resource: str = "ecs",  # ecs | acs | eci | default
+        node_selector: dict[str, str] | None = None,
+        pod_labels: dict[str, str] | None = None,
+        tolerations: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.unit = unit
+        self.resource = resource
+        self.node_selector: dict[str, str] = dict(node_selector or {})
+        self.pod_labels: dict[str, str] = dict(pod_labels or {})
+        self.tolerations: list[dict[str, Any]] = list(tolerations or [])
+
+    def __repr__(self) -> str:
+        return (f"Placement(unit={self.unit!r}, resource={self.resource!r}, node_selector={self.node_selector!r}, "
+                f"pod_labels={self.pod_labels!r}, tolerations={self.tolerations!r})")
 
 
-@dataclass(frozen=True, slots=True)
 class Admit:
-    workload: Workload
-    placement: Placement
+    __slots__ = ("workload", "placement")
+
+    def __init__(self, workload: Workload, placement: Placement) -> None:
+        self.workload = workload
+        self.placement = placement
+
+    def __repr__(self) -> str:
+        return f"Admit({self.workload.uid!r}, unit={self.placement.unit!r})"
 
 
-@dataclass(frozen=True, slots=True)
 class Preempt:
     """Stop ``workload`` (suspend it); its quota stays held until the front end confirms."""
 
-    workload: Workload
-    reason: Reason
-    preemptor: str
+    __slots__ = ("workload", "reason", "preemptor")
+
+    def __init__(self, workload: Workload, reason: Reason, preemptor: str) -> None:
+        self.workload = workload
+        self.reason = reason
+        self.preemptor = preemptor
+
+    def __repr__(self) -> str:
+        return f"Preempt({self.workload.uid!r}, {self.reason!r}, preemptor={self.preemptor!r})"
 
 
-@dataclass(frozen=True, slots=True)
 class Reject:
     """The job can never run as asked; it leaves its queue and never blocks it."""
 
-    workload: Workload
-    reason: Reason
+    __slots__ = ("workload", "reason")
+
+    def __init__(self, workload: Workload, reason: Reason) -> None:
+        self.workload = workload
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Reject({self.workload.uid!r}, {self.reason!r})"
 
 
 Decision = Admit | Preempt | Reject

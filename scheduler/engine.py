@@ -78,15 +78,18 @@ class Explanation:
     expected_start: float | None = None
 
 
-@dataclass(slots=True)
 class _Outcome:
     """Why one attempt did not admit: the reason and what to wait on."""
 
-    reason: Reason
-    blockers: list[tuple[BlockerKey, int]]
-    retry_at: float | None = None
-    # Quota blockers must all have room; unit blockers are alternatives (any unit with room will do).
-    alternatives: bool = False
+    __slots__ = ("reason", "blockers", "retry_at", "alternatives")
+
+    def __init__(self, reason: Reason, blockers: list[tuple[BlockerKey, int]], retry_at: float | None = None,
+                 alternatives: bool = False) -> None:
+        self.reason = reason
+        self.blockers = blockers
+        self.retry_at = retry_at
+        # Quota blockers must all have room; unit blockers are alternatives (any unit with room will do).
+        self.alternatives = alternatives
 
 
 class Engine:
@@ -104,7 +107,10 @@ class Engine:
         self.workloads: dict[str, Workload] = {}
         self.queues: dict[str, LeafQueue] = {}
         self._seq = itertools.count(1)
-        self._heap: list[tuple[tuple[int, int, float, float, int], int, str]] = []
+        # (within guarantee?, -priority, fair share, submitted, seq, version, queue): one flat tuple, so a
+        # heap comparison is one tuple comparison.
+        self._heap: list[tuple[int, int, float, float, int, int, str]] = []
+        self._placements: dict[str, Placement] = {}  # per unit, shared by every job admitted there
         self._index = WakeIndex(self._is_parked_with)
         self._dirty: set[BlockerKey] = set()  # blockers that woke jobs this cycle
         # uid -> (its blockers, its wake order) while parked
@@ -229,7 +235,8 @@ class Engine:
         rounds = 0
         while True:
             while heap:
-                _, version, name = heapq.heappop(heap)
+                entry = heapq.heappop(heap)
+                version, name = entry[5], entry[6]
                 q = queues.get(name)
                 if q is None or version != q.heap_version:
                     continue
@@ -323,6 +330,7 @@ class Engine:
                 w.unit = units.units[0].name
             units.by_name[w.unit].take(w.request, w.pods)
         self.units = units
+        self._placements = {}
         self._wake_all()
 
     def preview_tree(self, tree: QuotaTree) -> list[str]:
@@ -375,9 +383,8 @@ class Engine:
         over = self.tree.over_max(leaf, w.request)
         if over:
             first, r = over[0]
-            violation = QuotaViolation(first.path, r, first.usage.get(r, 0), w.request[r], first.max[r])
             return _Outcome(
-                Reason(ReasonCode.QUOTA_MAX_EXCEEDED, violation.sentence),
+                Reason(ReasonCode.QUOTA_MAX_EXCEEDED, _violation_message(first, r, first.usage.get(r, 0), w.request[r])),
                 [(("node", node.name, r), w.request[r]) for node, r in over],
             )
         return self._place(w, now)
@@ -465,13 +472,11 @@ class Engine:
             ReasonCode.ADMITTED,
             lambda: f"admitted to {leaf.path} on unit {unit.name}" + (f", borrowing {describe(borrowing)}" if borrowing else ""),
         )
-        placement = Placement(
-            unit=unit.name,
-            resource=unit.resource,
-            node_selector=dict(unit.node_selector),
-            pod_labels=dict(unit.pod_labels),
-            tolerations=list(unit.tolerations),
-        )
+        placement = self._placements.get(unit.name)
+        if placement is None:
+            placement = self._placements[unit.name] = Placement(
+                unit.name, unit.resource, unit.node_selector, unit.pod_labels, unit.tolerations
+            )
         return Admit(w, placement)
 
     # ================================================================ internals: preemption
@@ -535,12 +540,7 @@ class Engine:
         guaranteed = self.tree.guaranteed
         for key in self.queues[name].victim_order:
             v = admitted[key[-1]]
-            if (
-                v.state == WorkloadState.ADMITTED
-                and (frees_quota or v.unit in blocking_units)
-                and all(x <= borrowed.get(r, 0) for r, x in v.request.items() if r in guaranteed)
-                and any(v.request.get(r, 0) for r in guaranteed)
-            ):
+            if (frees_quota or v.unit in blocking_units) and _takeable(v, borrowed, guaranteed):
                 yield key
 
     def _choose_victims(self, w: Workload, leaf: QuotaNode, now: float, candidates: Iterable[Workload]) -> list[Workload]:
@@ -738,10 +738,13 @@ class Engine:
         # What this release could unblock (its quota path, then its unit) is woken at the next cycle,
         # once per blocker and within the room left then, however many releases came before it.
         dirty = self._dirty
+        node_keys = self._node_keys
         for node in leaf.lineage:
+            keys = node_keys[node.name]
             for r in w.request:
-                if r in node.max:
-                    dirty.add(("node", node.name, r))
+                key = keys.get(r)
+                if key is not None:
+                    dirty.add(key)
         if unit.capacity is not None:
             for r in w.request:
                 if r in unit.capacity:
@@ -781,12 +784,10 @@ class Engine:
         has = False
         if borrowed:
             guaranteed = self.tree.guaranteed
-            has = any(
-                v.state == WorkloadState.ADMITTED
-                and all(x <= borrowed.get(r, 0) for r, x in v.request.items() if r in guaranteed)
-                and any(v.request.get(r, 0) for r in guaranteed)
-                for v in self.queues[leaf.name].admitted.values()
-            )
+            for v in self.queues[leaf.name].admitted.values():
+                if _takeable(v, borrowed, guaranteed):
+                    has = True
+                    break
         if has == (leaf.name in self._victim_leaves):
             return
         delta = 1 if has else -1
@@ -859,8 +860,7 @@ class Engine:
         leaf = self.tree.leaves[q.name]
         within = 0 if self.tree.within_guarantee(leaf, w.request) else 1
         share = self.tree.fair_share(leaf) if q.name in self._borrowing else 0.0
-        key = (within, -w.priority, share, w.submitted_at, w.seq)
-        heapq.heappush(self._heap, (key, q.heap_version, q.name))
+        heapq.heappush(self._heap, (within, -w.priority, share, w.submitted_at, w.seq, q.heap_version, q.name))
 
     # ================================================================ internals: bookkeeping
 
@@ -908,6 +908,10 @@ class Engine:
                 continue
             stack.append((node, True))
             stack.extend((child, False) for child in reversed(node.children))
+        # The blocker key of each bounded (node, resource), made once rather than at every release.
+        self._node_keys: dict[str, dict[str, BlockerKey]] = {
+            node.name: {r: ("node", node.name, r) for r in node.max} for node in self.tree
+        }
         for name, leaf in self.tree.leaves.items():
             strategy, preemption = self._strategy(leaf)
             q = self.queues.get(name)
@@ -954,6 +958,25 @@ class Engine:
             if violation is not None:
                 effects.append(f"! pending job {w.display_name} would never fit: {violation.sentence()}")
         return effects
+
+
+def _takeable(v: Workload, borrowed: Resources, guaranteed: frozenset[str]) -> bool:
+    """A reclaim may take ``v`` whole: it is running, holds some guaranteed resource, and holds no
+    more of any than its leaf borrows."""
+    if v.state != WorkloadState.ADMITTED:
+        return False
+    holds = False
+    for r, x in v.request.items():
+        if r in guaranteed and x:
+            if x > borrowed.get(r, 0):
+                return False
+            holds = True
+    return holds
+
+
+def _violation_message(node: QuotaNode, r: str, used: int, requested: int) -> Callable[[], str]:
+    limit = node.max[r]
+    return lambda: QuotaViolation(node.path, r, used, requested, limit).sentence()
 
 
 def _pods_message(unit: str, max_pods: int, in_use: int, requested: int) -> Callable[[], str]:

@@ -8,10 +8,10 @@ that waits behind the same full node. That keeps a decision's cost independent o
 
 from __future__ import annotations
 
+import heapq
+from bisect import insort
 from collections.abc import Callable
 from typing import Any
-
-from sortedcontainers import SortedList
 
 # ("node", name, resource) | ("unit", name, resource) | ("pods", name, "") | ("any", "", "")
 BlockerKey = tuple[str, str, str]
@@ -22,11 +22,13 @@ Entry = tuple[OrderTuple, int, str]  # (queue order, park token, uid)
 
 
 class _Blocker:
+    """The distinct needs in ascending order (few: job sizes repeat) and, per need, a heap of entries."""
+
     __slots__ = ("needs", "buckets")
 
     def __init__(self) -> None:
-        self.needs: SortedList = SortedList()
-        self.buckets: dict[int, SortedList] = {}
+        self.needs: list[int] = []
+        self.buckets: dict[int, list[Entry]] = {}
 
 
 class WakeIndex:
@@ -40,9 +42,9 @@ class WakeIndex:
             blocker = self._blockers[key] = _Blocker()
         bucket = blocker.buckets.get(need)
         if bucket is None:
-            bucket = blocker.buckets[need] = SortedList()
-            blocker.needs.add(need)
-        bucket.add((order, token, uid))
+            bucket = blocker.buckets[need] = []
+            insort(blocker.needs, need)
+        heapq.heappush(bucket, (order, token, uid))
 
     def pop_fitting(self, key: BlockerKey, room: float) -> list[tuple[str, int]]:
         """Remove and return (uid, token) of the best-ordered live jobs whose needs fit in ``room``."""
@@ -51,26 +53,30 @@ class WakeIndex:
             return []
         woken: list[tuple[str, int]] = []
         budget = room
+        needs, buckets, is_live = blocker.needs, blocker.buckets, self._is_live
         while True:
             best: Entry | None = None
             best_need = 0
-            for need in list(blocker.needs.irange(maximum=budget)):
-                bucket = blocker.buckets[need]
-                while bucket and not self._is_live(bucket[0][2], bucket[0][1]):
-                    bucket.pop(0)
+            i = 0
+            while i < len(needs) and needs[i] <= budget:
+                need = needs[i]
+                bucket = buckets[need]
+                while bucket and not is_live(bucket[0][2], bucket[0][1]):
+                    heapq.heappop(bucket)
                 if not bucket:
-                    del blocker.buckets[need]
-                    blocker.needs.remove(need)
+                    del buckets[need]
+                    del needs[i]
                     continue
                 head = bucket[0]
                 if best is None or head[0] < best[0]:
                     best, best_need = head, need
+                i += 1
             if best is None:
                 break
-            blocker.buckets[best_need].pop(0)
+            heapq.heappop(buckets[best_need])
             woken.append((best[2], best[1]))
             budget -= best_need
-        if not blocker.needs:
+        if not needs:
             del self._blockers[key]
         return woken
 
