@@ -120,6 +120,29 @@ async def test_priority_preemption_waits_for_suspended_before_admitting() -> Non
         assert env.condition("team-a", "victim")["type"] in ("Preempted", "Queued")
 
 
+async def test_job_preempted_before_kuberay_saw_its_admission_is_released() -> None:
+    # Admitted and preempted again before KubeRay reconciled it: KubeRay finds it Suspended with
+    # suspend: true and writes nothing more (no status change). Its quota must come back all the same
+    # (it was held forever when "Suspended" had to be written for the current generation).
+    async with environment(runtime=30) as env:
+        await env.create(TREES, tree_manifest({"team-a": ("2", "2")}, root_min="2", root_max="2",
+                                              attributes={"team-a": {"preemptionPolicy": "LowerPriority"}}))
+        await env.start_operator()
+        await env.create_job(rayjob("victim", "team-a", priority="1"))
+        await eventually(lambda: env.phase("team-a", "victim") == "Suspended", what="victim Suspended")
+        env.kuberay.paused = True
+        await eventually(lambda: env.admission("team-a", "victim") and env.running("team-a", "victim"),
+                         what="victim admitted (KubeRay has not seen it)")
+        await env.create_job(rayjob("vip", "team-a", priority="100"))
+        await eventually(lambda: env.events("victim", "Preempted"), what="victim preempted")
+        assert not env.running("team-a", "victim") and env.phase("team-a", "victim") == "Suspended"
+        env.kuberay.paused = False
+        await eventually(lambda: env.running("team-a", "vip"), what="vip admitted on the released quota")
+        await eventually(lambda: env.phase("team-a", "vip") == "Running", what="vip running")
+        assert env.phase("team-a", "victim") == "Suspended"  # KubeRay never started the victim
+        assert "team-a/victim" not in env.kuberay.unsuspended_at
+
+
 async def test_validation_failed_releases_quota() -> None:
     async with environment(runtime=0.3) as env:
         await env.create(TREES, tree_manifest({"team-a": ("2", "2")}, root_min="2", root_max="2"))

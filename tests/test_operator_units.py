@@ -55,11 +55,14 @@ def test_observe_states() -> None:
     stopping = with_meta(rayjob("j", "team-a", annotations={ADMISSION_ANNOTATION: record}))
     stopping["status"] = {"jobDeploymentStatus": "Running"}
     assert observe(stopping, TREE).state is JobState.STOPPING
-    # "Suspended" written for an older spec does not count: KubeRay has not seen the suspend yet.
-    stopping["status"] = {"jobDeploymentStatus": "Suspended", "observedGeneration": 1}
-    stopping["metadata"]["generation"] = 2
+    stopping["status"] = {"jobDeploymentStatus": "Suspending", "observedGeneration": 3}
+    stopping["metadata"]["generation"] = 3
     assert observe(stopping, TREE).state is JobState.STOPPING
-    stopping["status"]["observedGeneration"] = 2
+    stopping["status"] = {"jobDeploymentStatus": "Suspended", "observedGeneration": 3}
+    assert observe(stopping, TREE).state is JobState.PENDING
+    # Admitted (generation 2) and suspended again (3) before KubeRay saw it: its "Suspended" is from
+    # generation 1 and KubeRay will write nothing more; it holds nothing, so it is pending again.
+    stopping["status"] = {"jobDeploymentStatus": "Suspended", "observedGeneration": 1}
     assert observe(stopping, TREE).state is JobState.PENDING
     stopping["status"] = {"jobDeploymentStatus": "ValidationFailed"}
     assert observe(stopping, TREE).state is JobState.FINISHED

@@ -94,8 +94,14 @@ def observe(body: Mapping[str, Any], tree: QuotaTree | None) -> Observed:
         state = JobState.FINISHED
     elif record is not None and not suspend:
         state = JobState.ADMITTED
-    elif record is not None and suspend and (phase not in ("Suspended", "", "New") or _stale_status(body)):
-        state = JobState.STOPPING  # KubeRay has not yet confirmed the suspend it was asked for
+    elif record is not None and suspend and phase not in ("Suspended", "", "New"):
+        # KubeRay has not yet confirmed the suspend it was asked for. "Suspended" (or New) counts even when
+        # KubeRay wrote it for an older spec (status.observedGeneration < generation): KubeRay writes its
+        # status with the resourceVersion it read and leaves Suspended only through a status write
+        # (New, Initializing) before it creates a Ray cluster, so an object that reads "suspend: true,
+        # Suspended" holds nothing, and KubeRay writes nothing more for it. Waiting for a newer
+        # "Suspended" held the quota forever when a job was admitted and preempted before KubeRay saw it.
+        state = JobState.STOPPING
     elif suspend:
         state = JobState.PENDING
     else:
@@ -109,13 +115,6 @@ def observe(body: Mapping[str, Any], tree: QuotaTree | None) -> Observed:
         generation=int(meta.get("generation") or 0),
         resource_version=meta.get("resourceVersion"),
     )
-
-
-def _stale_status(body: Mapping[str, Any]) -> bool:
-    """KubeRay's status describes an older spec than the one stored (``status.observedGeneration``)."""
-    observed = (body.get("status") or {}).get("observedGeneration")
-    generation = (body.get("metadata") or {}).get("generation")
-    return observed is not None and generation is not None and int(observed) < int(generation)
 
 
 def parse_time(value: str | None) -> float | None:
