@@ -6,7 +6,7 @@ nothing of queues or jobs: it accounts resource vectors against named leaves.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,12 +102,17 @@ class QuotaNode:
     def is_leaf(self) -> bool:
         return not self.children
 
-    def borrowed(self, resources: Iterable[str] | None = None) -> Resources:
+    def borrowed(self, resources: frozenset[str] | None = None) -> Resources:
         """Usage above this node's ``min``, per resource (what a reclaim could take back)."""
-        names = self.usage.keys() if resources is None else resources
+        usage, mins = self.usage, self.min
         out: Resources = {}
-        for r in names:
-            over = self.usage.get(r, 0) - self.min.get(r, 0)
+        if resources is None:
+            for r, used in usage.items():
+                if used > mins.get(r, 0):
+                    out[r] = used - mins.get(r, 0)
+            return out
+        for r in resources:
+            over = usage.get(r, 0) - mins.get(r, 0)
             if over > 0:
                 out[r] = over
         return out
@@ -208,7 +213,7 @@ class QuotaTree:
 
     # ---------------------------------------------------------------- accounting
 
-    def fits(self, leaf: QuotaNode, request: Mapping[str, int]) -> QuotaViolation | None:
+    def fits(self, leaf: QuotaNode, request: Resources) -> QuotaViolation | None:
         """None when usage + request stays within ``max`` on every node from ``leaf`` to the root."""
         for node in leaf.lineage:
             limits = node.max
@@ -223,7 +228,7 @@ class QuotaTree:
                         return QuotaViolation(node.path, r, used, v, m)
         return None
 
-    def over_max(self, leaf: QuotaNode, request: Mapping[str, int]) -> list[tuple[QuotaNode, str]]:
+    def over_max(self, leaf: QuotaNode, request: Resources) -> list[tuple[QuotaNode, str]]:
         """Every (node, resource) on the leaf's path whose ``max`` the request would exceed now."""
         out: list[tuple[QuotaNode, str]] = []
         for node in leaf.lineage:
@@ -236,7 +241,7 @@ class QuotaTree:
                         out.append((node, r))
         return out
 
-    def never_fits(self, leaf: QuotaNode, request: Mapping[str, int]) -> QuotaViolation | None:
+    def never_fits(self, leaf: QuotaNode, request: Resources) -> QuotaViolation | None:
         """A violation even on an empty tree: the request is larger than a ``max`` on its path."""
         for node in leaf.lineage:
             for r, v in request.items():
@@ -245,7 +250,7 @@ class QuotaTree:
                     return QuotaViolation(node.path, r, 0, v, m)
         return None
 
-    def within_guarantee(self, leaf: QuotaNode, request: Mapping[str, int]) -> bool:
+    def within_guarantee(self, leaf: QuotaNode, request: Resources) -> bool:
         """True when the leaf's usage + request stays within its ``min`` on every guaranteed resource."""
         usage, mins = leaf.usage, leaf.min
         for r, v in request.items():
@@ -253,13 +258,13 @@ class QuotaTree:
                 return False
         return True
 
-    def admit(self, leaf: QuotaNode, request: Mapping[str, int]) -> None:
+    def admit(self, leaf: QuotaNode, request: Resources) -> None:
         for node in leaf.lineage:
             usage = node.usage
             for r, v in request.items():
                 usage[r] = usage.get(r, 0) + v
 
-    def release(self, leaf: QuotaNode, request: Mapping[str, int]) -> None:
+    def release(self, leaf: QuotaNode, request: Resources) -> None:
         for node in leaf.lineage:
             usage = node.usage
             for r, v in request.items():

@@ -111,8 +111,9 @@ class Engine:
         # heap comparison is one tuple comparison.
         self._heap: list[tuple[int, int, float, float, int, int, str]] = []
         self._placements: dict[str, Placement] = {}  # per unit, shared by every job admitted there
-        self._index = WakeIndex(self._is_parked_with)
-        self._dirty: set[BlockerKey] = set()  # blockers that woke jobs this cycle
+        self._index = WakeIndex()
+        self._dirty: set[BlockerKey] = set()  # blockers to look at in the next wake-up round
+        self._dirty_nodes: set[str] = set()  # quota nodes released on since: each of their blockers
         # uid -> (its blockers, its wake order) while parked
         self._parked: dict[str, tuple[list[tuple[BlockerKey, int]], tuple]] = {}
         # (when, seq, uid, park token, kind): kind RETRY tries the job then; REINDEX ends a backoff.
@@ -256,7 +257,7 @@ class Engine:
                 return decisions
 
     def next_wakeup(self) -> float | None:
-        if self._dirty:
+        if self._dirty or self._dirty_nodes:
             return self._now  # room freed that this cycle did not finish handing out
         timers = self._timers
         while timers:
@@ -642,11 +643,11 @@ class Engine:
             return
         if outcome.alternatives:
             for key, need in blockers:  # any of them freeing may be enough
-                self._index.add(key, need, order, token, w.uid)
+                self._index.add(key, need, order, token, w)
         elif blockers:
             # One live entry, under the first blocker; when that one frees, the others are checked first.
             key, need = blockers[0]
-            self._index.add(key, need, order, token, w.uid)
+            self._index.add(key, need, order, token, w)
 
     def _wake(self, w: Workload) -> None:
         q = self.queues.get(w.queue)
@@ -656,10 +657,6 @@ class Engine:
         self._parked.pop(w.uid, None)
         q.unpark(w)
         self._offer(q)
-
-    def _is_parked_with(self, uid: str, token: int) -> bool:
-        w = self.workloads.get(uid)
-        return w is not None and w.park_token == token and w.state == WorkloadState.PENDING
 
     def _room(self, key: BlockerKey) -> float:
         kind, name, r = key
@@ -681,6 +678,13 @@ class Engine:
         return float("inf")
 
     def _wake_dirty(self) -> None:
+        if self._dirty_nodes:
+            nodes, self._dirty_nodes = self._dirty_nodes, set()
+            index, node_keys = self._index, self._node_keys
+            for name in nodes:
+                for key in node_keys.get(name, {}).values():
+                    if key in index:
+                        self._dirty.add(key)
         dirty, self._dirty = self._dirty, set()
         for key in dirty:
             self._wake_blocker(key)
@@ -691,8 +695,8 @@ class Engine:
         woken = self._index.pop_fitting(key, self._room(key))
         if woken and key != ANY:
             self._dirty.add(key)
-        for uid, token in woken:
-            self._wake_or_move(uid, token, key)
+        for w, token in woken:
+            self._wake_or_move(w, token, key)
 
     def _end_backoff(self, w: Workload, token: int) -> None:
         """Back into the wake-up index; the blockers are looked at once this cycle, within their room."""
@@ -701,19 +705,19 @@ class Engine:
             self._wake(w)
             return
         key, need = blockers[0]
-        self._index.add(key, need, order, token, w.uid)
+        self._index.add(key, need, order, token, w)
         self._dirty.add(key)
 
-    def _wake_or_move(self, uid: str, token: int, skip: BlockerKey | None = None) -> None:
+    def _wake_or_move(self, w: Workload, token: int, skip: BlockerKey | None = None) -> None:
         """Wake a parked job if every blocker it recorded has room; else move its one index entry to
         a blocker that still lacks room, without an attempt."""
-        blockers, order = self._parked.get(uid, ([], ()))
+        blockers, order = self._parked.get(w.uid, ([], ()))
         for key, need in blockers:
             if key != skip and key != ANY and self._room(key) < need:
-                self._index.add(key, need, order, token, uid)
+                self._index.add(key, need, order, token, w)
                 self.stats.moved += 1
                 return
-        self._wake(self.workloads[uid])
+        self._wake(w)
 
     def _fire_timers(self, now: float) -> None:
         self._now = now
@@ -738,13 +742,9 @@ class Engine:
         # What this release could unblock (its quota path, then its unit) is woken at the next cycle,
         # once per blocker and within the room left then, however many releases came before it.
         dirty = self._dirty
-        node_keys = self._node_keys
+        dirty_nodes = self._dirty_nodes
         for node in leaf.lineage:
-            keys = node_keys[node.name]
-            for r in w.request:
-                key = keys.get(r)
-                if key is not None:
-                    dirty.add(key)
+            dirty_nodes.add(node.name)
         if unit.capacity is not None:
             for r in w.request:
                 if r in unit.capacity:

@@ -6,7 +6,6 @@ manifest. Kept apart from the manifest's pydantic models so that the engine's ho
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,20 +36,20 @@ class Unit:
     usage: Resources = field(default_factory=dict)
     pods: int = 0
 
-    def can_ever_hold(self, request: Mapping[str, int], pods: int) -> bool:
+    def can_ever_hold(self, request: Resources, pods: int) -> bool:
         if self.max_pods is not None and pods > self.max_pods:
             return False
         if self.capacity is None:
             return True
         return all(v <= self.capacity.get(r, v) for r, v in request.items())
 
-    def take(self, request: Mapping[str, int], pods: int) -> None:
+    def take(self, request: Resources, pods: int) -> None:
         usage = self.usage
         for r, v in request.items():
             usage[r] = usage.get(r, 0) + v
         self.pods += pods
 
-    def give_back(self, request: Mapping[str, int], pods: int) -> None:
+    def give_back(self, request: Resources, pods: int) -> None:
         usage = self.usage
         for r, v in request.items():
             usage[r] = usage.get(r, 0) - v

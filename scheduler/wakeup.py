@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import heapq
 from bisect import insort
-from collections.abc import Callable
 from typing import Any
+
+from rayqueue.queue.workload import Workload, WorkloadState
 
 # ("node", name, resource) | ("unit", name, resource) | ("pods", name, "") | ("any", "", "")
 BlockerKey = tuple[str, str, str]
 ANY: BlockerKey = ("any", "", "")
 
 OrderTuple = tuple[Any, ...]
-Entry = tuple[OrderTuple, int, str]  # (queue order, park token, uid)
+Entry = tuple[OrderTuple, int, Workload]  # (queue order, park token, job): orders are unique, jobs never compared
 
 
 class _Blocker:
@@ -32,11 +33,13 @@ class _Blocker:
 
 
 class WakeIndex:
-    def __init__(self, is_live: Callable[[str, int], bool]) -> None:
-        self._blockers: dict[BlockerKey, _Blocker] = {}
-        self._is_live = is_live
+    """An entry is live while its job is pending and parked under the same token (parking again, waking
+    or leaving bumps the token): stale entries are dropped when they reach the front."""
 
-    def add(self, key: BlockerKey, need: int, order: OrderTuple, token: int, uid: str) -> None:
+    def __init__(self) -> None:
+        self._blockers: dict[BlockerKey, _Blocker] = {}
+
+    def add(self, key: BlockerKey, need: int, order: OrderTuple, token: int, w: Workload) -> None:
         blocker = self._blockers.get(key)
         if blocker is None:
             blocker = self._blockers[key] = _Blocker()
@@ -44,16 +47,17 @@ class WakeIndex:
         if bucket is None:
             bucket = blocker.buckets[need] = []
             insort(blocker.needs, need)
-        heapq.heappush(bucket, (order, token, uid))
+        heapq.heappush(bucket, (order, token, w))
 
-    def pop_fitting(self, key: BlockerKey, room: float) -> list[tuple[str, int]]:
-        """Remove and return (uid, token) of the best-ordered live jobs whose needs fit in ``room``."""
+    def pop_fitting(self, key: BlockerKey, room: float) -> list[tuple[Workload, int]]:
+        """Remove and return (job, token) of the best-ordered live jobs whose needs fit in ``room``."""
         blocker = self._blockers.get(key)
         if blocker is None or room < 0:
             return []
-        woken: list[tuple[str, int]] = []
+        woken: list[tuple[Workload, int]] = []
         budget = room
-        needs, buckets, is_live = blocker.needs, blocker.buckets, self._is_live
+        needs, buckets = blocker.needs, blocker.buckets
+        pending = WorkloadState.PENDING
         while True:
             best: Entry | None = None
             best_need = 0
@@ -61,7 +65,7 @@ class WakeIndex:
             while i < len(needs) and needs[i] <= budget:
                 need = needs[i]
                 bucket = buckets[need]
-                while bucket and not is_live(bucket[0][2], bucket[0][1]):
+                while bucket and (bucket[0][2].park_token != bucket[0][1] or bucket[0][2].state != pending):
                     heapq.heappop(bucket)
                 if not bucket:
                     del buckets[need]
