@@ -35,6 +35,7 @@ def victim_key(w: Workload) -> VictimKey:
 class LeafQueue:
     __slots__ = (
         "name", "strategy", "preemption", "pending", "ready", "parked", "admitted", "victim_order", "jobs", "heap_version",
+        "heap_key",
     )
 
     def __init__(self, name: str, strategy: QueueingStrategy, preemption: PreemptionPolicy) -> None:
@@ -51,7 +52,8 @@ class LeafQueue:
         # list: a leaf runs few jobs next to the backlog it queues, and bisect + memmove beat a SortedList there.
         self.victim_order: list[VictimKey] = []
         self.jobs: dict[OrderKey, Workload] = {}
-        self.heap_version = 0
+        self.heap_version = 0  # the engine's cross-queue heap: the version and key of the live entry
+        self.heap_key: tuple[int, int, float, float, int] | None = None
 
     def __len__(self) -> int:
         return len(self.pending)

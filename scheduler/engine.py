@@ -241,6 +241,7 @@ class Engine:
                 q = queues.get(name)
                 if q is None or version != q.heap_version:
                     continue
+                q.heap_key = None  # its live entry is out of the heap
                 w = q.candidate()
                 if w is None:
                     continue
@@ -760,15 +761,20 @@ class Engine:
     def _note_borrowing(self, leaf: QuotaNode) -> None:
         """Keep the set of borrowing leaves and, per node, how much its leaves borrow in all."""
         now = self.tree.borrowed(leaf)
-        before = self._leaf_borrowed.get(leaf.name, {})
+        before = self._leaf_borrowed.get(leaf.name)
+        if before is None:
+            before = {}
         if now == before:
             self._note_victims(leaf)
             return
-        for r in now.keys() | before.keys():
+        reclaimable = self._reclaimable
+        for r in self.tree.guaranteed:
             delta = now.get(r, 0) - before.get(r, 0)
             if delta:
                 for node in leaf.lineage:
-                    sums = self._reclaimable.setdefault(node.name, {})
+                    sums = reclaimable.get(node.name)
+                    if sums is None:
+                        sums = reclaimable[node.name] = {}
                     sums[r] = sums.get(r, 0) + delta
         if now:
             self._borrowing.add(leaf.name)
@@ -852,14 +858,21 @@ class Engine:
             self._offer(q)
 
     def _offer(self, q: LeafQueue) -> None:
-        """(Re)place the queue in the cross-queue heap under its current candidate's key."""
+        """(Re)place the queue in the cross-queue heap under its current candidate's key; a queue whose
+        live entry already has that key stays as it is (most releases do not change it)."""
         w = q.candidate()
-        q.heap_version += 1
         if w is None:
+            q.heap_version += 1
+            q.heap_key = None
             return
         leaf = self.tree.leaves[q.name]
         within = 0 if self.tree.within_guarantee(leaf, w.request) else 1
         share = self.tree.fair_share(leaf) if q.name in self._borrowing else 0.0
+        key = (within, -w.priority, share, w.submitted_at, w.seq)
+        if key == q.heap_key:
+            return
+        q.heap_version += 1
+        q.heap_key = key
         heapq.heappush(self._heap, (within, -w.priority, share, w.submitted_at, w.seq, q.heap_version, q.name))
 
     # ================================================================ internals: bookkeeping
