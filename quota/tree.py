@@ -259,15 +259,17 @@ class QuotaTree:
         return True
 
     def admit(self, leaf: QuotaNode, request: Resources) -> None:
-        for node in leaf.lineage:
-            usage = node.usage
-            for r, v in request.items():
+        lineage = leaf.lineage
+        for r, v in request.items():
+            for node in lineage:
+                usage = node.usage
                 usage[r] = usage.get(r, 0) + v
 
     def release(self, leaf: QuotaNode, request: Resources) -> None:
-        for node in leaf.lineage:
-            usage = node.usage
-            for r, v in request.items():
+        lineage = leaf.lineage
+        for r, v in request.items():
+            for node in lineage:
+                usage = node.usage
                 left = usage.get(r, 0) - v
                 if left < 0:
                     raise RuntimeError(f"quota accounting error: {node.path} {r} would go to {left}")

@@ -754,9 +754,7 @@ class Engine:
             dirty.add(("pods", unit.name, ""))
         dirty.add(ANY)
         # The leaf's usage fell, so its queue's order across queues may improve.
-        q = self.queues[w.queue]
-        if q.candidate() is not None:
-            self._offer(q)
+        self._offer(self.queues[w.queue])
 
     def _note_borrowing(self, leaf: QuotaNode) -> None:
         """Keep the set of borrowing leaves and, per node, how much its leaves borrow in all."""
