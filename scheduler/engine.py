@@ -127,6 +127,10 @@ class Engine:
         self._victim_leaves: set[str] = set()
         self._victim_leaf_count: dict[str, int] = {}
         self._reclaimable: dict[str, Resources] = {}  # per node: what its borrowing leaves borrow in all
+        # Leaves whose borrowing changed since ``_reclaimable`` last took it in, and what it took in: the
+        # sums are brought up to date only when a reclaim asks (admissions and releases far outnumber it).
+        self._borrow_changed: set[str] = set()
+        self._borrow_counted: dict[str, Resources] = {}
         self._sync_queues()
 
     # ================================================================ events from a front end
@@ -347,6 +351,7 @@ class Engine:
         self.tree = tree
         self._sync_queues()
         self._borrowing, self._leaf_borrowed, self._reclaimable = set(), {}, {}
+        self._borrow_changed, self._borrow_counted = set(), {}
         self._victim_leaves, self._victim_leaf_count = set(), {}
         for leaf in tree.leaves.values():
             self._note_borrowing(leaf)
@@ -765,15 +770,7 @@ class Engine:
         if now == before:
             self._note_victims(leaf)
             return
-        reclaimable = self._reclaimable
-        for r in self.tree.guaranteed:
-            delta = now.get(r, 0) - before.get(r, 0)
-            if delta:
-                for node in leaf.lineage:
-                    sums = reclaimable.get(node.name)
-                    if sums is None:
-                        sums = reclaimable[node.name] = {}
-                    sums[r] = sums.get(r, 0) + delta
+        self._borrow_changed.add(leaf.name)
         if now:
             self._borrowing.add(leaf.name)
             self._leaf_borrowed[leaf.name] = now
@@ -802,6 +799,30 @@ class Engine:
         for node in leaf.lineage:
             self._victim_leaf_count[node.name] = self._victim_leaf_count.get(node.name, 0) + delta
 
+    def _count_borrowing(self) -> None:
+        """Bring the per-node borrowing sums up to date with the leaves that changed since."""
+        reclaimable, counted = self._reclaimable, self._borrow_counted
+        guaranteed = self.tree.guaranteed
+        for name in self._borrow_changed:
+            leaf = self.tree.leaves.get(name)
+            if leaf is None:
+                continue
+            now = self._leaf_borrowed.get(name) or {}
+            before = counted.get(name) or {}
+            for r in guaranteed:
+                delta = now.get(r, 0) - before.get(r, 0)
+                if delta:
+                    for node in leaf.lineage:
+                        sums = reclaimable.get(node.name)
+                        if sums is None:
+                            sums = reclaimable[node.name] = {}
+                        sums[r] = sums.get(r, 0) + delta
+            if now:
+                counted[name] = now
+            else:
+                counted.pop(name, None)
+        self._borrow_changed = set()
+
     def _shortfall(self, w: Workload, outcome: _Outcome) -> int:
         """How much is missing at the tightest blocker (0 when unknown)."""
         best: int | None = None
@@ -820,9 +841,12 @@ class Engine:
 
     def _reclaim_could_help(self, w: Workload, outcome: _Outcome) -> bool:
         """False when no leaf holds a job a reclaim could take, or all the borrowing that a reclaim could
-        take back is less than the shortfall (both kept up to date, so this costs O(blockers))."""
+        take back is less than the shortfall (both kept up to date, so this costs O(blockers) plus the
+        leaves whose borrowing changed since the last reclaim asked)."""
         if not self._victim_leaf_count.get(self.tree.root.name, 0):
             return False
+        if self._borrow_changed:
+            self._count_borrowing()
         root_sums = self._reclaimable.get(self.tree.root.name, {})
         for (kind, name, r), _need in outcome.blockers:
             if r not in self.tree.guaranteed:
