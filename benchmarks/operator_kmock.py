@@ -164,7 +164,10 @@ async def _cluster_main(conn: Any, tree: dict[str, Any], specs: list[JobSpec], m
                 "cluster_cpu_s": time.process_time(),
                 "create_took": create_took,
             }
-    conn.send(result)
+            conn.send(result)
+            # Keep serving until the operator has stopped (else its watches retry a closed server).
+            with contextlib.suppress(EOFError):
+                await loop.run_in_executor(None, conn.recv)
 
 
 # ------------------------------------------------------------------------------------------ operator side
@@ -176,9 +179,7 @@ async def run_operator(url: str, conn: Any) -> dict[str, Any]:
     from rayqueue.scheduler.operator.handlers import Operator
     from rayqueue.scheduler.operator.kube import Connection
 
-    # kmock's watch streams were seen to stall under this load (the operator then hears nothing until
-    # kopf re-opens the silent watch): re-open after 3 s of silence instead of kopf's 70 s.
-    config = OperatorConfig(identity="bench", peering=None, watch_inactivity_s=3.0,
+    config = OperatorConfig(identity="bench", peering=None,
                             engine=EngineConfig(backoff_base_s=0.05, backoff_max_s=1.0))
     op = Operator(Connection(server=url), config)
     seen: dict[str, float] = {}
@@ -201,6 +202,7 @@ async def run_operator(url: str, conn: Any) -> dict[str, Any]:
     result["operator_cpu_s"] = time.process_time()
     result["events_posted"] = op.controller.events.posted
     await op.stop()
+    conn.send("bye")
     return result
 
 
@@ -263,6 +265,7 @@ def run(name: str, tree: dict[str, Any], specs: list[JobSpec], quota_cpu: float,
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=cluster_side, args=(child, tree, specs, max_wait), daemon=True)
     proc.start()
+    child.close()  # the child's copy only: if the cluster side dies, recv() raises EOFError, never hangs
     try:
         url = parent.recv()
         result = asyncio.run(run_operator(url, parent))
