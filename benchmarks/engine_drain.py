@@ -8,11 +8,13 @@ preempting); the clock covers only the engine's work (schedule + finish), never 
 
     python benchmarks/engine_drain.py                # 10,000 and 100,000 pending
     python benchmarks/engine_drain.py --pending 50000
+    python benchmarks/engine_drain.py --default-gc   # CPython's default GC thresholds
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import random
 import time
 from collections import deque
@@ -22,6 +24,7 @@ from rayqueue.quota.quantity import CPU, GPU, MAX_JOBS, MEMORY, MILLI
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.decisions import Admit, Preempt
 from rayqueue.scheduler.engine import Engine, EngineConfig
+from rayqueue.scheduler.process import tune_gc
 from rayqueue.scheduler.resourcepolicy import Unit, Units
 
 GI = 2**30
@@ -152,13 +155,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pending", default="10000,100000", help="comma-separated backlog sizes")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--default-gc", action="store_true",
+                        help="keep CPython's default GC thresholds instead of the ones the rayqueue command sets")
     args = parser.parse_args()
+    if not args.default_gc:
+        tune_gc()
     sizes = [int(x) for x in args.pending.split(",")]
     import rayqueue.scheduler.engine as engine_module
 
     build = "compiled with mypyc" if engine_module.__file__.endswith(".so") else "interpreted (run `make native` to compile)"
     print("engine drain: 10x10x10 tree (1,000 leaves), cpu/memory/nvidia.com/gpu/max-jobs, ECS + ACS units")
-    print(f"engine: {build}")
+    print(f"engine: {build}; GC thresholds {gc.get_threshold()}"
+          + (" (CPython's default)" if args.default_gc else " (as the rayqueue command sets them)"))
     header = (
         f"{'pending':>8} {'decisions':>10} {'admitted':>9} {'cycles':>7} {'engine s':>9} "
         f"{'decisions/s':>12} {'admits/s':>9} {'us/decision':>12} {'submit us':>10}"

@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from rayqueue.scheduler.process import tune_gc
 from rayqueue.simulations.config import load_scenario
 from rayqueue.simulations.report import write_outputs
 from rayqueue.simulations.simulator import simulate_scenario
@@ -74,6 +75,7 @@ def run_kueue(out: Path, report: bool) -> None:
 
 
 def main() -> int:
+    tune_gc()  # as `rayqueue simulate` does
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="keep the outputs here (default: a temp dir)")
     parser.add_argument("--no-report", action="store_true", help="skip report.html and the PNGs")

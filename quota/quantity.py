@@ -8,15 +8,18 @@ million jobs ends with usage exactly zero.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
-GPU = "nvidia.com/gpu"
-CPU = "cpu"
-MEMORY = "memory"
-MAX_JOBS = "kube-queue/max-jobs"
-PODS = "pods"
+# Resource names are interned everywhere they enter (here, ``canonical_resource``, the engine's submit):
+# the engine looks them up in dicts all the time, and identical keys skip the string comparison.
+GPU = sys.intern("nvidia.com/gpu")
+CPU = sys.intern("cpu")
+MEMORY = sys.intern("memory")
+MAX_JOBS = sys.intern("kube-queue/max-jobs")
+PODS = sys.intern("pods")
 
 MILLI = 1000
 
@@ -94,7 +97,7 @@ def format_quantity(milli: int, resource: str = "") -> str:
 
 def canonical_resource(name: str) -> str:
     """The full resource name for a short alias (``gpu`` -> ``nvidia.com/gpu``)."""
-    return ALIASES.get(name, name)
+    return sys.intern(ALIASES.get(name, name))
 
 
 def parse_resources(raw: Mapping[str, object] | None, *, field: str = "resources") -> Resources:

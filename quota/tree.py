@@ -228,9 +228,10 @@ class QuotaTree:
                         return QuotaViolation(node.path, r, used, v, m)
         return None
 
-    def over_max(self, leaf: QuotaNode, request: Resources) -> list[tuple[QuotaNode, str]]:
-        """Every (node, resource) on the leaf's path whose ``max`` the request would exceed now."""
-        out: list[tuple[QuotaNode, str]] = []
+    def over_max(self, leaf: QuotaNode, request: Resources) -> list[tuple[QuotaNode, str]] | None:
+        """Every (node, resource) on the leaf's path whose ``max`` the request would exceed now, lowest
+        node first; None when the request fits."""
+        out: list[tuple[QuotaNode, str]] | None = None
         for node in leaf.lineage:
             limits = node.max
             if limits:
@@ -238,6 +239,8 @@ class QuotaTree:
                 for r, v in request.items():
                     m = limits.get(r)
                     if m is not None and usage.get(r, 0) + v > m:
+                        if out is None:
+                            out = []
                         out.append((node, r))
         return out
 

@@ -6,6 +6,8 @@ import importlib
 
 import typer
 
+from rayqueue.scheduler.process import tune_gc
+
 app = typer.Typer(
     name="rayqueue",
     help="Batch queueing and hierarchical quota scheduling for Ray jobs.",
@@ -39,6 +41,7 @@ _register_front_ends()
 
 
 def main() -> None:
+    tune_gc()
     app()
 
 

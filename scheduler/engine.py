@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from rayqueue.quota.tree import (
 from rayqueue.scheduler.decisions import Admit, Decision, Placement, Preempt, Reject
 from rayqueue.scheduler.errors import DuplicateJob, UnknownQueue
 from rayqueue.scheduler.units import Unit, Units
-from rayqueue.scheduler.wakeup import ANY, BlockerKey, WakeIndex
+from rayqueue.scheduler.wakeup import ANY, BlockerKey, WakeIndex, WakeOrder
 
 _RETRY, _REINDEX = 0, 1
 # Wake-up rounds in one cycle after the first: what is left waits for the next cycle (see next_wakeup).
@@ -115,7 +116,7 @@ class Engine:
         self._dirty: set[BlockerKey] = set()  # blockers to look at in the next wake-up round
         self._dirty_nodes: set[str] = set()  # quota nodes released on since: each of their blockers
         # uid -> (its blockers, its wake order) while parked
-        self._parked: dict[str, tuple[list[tuple[BlockerKey, int]], tuple]] = {}
+        self._parked: dict[str, tuple[list[tuple[BlockerKey, int]], WakeOrder]] = {}
         # (when, seq, uid, park token, kind): kind RETRY tries the job then; REINDEX ends a backoff.
         self._timers: list[tuple[float, int, str, int, int]] = []
         self._now = 0.0  # the time of the latest cycle: backoff is measured against it
@@ -141,8 +142,7 @@ class Engine:
             raise DuplicateJob(f"job {w.uid!r} is already known to the engine (state {self.workloads[w.uid].state})")
         if w.queue not in self.tree.leaves:
             raise UnknownQueue(self._unknown_queue_message(w.queue))
-        if MAX_JOBS not in w.request:
-            w.request = {**w.request, MAX_JOBS: MILLI}
+        w.request = _engine_request(w.request)
         w.seq = next(self._seq)
         w.state = WorkloadState.PENDING
         w.pending_since = w.submitted_at if w.submitted_at else self.clock()
@@ -211,8 +211,7 @@ class Engine:
             raise DuplicateJob(f"job {w.uid!r} is already known to the engine")
         if w.queue not in self.tree.leaves:
             raise UnknownQueue(self._unknown_queue_message(w.queue))
-        if MAX_JOBS not in w.request:
-            w.request = {**w.request, MAX_JOBS: MILLI}
+        w.request = _engine_request(w.request)
         unit_name = unit if unit in self.units.by_name else self.units.units[0].name
         w.seq = next(self._seq)
         w.state = WorkloadState.ADMITTED
@@ -319,7 +318,7 @@ class Engine:
         again, at the next cycle; what can ever fit is checked again at each job's next try."""
         unit = self.units.by_name[name]
         before = (unit.capacity, unit.max_pods)
-        unit.capacity = dict(capacity) if capacity is not None else None
+        unit.capacity = {sys.intern(r): v for r, v in capacity.items()} if capacity is not None else None
         if max_pods != -1:
             unit.max_pods = max_pods
         if (unit.capacity, unit.max_pods) == before:
@@ -473,7 +472,8 @@ class Engine:
         w.unit = unit.name
         w.admitted_at = now
         w.failures = 0
-        w.waiting_for = set()
+        if w.waiting_for:
+            w.waiting_for = set()
         borrowing = self._leaf_borrowed.get(leaf.name)  # a snapshot: the engine replaces, never mutates it
         w.reason = Reason(
             ReasonCode.ADMITTED,
@@ -635,7 +635,7 @@ class Engine:
             w.retry_after = 0.0
         # Jobs within their guarantee wake first, as they go first across queues.
         within = 0 if self.tree.within_guarantee(self.tree.leaves[w.queue], w.request) else 1
-        order = (within, *w.order)
+        order: WakeOrder = (within, -w.priority, w.submitted_at, w.display_name, w.seq)
         blockers = outcome.blockers
         if not blockers and outcome.retry_at is None:
             blockers = [(ANY, 0)]  # nothing a release would signal: retry after any release
@@ -686,11 +686,11 @@ class Engine:
     def _wake_dirty(self) -> None:
         if self._dirty_nodes:
             nodes, self._dirty_nodes = self._dirty_nodes, set()
-            index, node_keys = self._index, self._node_keys
+            index, dirty = self._index, self._dirty
             for name in nodes:
-                for key in node_keys.get(name, {}).values():
-                    if key in index:
-                        self._dirty.add(key)
+                keys = index.node_keys(name)
+                if keys is not None:
+                    dirty.update(keys)
         dirty, self._dirty = self._dirty, set()
         for key in dirty:
             self._wake_blocker(key)
@@ -706,10 +706,11 @@ class Engine:
 
     def _end_backoff(self, w: Workload, token: int) -> None:
         """Back into the wake-up index; the blockers are looked at once this cycle, within their room."""
-        blockers, order = self._parked.get(w.uid, ([], ()))
-        if not blockers:  # unit alternatives (or nothing recorded): simply try again
+        parked = self._parked.get(w.uid)
+        if parked is None or not parked[0]:  # unit alternatives (or nothing recorded): simply try again
             self._wake(w)
             return
+        blockers, order = parked
         key, need = blockers[0]
         self._index.add(key, need, order, token, w)
         self._dirty.add(key)
@@ -717,7 +718,11 @@ class Engine:
     def _wake_or_move(self, w: Workload, token: int, skip: BlockerKey | None = None) -> None:
         """Wake a parked job if every blocker it recorded has room; else move its one index entry to
         a blocker that still lacks room, without an attempt."""
-        blockers, order = self._parked.get(w.uid, ([], ()))
+        parked = self._parked.get(w.uid)
+        if parked is None:
+            self._wake(w)
+            return
+        blockers, order = parked
         for key, need in blockers:
             if key != skip and key != ANY and self._room(key) < need:
                 self._index.add(key, need, order, token, w)
@@ -943,10 +948,6 @@ class Engine:
                 continue
             stack.append((node, True))
             stack.extend((child, False) for child in reversed(node.children))
-        # The blocker key of each bounded (node, resource), made once rather than at every release.
-        self._node_keys: dict[str, dict[str, BlockerKey]] = {
-            node.name: {r: ("node", node.name, r) for r in node.max} for node in self.tree
-        }
         for name, leaf in self.tree.leaves.items():
             strategy, preemption = self._strategy(leaf)
             q = self.queues.get(name)
@@ -993,6 +994,15 @@ class Engine:
             if violation is not None:
                 effects.append(f"! pending job {w.display_name} would never fit: {violation.sentence()}")
         return effects
+
+
+def _engine_request(request: Resources) -> Resources:
+    """The request as the engine counts it: every job counts one against ``kube-queue/max-jobs``, and
+    resource names are interned (see ``quota.quantity``)."""
+    out = {sys.intern(r): v for r, v in request.items()}
+    if MAX_JOBS not in out:
+        out[MAX_JOBS] = MILLI
+    return out
 
 
 def _takeable(v: Workload, borrowed: Resources, guaranteed: frozenset[str]) -> bool:

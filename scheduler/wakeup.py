@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import heapq
 from bisect import insort
-from typing import Any
 
 from rayqueue.queue.workload import Workload, WorkloadState
 
@@ -18,8 +17,11 @@ from rayqueue.queue.workload import Workload, WorkloadState
 BlockerKey = tuple[str, str, str]
 ANY: BlockerKey = ("any", "", "")
 
-OrderTuple = tuple[Any, ...]
-Entry = tuple[OrderTuple, int, Workload]  # (queue order, park token, job): orders are unique, jobs never compared
+# How parked jobs wake: within guarantee first, then priority, submission time, name, arrival.
+WakeOrder = tuple[int, int, float, str, int]
+# The wake order, the park token, the job: one flat tuple, so a heap comparison is one tuple comparison.
+# Orders are unique (arrival is), so jobs are never compared.
+Entry = tuple[int, int, float, str, int, int, Workload]
 
 
 class _Blocker:
@@ -38,16 +40,22 @@ class WakeIndex:
 
     def __init__(self) -> None:
         self._blockers: dict[BlockerKey, _Blocker] = {}
+        self._by_node: dict[str, set[BlockerKey]] = {}  # quota node name -> its blockers with jobs
 
-    def add(self, key: BlockerKey, need: int, order: OrderTuple, token: int, w: Workload) -> None:
+    def add(self, key: BlockerKey, need: int, order: WakeOrder, token: int, w: Workload) -> None:
         blocker = self._blockers.get(key)
         if blocker is None:
             blocker = self._blockers[key] = _Blocker()
+            if key[0] == "node":
+                keys = self._by_node.get(key[1])
+                if keys is None:
+                    keys = self._by_node[key[1]] = set()
+                keys.add(key)
         bucket = blocker.buckets.get(need)
         if bucket is None:
             bucket = blocker.buckets[need] = []
             insort(blocker.needs, need)
-        heapq.heappush(bucket, (order, token, w))
+        heapq.heappush(bucket, (order[0], order[1], order[2], order[3], order[4], token, w))
 
     def pop_fitting(self, key: BlockerKey, room: float) -> list[tuple[Workload, int]]:
         """Remove and return (job, token) of the best-ordered live jobs whose needs fit in ``room``."""
@@ -65,23 +73,28 @@ class WakeIndex:
             while i < len(needs) and needs[i] <= budget:
                 need = needs[i]
                 bucket = buckets[need]
-                while bucket and (bucket[0][2].park_token != bucket[0][1] or bucket[0][2].state != pending):
+                while bucket and (bucket[0][6].park_token != bucket[0][5] or bucket[0][6].state != pending):
                     heapq.heappop(bucket)
                 if not bucket:
                     del buckets[need]
                     del needs[i]
                     continue
                 head = bucket[0]
-                if best is None or head[0] < best[0]:
+                if best is None or head < best:
                     best, best_need = head, need
                 i += 1
             if best is None:
                 break
             heapq.heappop(buckets[best_need])
-            woken.append((best[2], best[1]))
+            woken.append((best[6], best[5]))
             budget -= best_need
         if not needs:
             del self._blockers[key]
+            if key[0] == "node":
+                keys = self._by_node[key[1]]
+                keys.discard(key)
+                if not keys:
+                    del self._by_node[key[1]]
         return woken
 
     def __contains__(self, key: BlockerKey) -> bool:
@@ -90,5 +103,10 @@ class WakeIndex:
     def keys(self) -> list[BlockerKey]:
         return list(self._blockers)
 
+    def node_keys(self, name: str) -> set[BlockerKey] | None:
+        """The blockers of quota node ``name`` that hold jobs (None when there are none)."""
+        return self._by_node.get(name)
+
     def clear(self) -> None:
         self._blockers.clear()
+        self._by_node.clear()
