@@ -1,7 +1,7 @@
 """One queue per quota leaf, ordered by priority (high first), then submission time, then name.
 
 A queue keeps every pending job in one sorted list (so a job's position is a O(log n) lookup, never a
-scan) and the subset that may be tried now in another: a job that did not fit is *parked* until
+scan) and the subset that may be tried now in a heap: a job that did not fit is *parked* until
 something that could make it fit happens (see the wake-up index in the engine).
 """
 

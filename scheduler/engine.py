@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from rayqueue.queue.queues import LeafQueue, PreemptionPolicy, QueueingStrategy
+from rayqueue.queue.queues import LeafQueue, PreemptionPolicy, QueueingStrategy, VictimKey
 from rayqueue.queue.workload import Reason, ReasonCode, Workload, WorkloadState
 from rayqueue.quota.quantity import MAX_JOBS, MILLI, Resources, describe, format_quantity
 from rayqueue.quota.tree import (
@@ -521,26 +521,46 @@ class Engine:
         blocking_units = {key[1] for key, _ in outcome.blockers if key[0] in ("unit", "pods")}
         order = self._leaf_order
         below = self._leaf_span[leaf.name]
-        for ancestor in leaf.lineage[1:]:
+        counts = self._victim_leaf_count
+        lineage = leaf.lineage
+        for level in range(1, len(lineage)):
+            ancestor = lineage[level]
             # A victim in this level frees quota on a blocking node only if that node is this ancestor or above.
             frees_quota = any(d <= ancestor.depth for d in blocking_depths)
-            if not frees_quota and not blocking_units:
-                below = self._leaf_span[ancestor.name]
+            span = self._leaf_span[ancestor.name]
+            if (not frees_quota and not blocking_units) or counts.get(ancestor.name, 0) <= counts.get(
+                lineage[level - 1].name, 0
+            ):
+                below = span  # nothing to take in this level
                 continue
-            lo, hi = self._leaf_span[ancestor.name]
+            lo, hi = span
             names = [*order[lo : below[0]], *order[below[1] : hi]]
-            below = (lo, hi)
-            lanes = [
-                self._victim_lane(name, borrowed, frees_quota, blocking_units)
-                for name in names
-                if (borrowed := self._leaf_borrowed.get(name)) is not None and name in self._victim_leaves
-            ]
-            for key in heapq.merge(*lanes):  # each lane is already in victim order
+            below = span
+            # Each lane is in victim order: merge them lazily (the search usually needs the first few).
+            lanes: list[Iterator[VictimKey]] = []
+            heads: list[tuple[VictimKey, int]] = []
+            for name in names:
+                borrowed = self._leaf_borrowed.get(name)
+                if borrowed is None or name not in self._victim_leaves:
+                    continue
+                lane = self._victim_lane(name, borrowed, frees_quota, blocking_units)
+                first = next(lane, None)
+                if first is not None:
+                    heads.append((first, len(lanes)))
+                    lanes.append(lane)
+            heapq.heapify(heads)
+            while heads:
+                key, i = heads[0]
                 yield self.workloads[key[-1]]
+                following = next(lanes[i], None)
+                if following is None:
+                    heapq.heappop(heads)
+                else:
+                    heapq.heapreplace(heads, (following, i))
 
     def _victim_lane(
         self, name: str, borrowed: Resources, frees_quota: bool, blocking_units: set[str]
-    ) -> Iterator[tuple[int, float, int, str]]:
+    ) -> Iterator[VictimKey]:
         """One leaf's jobs that it could lose without dropping below its min, in victim order (lazily:
         the merge across leaves usually needs only the first few). Re-checked cumulatively when chosen."""
         admitted = self.queues[name].admitted
