@@ -77,6 +77,7 @@ class OperatorConfig:
     identity: str = "rayqueue-operator"
     leadership_poll_s: float = 1.0
     watch_inactivity_s: float = 70.0  # kopf re-opens a watch that has been silent this long
+    gauges_interval_s: float = 1.0  # pending/admitted/usage gauges are recomputed at most this often
 
 
 def _now() -> float:
@@ -114,6 +115,7 @@ class Controller:
         self.cycles = 0
         self._status_dirty = False
         self._last_status: dict[str, Any] | None = None
+        self._gauges_at = -1e9
         self._tasks: list[asyncio.Task[None]] = []
         self._write_wake = asyncio.Event()
         self._write_sem = asyncio.Semaphore(8)
@@ -494,7 +496,7 @@ class Controller:
 
                 await asyncio.gather(*(apply(d) for d in decisions))
                 self._status_dirty = True
-            self._update_gauges()
+            self._maybe_update_gauges()
             self.metrics.cycle_seconds.observe(time.perf_counter() - started)
             log.debug("cycle %d: %d decisions in %.3fs", self.cycles, len(decisions), time.perf_counter() - started)
         if self._status_dirty:
@@ -686,6 +688,7 @@ class Controller:
                 continue
             async with self.lock:
                 self._announce_pending()
+                self._maybe_update_gauges()  # also when no cycle runs: the last cycle's are not lost
             writes, self.pending_writes = self.pending_writes, {}
             await asyncio.gather(*(self._write_limited(uid, item) for uid, item in writes.items()))
             now = time.monotonic()
@@ -790,6 +793,13 @@ class Controller:
         except NotFound:
             return
         self._last_status = status
+
+    def _maybe_update_gauges(self) -> None:
+        """The gauges walk every workload: at most once per ``gauges_interval_s`` rather than after every
+        cycle (thousands of cycles over 15,000 queued jobs in Kueue's baseline), from either loop."""
+        if time.monotonic() - self._gauges_at >= self.config.gauges_interval_s:
+            self._gauges_at = time.monotonic()
+            self._update_gauges()
 
     def _update_gauges(self) -> None:
         engine = self.engine
