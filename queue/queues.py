@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, insort
-from typing import Literal
+from typing import Any, Literal
 
 from sortedcontainers import SortedList
 
@@ -18,7 +18,9 @@ from rayqueue.queue.workload import Workload
 QueueingStrategy = Literal["StrictFIFO", "BestEffortFIFO"]
 PreemptionPolicy = Literal["Never", "LowerPriority"]
 
-OrderKey = tuple[int, float, str, int]
+# (-priority, submitted_at, name, seq). Typed as a plain tuple: mypyc would unbox a fixed-length tuple
+# type into a C struct and box it again on every use, and the ready heap relies on the key's identity.
+OrderKey = tuple[Any, ...]
 
 
 def order_key(w: Workload) -> OrderKey:
@@ -43,9 +45,10 @@ class LeafQueue:
         self.strategy: QueueingStrategy = strategy
         self.preemption: PreemptionPolicy = preemption
         self.pending: SortedList = SortedList()  # every pending job's key: positions
-        # Keys of pending jobs that may be tried now, as a heap: only the first is ever needed. Entries
-        # of jobs that left or parked since are dropped when they reach the top.
-        self.ready: list[OrderKey] = []
+        # Pending jobs that may be tried now, as a heap of (key, job): only the first is ever needed.
+        # An entry whose job left (its ``order`` is no longer that key object) or parked is dropped when
+        # it reaches the top.
+        self.ready: list[tuple[OrderKey, Workload]] = []
         self.parked: set[str] = set()
         self.admitted: dict[str, Workload] = {}  # admitted or preempting, by uid
         # Admitted jobs in the order preemption takes them: lowest priority, then newest. A plain sorted
@@ -62,13 +65,14 @@ class LeafQueue:
         key = w.order = order_key(w)
         self.jobs[key] = w
         self.pending.add(key)
-        heapq.heappush(self.ready, key)
+        heapq.heappush(self.ready, (key, w))
 
     def remove(self, w: Workload) -> None:
         key = w.order
         del self.jobs[key]
         self.pending.remove(key)
         self.parked.discard(w.uid)
+        w.order = ()  # its heap entries are stale from now on
 
     def park(self, w: Workload) -> None:
         self.parked.add(w.uid)
@@ -77,7 +81,7 @@ class LeafQueue:
         if w.uid not in self.parked:
             return False
         self.parked.discard(w.uid)
-        heapq.heappush(self.ready, w.order)
+        heapq.heappush(self.ready, (w.order, w))
         return True
 
     def start(self, w: Workload) -> None:
@@ -96,10 +100,10 @@ class LeafQueue:
 
     def candidate(self) -> Workload | None:
         """The job to try next: StrictFIFO only ever tries its head; BestEffortFIFO the first ready job."""
-        ready, jobs, parked = self.ready, self.jobs, self.parked
+        ready, parked = self.ready, self.parked
         while ready:
-            w = jobs.get(ready[0])
-            if w is not None and w.uid not in parked:
+            key, w = ready[0]
+            if w.order is key and w.uid not in parked:
                 break
             heapq.heappop(ready)
         else:
