@@ -45,6 +45,15 @@ _QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n
 ALIASES = {"gpu": GPU, "gpus": GPU, "num_gpus": GPU, "mem": MEMORY, "max-jobs": MAX_JOBS}
 
 
+class ManifestError(ValueError):
+    """An invalid manifest; ``violations`` holds every problem found, each naming the object and the field."""
+
+    def __init__(self, violations: list[str], source: str) -> None:
+        self.violations = violations
+        lines = "\n".join(f"  - {v}" for v in violations)
+        super().__init__(f"{source} is invalid ({len(violations)} problem(s)):\n{lines}")
+
+
 class QuantityError(ValueError):
     """A value that is not a Kubernetes quantity."""
 

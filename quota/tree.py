@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from rayqueue.quota.model import API_VERSION, KIND, ElasticQuotaTreeManifest, QuotaNodeSpec
 from rayqueue.quota.quantity import (
     MAX_JOBS,
+    ManifestError,
     QuantityError,
     Resources,
     format_quantity,
@@ -29,13 +30,11 @@ QUEUEING_ATTRIBUTE = "queueingStrategy"
 PREEMPTION_ATTRIBUTE = "preemptionPolicy"
 
 
-class QuotaTreeError(ValueError):
-    """An invalid tree; ``violations`` holds every problem found, each naming the node and the field."""
+class QuotaTreeError(ManifestError):
+    """An invalid tree: every problem found, each naming the node and the field."""
 
     def __init__(self, violations: list[str], source: str = "ElasticQuotaTree") -> None:
-        self.violations = violations
-        lines = "\n".join(f"  - {v}" for v in violations)
-        super().__init__(f"{source} is invalid ({len(violations)} problem(s)):\n{lines}")
+        super().__init__(violations, source)
 
 
 @dataclass(frozen=True, slots=True)

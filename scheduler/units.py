@@ -9,17 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from rayqueue.quota.quantity import Resources, describe
+from rayqueue.quota.quantity import ManifestError, Resources, describe
 
 UnitKind = Literal["ecs", "acs", "eci", "default"]
 WhenTryNext = Literal["LackResourceOrExceedMax", "ExceedMax", "TimeoutOrExceedMax"]
 
 
-class ResourcePolicyError(ValueError):
+class ResourcePolicyError(ManifestError):
+    """An invalid ResourcePolicy: every problem found, each naming the unit and the field."""
+
     def __init__(self, violations: list[str], source: str = "ResourcePolicy") -> None:
-        self.violations = violations
-        lines = "\n".join(f"  - {v}" for v in violations)
-        super().__init__(f"{source} is invalid ({len(violations)} problem(s)):\n{lines}")
+        super().__init__(violations, source)
 
 
 @dataclass(slots=True, eq=False)
