@@ -16,7 +16,26 @@ Scenarios:
                     Kueue reports 351 s wall and 56% usage; the work needs ~66 s of the full quota.
                     --scale 0.2 runs a fifth of the jobs per queue (same arrival rates).
 
+Figures (2-core machine shared with other work, 22 Nov 2026; runs vary by up to 2x; docs/operator.md
+has the full table and the profile behind it):
+  burst             32-65 admissions/s over 5 runs (was 14-26); the operator hears of a RayJob
+                    0.2-0.5 s after its creation, p50 (was 10-16 s); CPU seconds: operator 15-18
+                    (was 14-23), cluster side 17-20 (was 34-46).
+  --scale 0.05      720 of 720 complete (one never did before); wall 25.5 s, usage 56.4%.
+  --scale 0.5       7,500 of 7,500 complete; wall 166.4 s, usage 59.1%, 45.6 admissions/s;
+                    average time to admission small 89.3 s, medium 65.1 s, large 58.2 s.
+  full baseline     15,000 of 15,000 complete; wall 285.0 s, usage 51.6% (Kueue: 351 s, 56%),
+                    52.9 admissions/s; average time to admission small 178.5 s, medium 136.8 s,
+                    large 102.5 s (--only-baseline --max-wait 300; ~5 min on 1.76 cores). The arrivals
+                    (~385 RayJobs/s at first) exceed what two shared cores sustain for kmock + fake
+                    KubeRay + kopf + operator (~35 CPU-ms per RayJob), so waits measure the backlog.
+
+What limits them: CPU in both processes (neither waits on the other), and the fake KubeRay's tick,
+which stretches a 1 s job to 2-2.6 s of held quota under load. A real API server and KubeRay are far
+cheaper per request; read these figures as a floor for the operator on this machine.
+
 Run:  .venv/bin/python benchmarks/operator_kmock.py [--jobs 1000 --queues 20] [--kueue-baseline]
+      .venv/bin/python benchmarks/operator_kmock.py --only-baseline --scale 0.5 --max-wait 400
 """
 
 from __future__ import annotations
