@@ -920,7 +920,7 @@ class Engine:
             return
         q.heap_version += 1
         q.heap_key = key
-        heapq.heappush(self._heap, (within, -w.priority, share, w.submitted_at, w.seq, q.heap_version, q.name))
+        heapq.heappush(self._heap, (*key, q.heap_version, q.name))
 
     # ================================================================ internals: bookkeeping
 

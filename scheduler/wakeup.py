@@ -100,9 +100,6 @@ class WakeIndex:
     def __contains__(self, key: BlockerKey) -> bool:
         return key in self._blockers
 
-    def keys(self) -> list[BlockerKey]:
-        return list(self._blockers)
-
     def node_keys(self, name: str) -> set[BlockerKey] | None:
         """The blockers of quota node ``name`` that hold jobs (None when there are none)."""
         return self._by_node.get(name)
