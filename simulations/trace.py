@@ -11,9 +11,10 @@ Columns (case-insensitive; a ``columns`` mapping renames others onto these):
 - resources: ``gpu`` (``nvidia.com/gpu``), ``cpu``, ``memory``, or full names (``nvidia.com/gpu``,
   ``kube-queue/max-jobs``); quantities as in Kubernetes (``500m``, ``40Gi``, ``2``).
 
-A bad row (unknown queue, negative duration, a job larger than a ``max`` on its path, ...) is reported
-with its row number: row 1 is the first row after the header (line 2 of a CSV). ``strict`` raises on
-the first file's problems; the default skips the rows and counts them.
+A bad row (unknown queue, negative duration, a job larger than a ``max`` on its path, a CSV row with
+more or fewer fields than the header, ...) is reported with its row number: row 1 is the first row
+after the header (line 2 of a CSV; blank lines are not counted). ``strict`` raises listing every bad
+row; the default skips the rows and counts them.
 """
 
 from __future__ import annotations
@@ -87,10 +88,47 @@ def _resource_column(name: str) -> str | None:
     return None
 
 
-def _read_columns(path: Path, fmt: str) -> tuple[dict[str, list[Any]], int, str]:
-    """Column name (lower-cased) -> Python values; row count; the format read."""
+@dataclass
+class _Columns:
+    """What a trace file holds, before any row is validated."""
+
+    values: dict[str, list[Any]]  # column name (lower-cased) -> Python values
+    rows: int  # rows read (the malformed ones not included)
+    format: str  # csv | parquet
+    #: CSV rows whose field count differs from the header's; they are not in ``values``.
+    malformed: list[RowProblem] = field(default_factory=list)
+
+    def row_numbers(self) -> list[int] | None:
+        """The trace row number of each row in ``values``; ``None`` when it is simply index + 1."""
+        if not self.malformed:
+            return None
+        skipped = {m.row for m in self.malformed}
+        numbers: list[int] = []
+        row = 0
+        while len(numbers) < self.rows:
+            row += 1
+            if row not in skipped:
+                numbers.append(row)
+        return numbers
+
+
+def _malformed_row(header: list[str], line: int, expected: int, actual: int, text: str) -> RowProblem:
+    """A CSV row with the wrong number of fields: named by its row (line - 1) and, if readable, its job."""
+    import csv
+
+    fields = next(csv.reader([text]), [])
+    lowered = [h.strip().lower() for h in header]
+    job = None
+    if "job" in lowered and lowered.index("job") < len(fields):
+        job = fields[lowered.index("job")].strip() or None
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    return RowProblem(line - 1, job, f"malformed row: {actual} field(s) where the header has {expected} ({shown!r})")
+
+
+def _read_columns(path: Path, fmt: str) -> _Columns:
     if fmt == "auto":
         fmt = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
+    malformed: list[tuple[int, int, int, str]] = []  # (line, expected fields, actual fields, text)
     try:
         if fmt == "parquet":
             import pyarrow.parquet as pq
@@ -99,10 +137,18 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, list[Any]], int, str]
         else:
             import pyarrow.csv as pacsv
 
+            def on_invalid_row(row: Any) -> str:
+                # A row with too many or too few fields is one bad row, not a bad file: note it and go on.
+                # Its line number (blank lines not counted) is known because parsing is single-threaded.
+                malformed.append((row.number, row.expected_columns, row.actual_columns, row.text))
+                return "skip"
+
             # Names, queues and priorities stay text even when they look like numbers.
             text_columns = ["job", "queue", "namespace", "priority", "cluster", "Job", "Queue"]
             table = pacsv.read_csv(
                 path,
+                read_options=pacsv.ReadOptions(use_threads=False),
+                parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid_row),
                 convert_options=pacsv.ConvertOptions(
                     column_types={c: "string" for c in text_columns},
                     strings_can_be_null=True,
@@ -128,7 +174,8 @@ def _read_columns(path: Path, fmt: str) -> tuple[dict[str, list[Any]], int, str]
             columns[key] = [_Stamp(v * unit) if v is not None else None for v in ints]
         else:
             columns[key] = col.to_pylist()
-    return columns, table.num_rows, fmt
+    problems = [_malformed_row(table.column_names, *m) for m in malformed]
+    return _Columns(columns, table.num_rows, fmt, problems)
 
 
 class _Stamp(float):
@@ -209,7 +256,8 @@ def load_trace(
     if fmt == "philly":
         rename = {**PHILLY_COLUMNS, **rename}
         fmt = "csv"
-    raw, nrows, fmt = _read_columns(p, fmt)
+    read = _read_columns(p, fmt)
+    raw, nrows = read.values, read.rows
     if format == "auto" and looks_like_philly(set(raw)):
         rename = {**PHILLY_COLUMNS, **rename}
     data: dict[str, list[Any]] = {}
@@ -245,7 +293,8 @@ def load_trace(
     pods_col = data.get("pods")
     res_cols = [(name, res, data[name]) for name, res in resource_cols.items()]
 
-    problems: list[RowProblem] = []
+    problems: list[RowProblem] = list(read.malformed)
+    row_numbers = read.row_numbers()
     jobs: list[TraceJob] = []
     stamps: list[float] = []  # epoch seconds of the jobs whose submit was a timestamp
     leaf_cache: dict[tuple[str | None, str | None], QuotaNode | str] = {}
@@ -254,7 +303,7 @@ def load_trace(
     saw_number = False
 
     for i in range(nrows):
-        row = i + 1
+        row = i + 1 if row_numbers is None else row_numbers[i]
         job_name = job_col[i] if job_col is not None else None
         name = str(job_name) if job_name not in (None, "") else f"row-{row}"
         # ---- submit
@@ -369,12 +418,13 @@ def load_trace(
         for job, stamp in zip(jobs, stamps, strict=True):
             job.submit = stamp - t0
 
+    problems.sort(key=lambda pr: pr.row)
     if strict and problems:
         shown = "\n".join(f"  - {pr}" for pr in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise TraceError(f"{source}: {len(problems)} bad row(s) (--strict):\n{shown}{more}")
     jobs.sort(key=lambda j: (j.submit, j.row))
-    return Trace(jobs, problems, source, nrows, ignored, trace_start)
+    return Trace(jobs, problems, source, nrows + len(read.malformed), ignored, trace_start)
 
 
 def write_trace_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:

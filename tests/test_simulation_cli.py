@@ -71,19 +71,25 @@ def test_bad_rows_are_skipped_and_counted_or_fail_with_strict(tmp_path: Path) ->
     with open(trace, "a") as fh:
         fh.write("bad-1,10,-5,team-a,1,1,normal\n")  # negative duration
         fh.write("bad-2,10,5,team-z,1,1,normal\n")  # no such namespace
+        fh.write("bad-3,10,5,team-a,64,1,normal\n")  # above team-a's max of 32 GPUs
+        fh.write("bad-4,10,5,team-a\n")  # malformed: 4 fields, the header has 7
     args = ["--quota", str(SPILL / "tree.yaml"), "--cluster", str(SPILL / "cluster.yaml"), "--trace", str(trace)]
     ok = _run(*args, "--out", str(tmp_path / "lenient"), "--no-plots")
     assert ok.exit_code == 0, ok.output
     summary = json.loads((tmp_path / "lenient" / "summary.json").read_text())
-    assert summary["trace"]["skipped_rows"] == 2
-    assert summary["trace"]["skipped_examples"][0].startswith("row 127 (bad-1): duration must not be negative")
+    assert summary["trace"]["skipped_rows"] == 4
+    assert summary["trace"]["jobs"] == 126 and summary["trace"]["rows"] == 130
+    examples = summary["trace"]["skipped_examples"]
+    assert examples[0].startswith("row 127 (bad-1): duration must not be negative")
+    assert examples[2].startswith("row 129 (bad-3): larger than any quota allows: org/team-a would use 64 of max 32")
+    assert examples[3].startswith("row 130 (bad-4): malformed row: 4 field(s) where the header has 7")
     skipped = [r for r in csv.DictReader(open(tmp_path / "lenient" / "jobs.csv")) if r["status"] == "skipped"]
-    assert [r["row"] for r in skipped] == ["127", "128"]
+    assert [r["row"] for r in skipped] == ["127", "128", "129", "130"]
 
     strict = _run(*args, "--out", str(tmp_path / "strict"), "--strict")
     assert strict.exit_code == 2
-    assert "2 bad row(s) (--strict)" in strict.output and "row 128 (bad-2)" in strict.output
-    assert "team-z" in strict.output
+    assert "4 bad row(s) (--strict)" in strict.output and "row 128 (bad-2)" in strict.output
+    assert "team-z" in strict.output and "row 130 (bad-4): malformed row" in strict.output
     assert not (tmp_path / "strict" / "summary.json").exists()
 
 

@@ -112,6 +112,34 @@ def test_bad_rows_are_skipped_with_their_row_numbers(tmp_path: Path) -> None:
     assert "submit is empty" in by_row[8]
 
 
+def test_a_malformed_row_is_one_bad_row_and_later_rows_keep_their_numbers(tmp_path: Path) -> None:
+    # Row 2 has a field too many, row 4 too few, and a blank line sits between rows 4 and 5: the file still
+    # loads, the two rows are skipped with their numbers, and the row after them is still called row 5.
+    path = _csv(
+        tmp_path,
+        """
+        job,submit,duration,queue,gpu
+        ok-1,0,10,team-a,1
+        extra,0,10,team-a,1,surprise
+        ok-3,0,10,team-a,1
+        short,0
+
+        neg-5,0,-1,team-a,1
+        ok-6,1,10,team-b,2
+        """,
+    )
+    trace = load_trace(path, TREE)
+    assert [(j.job, j.row) for j in trace.jobs] == [("ok-1", 1), ("ok-3", 3), ("ok-6", 6)]
+    assert [str(p) for p in trace.problems] == [
+        "row 2 (extra): malformed row: 6 field(s) where the header has 5 ('extra,0,10,team-a,1,surprise')",
+        "row 4 (short): malformed row: 2 field(s) where the header has 5 ('short,0')",
+        "row 5 (neg-5): duration must not be negative (got -1)",
+    ]
+    assert trace.rows == 6 and trace.skipped == 3
+    with pytest.raises(TraceError, match=r"3 bad row\(s\) \(--strict\):\n  - row 2 \(extra\): malformed row"):
+        load_trace(path, TREE, strict=True)
+
+
 def test_strict_fails_naming_the_rows(tmp_path: Path) -> None:
     path = _csv(tmp_path, "submit,duration,queue,gpu\n0,10,team-a,1\n0,-1,team-a,1\n")
     with pytest.raises(TraceError, match=r"1 bad row\(s\) \(--strict\):\n  - row 2 \(row-2\): duration must not"):
