@@ -148,7 +148,7 @@ def _compare(
     table = Table(title="Scenarios side by side", box=box.SIMPLE, pad_edge=False)
     table.add_column("scenario", no_wrap=True, min_width=min(max(len(sc.name) for sc in loaded), 40))
     for col in ("jobs", "rej.", "wait", "p95", "makespan", "ACS cost", "total"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", overflow="fold")
     for r in data["scenarios"]:
         table.add_row(
             r["scenario"],
@@ -160,8 +160,33 @@ def _compare(
             _money(r["acs_cost"]),
             _money(r["total_cost"]),
         )
-    Console().print(table)
+    _print_table(table)
     Console().print(f"wrote {out}/compare.html, compare.json and each scenario's report under {out}/<scenario>/")
+
+
+def _print_table(table: Any) -> None:
+    """Print a table without cutting a figure short.
+
+    Written to a pipe or a log, rich assumes 80 columns and would end numbers with an ellipsis
+    ("16,0…"), so the table gets its natural width there; a narrow terminal folds a figure over two
+    lines rather than cutting it.
+    """
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        natural = Console(width=1000).measure(table).maximum
+        console = Console(width=max(console.width, natural))
+    console.print(table)
+
+
+def _hours(value: float) -> str:
+    """Resource-hours: 3 significant digits when small, so a 67 s run's 0.04 CPU-h does not read as 0.0."""
+    if value == 0:
+        return "0"
+    if abs(value) < 10:
+        return f"{value:.3g}"
+    return f"{value:,.1f}"
 
 
 def _money(value: float) -> str:
@@ -186,7 +211,7 @@ def _print_summary(summary: dict[str, Any], out: Path, plots: bool) -> None:
     longest = max((len(n) for n in summary["queues"]), default=5)
     table.add_column("queue", no_wrap=True, min_width=min(longest, 40))
     for col in ("jobs", "rej.", "wait", "p50", "p95", "p99", f"{short.upper()}-h", "borrowed", "preempt."):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", overflow="fold")
 
     def d(v: float | None) -> str:
         return "–" if v is None else format_duration(v)
@@ -200,11 +225,11 @@ def _print_summary(summary: dict[str, Any], out: Path, plots: bool) -> None:
             d(q["wait_p50_s"]),
             d(q["wait_p95_s"]),
             d(q["wait_p99_s"]),
-            f"{q[f'{short}_hours']:,.1f}",
-            f"{q[f'borrowed_{short}_hours']:,.1f}",
+            _hours(q[f"{short}_hours"]),
+            _hours(q[f"borrowed_{short}_hours"]),
             f"{q['preemptions']:,}",
         )
-    console.print(table)
+    _print_table(table)
     c, t, run = summary["cluster"], summary["trace"], summary["run"]
     units = ", ".join(
         f"{n} {u['utilisation']:.0%}" if u["utilisation"] is not None else f"{n} {u[f'{short}_hours']:,.0f} {short}-h"

@@ -273,6 +273,16 @@ def _time_axis(end: float) -> tuple[float, str]:
     return 86400.0, "days"
 
 
+#: Line styles that, combined with ten colours, tell up to 40 curves apart.
+_DASHES = ["-", "--", ":", "-."]
+
+
+def _curve_style(k: int) -> dict[str, Any]:
+    """Colour and dash of the k-th curve: matplotlib's default ten colours repeat, so the dash changes
+    every ten curves (Philly has 15 queues; two of them drawn alike would be read as one)."""
+    return {"color": f"C{k % 10}", "linestyle": _DASHES[(k // 10) % len(_DASHES)]}
+
+
 def _figures(result: SimulationResult) -> dict[str, bytes]:
     import matplotlib
 
@@ -299,9 +309,9 @@ def _figures(result: SimulationResult) -> dict[str, bytes]:
             by_queue.setdefault(r.queue, []).append(r.first_admit - r.submit)
     wmax = max((max(v) for v in by_queue.values() if v), default=0.0)
     wscale, wlabel = _time_axis(wmax)
-    for name in sorted(by_queue):
+    for k, name in enumerate(sorted(by_queue)):
         x, y = _cdf(np.asarray(by_queue[name]) / wscale)
-        ax.step(x, y, where="post", label=f"{name} ({len(by_queue[name])})")
+        ax.step(x, y, where="post", label=f"{name} ({len(by_queue[name])})", **_curve_style(k))
     ax.set_xscale("symlog", linthresh=max(wmax / wscale / 1000, 1e-3))
     ax.set_xlabel(f"wait before first admission ({wlabel}, symlog)")
     ax.set_ylabel("fraction of jobs")
@@ -331,7 +341,8 @@ def _figures(result: SimulationResult) -> dict[str, bytes]:
     n = len(result.leaves)
     cols = min(4, max(n, 1))
     rows = math.ceil(n / cols) if n else 1
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.3 * rows), squeeze=False, sharex=True)
+    # At least 9 inches wide, so the title fits above one or two small panels.
+    fig, axes = plt.subplots(rows, cols, figsize=(max(3.2 * cols, 9.0), 2.3 * rows + 0.4), squeeze=False, sharex=True)
     for k, leaf in enumerate(result.leaves):
         ax = axes[k // cols][k % cols]
         usage = _sample(*leaf_steps[k], grid) if k in leaf_steps else np.zeros_like(grid)
@@ -347,7 +358,8 @@ def _figures(result: SimulationResult) -> dict[str, bytes]:
         axes[k // cols][k % cols].axis("off")
     axes[0][0].legend(fontsize=6)
     fig.suptitle(f"{res} usage per queue against min (dashed) and max (dotted); time in {unit_label}")
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.06, top=1 - 0.5 / (2.3 * rows), hspace=0.45, wspace=0.3)
+    height = 2.3 * rows + 0.4
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.35 / height, top=1 - 0.6 / height, hspace=0.45, wspace=0.3)
     save(fig, "queues.png")
     return out
 
@@ -533,11 +545,15 @@ def write_comparison(results: list[SimulationResult], summaries: list[dict[str, 
     fig, ax = plt.subplots(figsize=(9, 5))
     wmax = max((r.first_admit - r.submit for res in results for r in res.records if r.first_admit is not None), default=0.0)
     wscale, wlabel = _time_axis(wmax)
-    for res in results:
+    for k, res in enumerate(results):
         w = np.array([r.first_admit - r.submit for r in res.records if r.first_admit is not None]) / wscale
         if w.size:
             x, y = _cdf(w)
-            ax.step(x, y, where="post", label=res.name)
+            # What-ifs often leave the waits unchanged: the earlier curves are drawn wider, so one drawn
+            # over another still shows beside it rather than vanishing.
+            width = 1.5 + 1.5 * (len(results) - 1 - k) / max(len(results) - 1, 1)
+            dash = _DASHES[k % len(_DASHES)]
+            ax.step(x, y, where="post", label=res.name, linewidth=width, color=f"C{k % 10}", linestyle=dash)
     ax.set_xscale("symlog", linthresh=max(wmax / wscale / 1000, 1e-3))
     ax.set_xlabel(f"wait before first admission ({wlabel}, symlog)")
     ax.set_ylabel("fraction of jobs")

@@ -63,6 +63,11 @@ def test_flags_write_summary_jobs_and_report(tmp_path: Path) -> None:
     for png in ("wait_cdf.png", "utilisation.png", "queues.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG")
     assert "team-a" in result.output and "ACS" in result.output
+    # Printed to a pipe, the queue table keeps every header and figure whole (rich would assume 80
+    # columns and cut them: "borro…", "16,0…").
+    assert "…" not in result.output
+    assert "borrowed" in result.output and "preempt." in result.output
+    assert f"{team_a['gpu_hours']:,.1f}" in result.output
 
 
 def test_bad_rows_are_skipped_and_counted_or_fail_with_strict(tmp_path: Path) -> None:
@@ -104,6 +109,7 @@ def test_compare_runs_scenarios_side_by_side(tmp_path: Path) -> None:
     assert by_name["spillover-more-ecs"]["acs_cost"] < by_name["spillover"]["acs_cost"]
     assert (out / "spillover" / "report.html").exists() and (out / "spillover-more-ecs" / "summary.json").exists()
     assert (out / "compare.html").read_text().count("data:image/png;base64,") == 3
+    assert "spillover-more-ecs" in result.output and "…" not in result.output
 
 
 def test_usage_errors(tmp_path: Path) -> None:
@@ -115,3 +121,11 @@ def test_usage_errors(tmp_path: Path) -> None:
     bad_tree.write_text((SPILL / "tree.yaml").read_text().replace("max: {nvidia.com/gpu: 32}", "max: {nvidia.com/gpu: 4}"))
     bad = _run(str(SPILL / "scenario.yaml"), "--quota", str(bad_tree), "--out", str(tmp_path))
     assert bad.exit_code == 2 and "team-a: min.nvidia.com/gpu 8 is above max.nvidia.com/gpu 4" in bad.output
+
+
+def test_up_to_forty_queues_get_curves_told_apart() -> None:
+    # Philly has 15 queues; with matplotlib's ten colours alone, vc-23dbec and vc-ed69ec were drawn alike.
+    from rayqueue.simulations.report import _curve_style
+
+    styles = [(s["color"], s["linestyle"]) for s in map(_curve_style, range(40))]
+    assert len(set(styles)) == 40
