@@ -129,3 +129,34 @@ def test_up_to_forty_queues_get_curves_told_apart() -> None:
 
     styles = [(s["color"], s["linestyle"]) for s in map(_curve_style, range(40))]
     assert len(set(styles)) == 40
+
+
+def test_a_progress_bar_reports_jobs_done_and_virtual_time(tmp_path: Path) -> None:
+    shown = runner.invoke(app, ["simulate", str(SPILL / "scenario.yaml"), "--out", str(tmp_path), "--no-plots"])
+    assert shown.exit_code == 0, shown.output
+    bar = [line for line in shown.stderr.splitlines() if line.startswith("simulating")]
+    assert len(bar) == 1 and "126/126 jobs done" in bar[0] and "virtual time 9.3h" in bar[0]
+    quiet = _run(str(SPILL / "scenario.yaml"), "--out", str(tmp_path), "--no-plots")
+    assert "simulating" not in quiet.stderr
+
+
+def test_progress_is_reported_during_a_long_run() -> None:
+    # 5,000 one-second jobs on one GPU, one every second: the progress callback fires while the run goes
+    # on (every 2,000 instants), with virtual time and jobs done growing, and once more at the end.
+    from rayqueue.quota.tree import QuotaTree
+    from rayqueue.scheduler.resourcepolicy import Units
+    from rayqueue.simulations.config import cluster_from_dict
+    from rayqueue.simulations.simulator import Simulator
+    from rayqueue.simulations.trace import Trace, TraceJob
+
+    gpu = "nvidia.com/gpu"
+    tree = QuotaTree.from_dict(
+        {"apiVersion": "scheduling.sigs.k8s.io/v1beta1", "kind": "ElasticQuotaTree", "spec": {"root": {"name": "q"}}}
+    )
+    jobs = [TraceJob(row=i + 1, job=f"j{i}", queue="q", submit=float(i), duration=1.0, request={gpu: 1000}) for i in range(5000)]
+    calls: list[tuple[float, int, int]] = []
+    cluster = cluster_from_dict({"units": [{"name": "pool", "capacity": {gpu: 1}}]})
+    sim = Simulator(tree, Units.single({gpu: 1000}), cluster, Trace(jobs, rows=5000), on_progress=lambda *a: calls.append(a))
+    sim.run()
+    assert len(calls) >= 3 and calls[-1] == (5000.0, 5000, 5000)
+    assert calls[0][1] < calls[1][1] < 5000 and calls[0][0] < calls[1][0] < 5000.0
