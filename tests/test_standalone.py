@@ -157,6 +157,11 @@ async def test_higher_priority_is_admitted_first_and_cancel_frees_quota(harness:
     sid = h.svc.store.get(high).submission_id  # type: ignore[union-attr]
     await wait_until(lambda: h.svc.ray.status(sid).status == "STOPPED", 30, "Ray to stop the cancelled job")
     assert (await h.http.post(f"/v1/jobs/{high}/cancel")).status_code == 409
+    # Ray's end and the driver's log are kept for the post-mortem
+    await wait_until(lambda: h.svc.store.get(high).ray_status == "STOPPED", 30, "the stop to be recorded")  # type: ignore[union-attr]
+    logs = (await h.http.get(f"/v1/jobs/{high}/logs")).json()
+    assert logs["source"] == "store" and "started high" in logs["logs"]
+    assert h.events(high)[-2:] == ["Cancelled", "RayStopped"]
 
 
 async def test_borrowing_then_reclaim_stops_the_borrower_in_ray_and_requeues_it(harness: Any) -> None:
@@ -290,6 +295,7 @@ async def test_quota_apply_dry_run_reports_the_effect_then_applies_while_jobs_ru
     assert resp.json()["applied"] is False
     assert "root/team-a max.nvidia.com/gpu: 2 -> 1" in effects
     assert "root/team-a uses 2 nvidia.com/gpu, over its new max 1" in effects
+    assert f"running jobs over the new max (nvidia.com/gpu) of root/team-a: {running}" in effects
     assert h.svc.engine.tree.nodes["root"].max[GPU] == 2000  # a dry run changes nothing
     assert h.state(waiting) == st.PENDING
 

@@ -23,7 +23,7 @@ from rayqueue.scheduler.cli import app as cli_app
 from rayqueue.scheduler.rayjob import rayjob_request
 from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.api import create_app
-from rayqueue.scheduler.service.core import Service, ServiceConfig, ServiceError
+from rayqueue.scheduler.service.core import Service, ServiceConfig, ServiceError, SubmitError
 from rayqueue.scheduler.service.rayjobs import RayStatus, submission_for
 from rayqueue.scheduler.service.server import Runner, ServeOptions, is_loopback, load_priority_classes
 from rayqueue.scheduler.service.store import Store, submission_id
@@ -386,5 +386,79 @@ async def test_explain_gives_a_waiting_job_its_expected_start(tmp_path: Path) ->
         info = svc.explain(waiting.id)
         assert info["position"] == 0 and info["reason_code"] == "QuotaMaxExceeded"
         assert info["expected_start"] == pytest.approx(started + 100, abs=1.0)
+    finally:
+        await svc.stop()
+
+
+async def test_a_cancelled_running_job_keeps_its_log_and_a_crash_before_ray_stopped_it_stops_it_later(
+    tmp_path: Path,
+) -> None:
+    db = f"sqlite:///{tmp_path}/k.db"
+    ray = FakeRay()
+    svc = await _start(Store(db), ray)
+    first = svc.submit_text(rayjob("first", "python x.py"))[0].id
+    second = svc.submit_text(rayjob("second", "python x.py"))[0].id
+    await _settle(svc)
+    ray.jobs[first] = ray.jobs[second] = "RUNNING"
+    await _settle(svc)
+
+    svc.cancel(first)
+    await _settle(svc)
+    row = svc.store.get(first)
+    assert ray.jobs[first] == "STOPPED"
+    assert row is not None and row.state == st.CANCELLED and row.ray_status == "STOPPED"
+    assert row.logs == f"log of {first}\n"  # kept for `logs` once the Ray cluster is gone
+    assert [e.kind for e in svc.store.events(first)][-2:] == ["Cancelled", "RayStopped"]
+
+    # kill -9 right after the cancel was committed, before Ray was asked to stop the job
+    svc._spawn = lambda coro: coro.close()  # type: ignore[method-assign]  # the stop never starts
+    svc.cancel(second)
+    await _crash(svc)
+    assert ray.jobs[second] == "RUNNING" and svc.store.unsettled_cancelled()[0].id == second
+    svc = await _start(Store(db), ray)  # the restart finds it and stops it in Ray
+    await _settle(svc)
+    assert ray.jobs[second] == "STOPPED"
+    assert svc.store.get(second).ray_status == "STOPPED"  # type: ignore[union-attr]
+    assert svc.store.unsettled_cancelled() == []
+    assert svc.engine.tree.nodes["root"].usage.get(GPU, 0) == 0
+    await svc.stop()
+
+
+async def test_quota_dry_run_names_the_running_jobs_it_would_put_over_max_or_make_borrowers(tmp_path: Path) -> None:
+    svc = await _start(Store(f"sqlite:///{tmp_path}/q.db"), FakeRay())
+    try:
+        two = svc.submit_text(rayjob("two", "python x.py", gpus=2))[0].id
+        other = svc.submit_text(rayjob("other", "python x.py", namespace="team-b"))[0].id
+        await _settle(svc)
+        smaller = tree(("team-a", 0, 1), ("team-b", 1, 3), root_min=2, root_max=3)
+        result = svc.apply_tree(smaller, dry_run=True)
+        effects = "\n".join(result["effects"])
+        assert f"! running jobs over the new max (nvidia.com/gpu) of root/team-a: {two}" in effects
+        assert f"! running jobs that would borrow (nvidia.com/gpu; reclaimable) in root/team-a: {two}" in effects
+        assert other not in effects  # team-b keeps its guarantee: nothing changes for its job
+        assert svc.engine.tree.nodes["team-a"].max[GPU] == 3000  # a dry run changes nothing
+        applied = svc.apply_tree(smaller)
+        assert applied["applied"] and f"over the new max (nvidia.com/gpu) of root/team-a: {two}" in "\n".join(
+            applied["effects"])
+    finally:
+        await svc.stop()
+
+
+async def test_an_unknown_queue_lists_the_leaves_and_a_job_that_can_never_fit_names_its_document(
+    tmp_path: Path,
+) -> None:
+    svc = await _start(Store(f"sqlite:///{tmp_path}/u.db"), FakeRay())
+    try:
+        with pytest.raises(SubmitError) as refused:
+            svc.submit_text(rayjob("lost", "python x.py", queue="team-z"), source="jobs.yaml")
+        assert refused.value.problems == [
+            "jobs.yaml (document 0): RayJob lost: label rayqueue.io/queue: no leaf named 'team-z' in the quota tree "
+            "(leaves: team-a, team-b)"]
+        big = rayjob("ok", "python x.py") + "---\n" + rayjob("huge", "python x.py", gpus=4)
+        with pytest.raises(SubmitError) as refused:
+            svc.submit_text(big, source="two.yaml")
+        assert len(refused.value.problems) == 1
+        assert refused.value.problems[0].startswith("two.yaml (document 1): RayJob huge: can never run in queue team-a")
+        assert svc.store.jobs() == []  # all or none: the fitting job was not accepted either
     finally:
         await svc.stop()

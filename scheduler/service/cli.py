@@ -315,6 +315,9 @@ def explain(job: str = typer.Argument(..., help="Job id (or name)."), url: str =
         console.print(f"  reason    {e['reason_code'] or '-'}: {e['reason'] or ''}", markup=False, soft_wrap=True)
     if e["expected_start"]:
         console.print(f"  expected  {_when(e['expected_start'])}", markup=False)
+    elif e["state"] == "Pending":
+        console.print("  expected  unknown (it waits for jobs whose run time is not known: set their "
+                      "rayqueue.io/expected-duration annotation or activeDeadlineSeconds)", markup=False, soft_wrap=True)
     if e["unit"]:
         console.print(f"  unit      {e['unit']} (Ray submission {e['submission_id']})", markup=False)
     for label, key in (("submitted", "submitted_at"), ("admitted", "admitted_at"), ("running", "running_at"),

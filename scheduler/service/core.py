@@ -90,6 +90,7 @@ class ServiceConfig:
     retry_base_s: float = 0.5  # Ray unreachable: retry a release / stop after this, doubling
     retry_max_s: float = 10.0
     log_tail_chars: int = 64_000  # how much of a finished driver's log is kept in SQL
+    cancel_settle_s: float = 60.0  # how long a cancelled job's end is awaited in Ray (for its status and log)
     # No backoff: a parked job is only retried when a release leaves room for it (the engine's wake-up
     # index), and a backoff would let a newly requeued lower-priority job overtake it.
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(backoff_base_s=0.0))
@@ -232,6 +233,7 @@ class Service:
         if not jobs and not problems:
             problems.append(f"{source}: no RayJob document found")
         workloads: list[tuple[Workload, RayJobRequest, dict[str, Any], list[str]]] = []
+        where_of: dict[str, str] = {}  # job id -> "file (document n)", for the engine's refusals
         taken = self.store.ids()
         for index, doc in jobs:
             where = f"{source} (document {index})"
@@ -246,7 +248,8 @@ class Service:
                 leaf = self.engine.tree.leaf_for(namespace=req.namespace or "default", quota=queue or req.queue)
             except KeyError as exc:
                 label = "--queue" if queue else ("label rayqueue.io/queue" if req.queue else "metadata.namespace")
-                problems.append(f"{where}: RayJob {req.name}: {label}: {exc.args[0]}")
+                leaves = ", ".join(sorted(self.engine.tree.leaves))
+                problems.append(f"{where}: RayJob {req.name}: {label}: {exc.args[0]} (leaves: {leaves})")
                 continue
             try:
                 prio, prio_class = self.priorities.resolve(priority if priority is not None else req.priority_class)
@@ -268,6 +271,7 @@ class Service:
                 name=req.name,
             )
             workloads.append((w, req, doc, list(req.notes)))
+            where_of[job_id] = where
         if problems:
             raise SubmitError(problems)
         # The engine decides what can never fit; all or nothing.
@@ -276,10 +280,12 @@ class Service:
             try:
                 rejected = self.engine.submit(w)
             except (UnknownQueue, DuplicateJob) as exc:
-                problems.append(f"RayJob {w.name}: {exc}")
+                problems.append(f"{where_of[w.uid]}: RayJob {w.name}: {exc}")
                 continue
             if rejected is not None:
-                problems.append(f"RayJob {w.name}: can never run in queue {w.queue}: {rejected.reason.message}")
+                problems.append(
+                    f"{where_of[w.uid]}: RayJob {w.name}: can never run in queue {w.queue}: {rejected.reason.message}"
+                )
             else:
                 added.append(w)
         if problems:
@@ -345,7 +351,7 @@ class Service:
             row.id, "Cancelled", f"cancelled by the user while {was}", state=st.CANCELLED, finished_at=self.clock()
         )
         if was in st.ACTIVE_STATES and sid:
-            self._spawn(self._stop_in_ray(row.id, sid))
+            self._spawn(self._settle_cancelled(row.id, sid))
         self.wake()
         return row
 
@@ -457,7 +463,7 @@ class Service:
             self.metrics.release_seconds.observe(time.perf_counter() - started)
             if job_id in self._cancelled:  # cancelled while Ray was being asked: stop what Ray started
                 self.store.record(job_id, "Released", f"Ray took {sid} after the job was cancelled; stopping it")
-                self._spawn(self._stop_in_ray(job_id, sid))
+                self._spawn(self._settle_cancelled(job_id, sid))
                 return
             now = self.clock()
             self.store.transition(
@@ -484,6 +490,41 @@ class Service:
                 log.warning("stopping %s: Ray unavailable (%s); retrying in %.1fs", job_id, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.config.retry_max_s)
+
+    async def _settle_cancelled(self, job_id: str, sid: str) -> None:
+        """A cancelled job Ray may still run: stop it, wait until Ray says it ended, and keep Ray's final
+        status and the driver's log tail, so that `logs` and `history` still answer once Ray is gone."""
+        await self._stop_in_ray(job_id, sid)
+        deadline = time.monotonic() + self.config.cancel_settle_s
+        status: RayStatus | None = None
+        while True:
+            try:
+                status = await asyncio.to_thread(self.ray.status, sid)
+                if status is None or status.terminal:
+                    break
+            except RayUnavailable:
+                pass  # ask again
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(self.config.poll_interval_s)
+        if status is None:
+            self.store.transition(job_id, "RayStopped", f"Ray has no submission {sid}: nothing ran",
+                                  ray_status=st.RAY_NOT_FOUND)
+            return
+        logs = None
+        try:
+            logs = await asyncio.to_thread(self.ray.logs, sid)
+        except RayUnavailable:
+            pass
+        ended = status.terminal
+        self.store.transition(
+            job_id,
+            "RayStopped" if ended else "RayStopping",
+            f"Ray reports {sid} {status.status}" + ("" if ended else " after the stop request; asked again at the next start"),
+            ray_status=status.status,
+            ray_message=status.message,
+            logs=logs[-self.config.log_tail_chars :] if logs else None,
+        )
 
     async def _poll_loop(self) -> None:
         while True:
@@ -670,6 +711,8 @@ class Service:
             if row.state == st.PREEMPTING:
                 self._preempting.add(row.id)
                 self._spawn(self._stop_in_ray(row.id, sid))
+        for row in self.store.unsettled_cancelled():
+            self._spawn(self._settle_cancelled(row.id, row.submission_id or ""))
         for row in self.store.jobs([st.PENDING]):
             if row.id in self.engine.workloads:
                 continue
@@ -720,14 +763,52 @@ class Service:
     def apply_tree(self, text: str, dry_run: bool = False, source: str = "ElasticQuotaTree") -> dict[str, Any]:
         """Validate a new tree and apply it (or only say what it would change)."""
         tree = QuotaTree.from_yaml_text(text, source)  # QuotaTreeError names node and field
+        old = self.engine.tree
         if dry_run:
-            effects = self.engine.preview_tree(tree)
+            effects = self.engine.preview_tree(tree)  # QuotaTreeError if a leaf holding jobs would go
+            for w in self.engine.admitted():  # preview_tree leaves the new tree without usage
+                tree.admit(tree.leaves[w.queue], w.request)
+            effects += self._running_job_effects(old, tree)
+            tree.reset_usage()
             return {"applied": False, "effects": effects}
-        effects = self.engine.set_tree(tree)  # QuotaTreeError if a leaf holding jobs would go
+        effects = self.engine.set_tree(tree)  # the new tree now accounts every admitted job
+        effects += self._running_job_effects(old, tree)
         self.store.set_setting(TREE_SETTING, text)
         self.store.record("(quota)", "QuotaApplied", f"tree {tree.name}: " + "; ".join(effects))
         self._run_cycle()
         return {"applied": True, "effects": effects}
+
+    def _running_job_effects(self, old: QuotaTree, new: QuotaTree, shown: int = 10) -> list[str]:
+        """The admitted jobs behind the engine's node-level effects: those under a node that would be
+        over its new ``max``, and those under a node that would newly borrow (reclaimable work).
+        ``new`` must account every admitted job."""
+        under: dict[str, list[Workload]] = {}
+        for w in self.engine.admitted():
+            for node in new.leaves[w.queue].lineage:
+                under.setdefault(node.name, []).append(w)
+        lines: list[str] = []
+
+        def jobs_line(what: str, node_path: str, jobs: list[Workload]) -> None:
+            ids = sorted(w.uid for w in jobs)
+            more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+            lines.append(f"! running jobs {what} {node_path}: {', '.join(ids[:shown])}{more}")
+
+        for node in new:
+            jobs = under.get(node.name, [])
+            if not jobs:
+                continue
+            over = sorted(r for r, m in node.max.items() if node.usage.get(r, 0) > m)
+            if over:
+                holding = [w for w in jobs if any(w.request.get(r, 0) for r in over)]
+                jobs_line(f"over the new max ({', '.join(over)}) of", node.path, holding)
+            was = old.nodes[node.name] if node.name in old.nodes else None
+            was_borrowed = old.borrowed(was) if was is not None else {}
+            borrowed = new.borrowed(node)
+            newly = sorted(r for r, v in borrowed.items() if v > was_borrowed.get(r, 0))
+            if newly:
+                holding = [w for w in jobs if any(w.request.get(r, 0) for r in newly)]
+                jobs_line(f"that would borrow ({', '.join(newly)}; reclaimable) in", node.path, holding)
+        return lines
 
     def tree_yaml(self) -> str:
         return yaml.safe_dump(self.engine.tree.to_dict(), sort_keys=False)
@@ -866,7 +947,8 @@ class Service:
         row = self.resolve(ref)
         text: str | None = None
         source = "none"
-        if row.state in st.ACTIVE_STATES and row.released and row.submission_id:
+        live = row.state in st.ACTIVE_STATES or (row.state == st.CANCELLED and row.logs is None)
+        if live and row.submission_id and (row.released or row.state == st.CANCELLED):
             try:
                 text = await asyncio.to_thread(self.ray.logs, row.submission_id)
                 source = "ray"

@@ -31,6 +31,10 @@ CANCELLED = "Cancelled"
 ACTIVE_STATES = (ADMITTED, RUNNING, PREEMPTING)
 LIVE_STATES = (PENDING, *ACTIVE_STATES)
 FINAL_STATES = (SUCCEEDED, FAILED, STOPPED, CANCELLED)
+#: ``ray_status`` of a cancelled job whose submission Ray never had.
+RAY_NOT_FOUND = "NOT_FOUND"
+#: Ray statuses after which a job can no longer run in Ray.
+RAY_SETTLED = ("SUCCEEDED", "FAILED", "STOPPED", RAY_NOT_FOUND)
 
 
 class JobRecord(SQLModel, table=True):
@@ -187,6 +191,18 @@ class Store:
             query = query.order_by(col(JobRecord.submitted_at), col(JobRecord.id))
             if limit is not None:
                 query = query.limit(limit)
+            return list(s.exec(query))
+
+    def unsettled_cancelled(self) -> list[JobRecord]:
+        """Cancelled jobs that had a Ray submission whose end Ray has not confirmed yet (the service
+        stopped, or crashed, between the cancel and Ray's answer): they may still run in Ray."""
+        with self.session() as s:
+            query = (
+                select(JobRecord)
+                .where(JobRecord.state == CANCELLED)
+                .where(col(JobRecord.submission_id).is_not(None))
+                .where(col(JobRecord.ray_status).is_(None) | col(JobRecord.ray_status).not_in(RAY_SETTLED))
+            )
             return list(s.exec(query))
 
     def ids(self) -> set[str]:
