@@ -233,6 +233,10 @@ class Simulator:
         n = len(jobs)
         ai = 0
         done = 0
+        # The last instant at which a job arrived, was admitted, preempted, rejected or finished. An engine
+        # timer that fires after that (a TimeoutOrExceedMax deadline of a job admitted before it, a backoff
+        # of a job gone since) changes nothing and must not stretch the makespan, nor the prepaid cost.
+        last_change = 0.0
         events = 0
         cycles = 0
         bar = _Progress(self.progress, n, self.on_progress)
@@ -254,6 +258,7 @@ class Simulator:
                 if epoch != rec.epoch or rec.status != "running":
                     continue  # the run was preempted
                 engine.finish(rec.uid)
+                last_change = now
                 rec.status = "finished"
                 rec.finish = now
                 rec.busy_seconds += now - (now if rec.admit is None else rec.admit)
@@ -269,6 +274,7 @@ class Simulator:
                 rec = records[ai]
                 ai += 1
                 events += 1
+                last_change = now
                 w = Workload(
                     uid=rec.uid,
                     queue=j.queue,
@@ -292,6 +298,7 @@ class Simulator:
                 cycles += 1
                 preempted = False
                 for d in engine.schedule(now):
+                    last_change = now
                     if type(d) is Admit:
                         rec = records[by_uid[d.workload.uid]]
                         rec.status = "running"
@@ -336,11 +343,11 @@ class Simulator:
                 push(heap, (wake, TIMER, -1, 0))
             bar.update(now, done)
 
-        bar.close(self.now, done)
+        bar.close(last_change, done)
         for rec in records:
             if rec.status in ("pending", "running"):
                 rec.status = "unfinished"  # e.g. waits forever behind a StrictFIFO head that never fits
-        result.end = self.now
+        result.end = last_change
         result.cycles = cycles
         result.events = events
         result.wall_seconds = time.perf_counter() - started

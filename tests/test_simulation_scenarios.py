@@ -301,6 +301,28 @@ def test_timeout_or_exceed_max_waits_for_ecs_then_spills(tmp_path: Path) -> None
     assert times(jobs["j2"]) == (40, 40, 50, "acs", 0)
 
 
+def test_a_deadline_that_passes_after_ecs_freed_up_changes_nothing(tmp_path: Path) -> None:
+    # TimeoutOrExceedMax with a 300 s timeout: j1 frees ECS at 20, before j2's deadline (10 + 300), so j2
+    # runs on ECS 20..25. The deadline timer still fires at 310 and finds nothing to do: the makespan ends
+    # at 25, not 310, so ECS is 90% used ((4 x 20 + 2 x 5) / (4 x 25)) and its prepaid cost covers 25 s.
+    result = simulate(
+        tmp_path,
+        tree=OPEN_TREE,
+        cluster=ECS_ACS,
+        policy=_policy("TimeoutOrExceedMax", timeout="300s"),
+        trace="""
+        job,submit,duration,namespace,gpu
+        j1,0,20,team-q,4
+        j2,10,5,team-q,2
+        """,
+    )
+    assert times(by_job(result)["j2"]) == (20, 20, 25, "ecs", 0)
+    c = summarize(result)["cluster"]
+    assert c["makespan_s"] == 25
+    assert c["units"]["ecs"]["utilisation"] == 0.9
+    assert c["prepaid_cost"] == round(4 * 25 / 3600, 4)
+
+
 def test_exceed_max_waits_for_ecs(tmp_path: Path) -> None:
     # ExceedMax moves on only when a unit's max pods is exceeded, never for lack of resources.
     result = simulate(
