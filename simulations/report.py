@@ -537,7 +537,7 @@ def write_comparison(results: list[SimulationResult], summaries: list[dict[str, 
 
     def save(fig: Any, name: str) -> None:
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")  # rotated queue names stay whole
         plt.close(fig)
         figures[name] = buf.getvalue()
         (d / name).write_bytes(figures[name])
@@ -563,7 +563,7 @@ def write_comparison(results: list[SimulationResult], summaries: list[dict[str, 
     save(fig, "compare_wait_cdf.png")
 
     queues = sorted({q for r in rows for q in r["queue_wait_mean_s"]})
-    fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(queues) * max(len(rows), 1)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(8, 0.3 * len(queues) * (len(rows) + 1)), 4.5))
     width = 0.8 / max(len(rows), 1)
     x = np.arange(len(queues))
     for k, r in enumerate(rows):
