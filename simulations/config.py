@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -374,8 +375,9 @@ def load_scenario(path: str | Path) -> Scenario:
     base = p.parent
 
     def rel(value: str) -> Path:
+        # normpath: the reports name the trace as ../shared/.../philly_jobs.csv, not a/b/../../../..
         q = Path(value).expanduser()
-        return q if q.is_absolute() else base / q
+        return Path(os.path.normpath(q if q.is_absolute() else base / q))
 
     problems = []
     for field in ("quota", "cluster", "policy"):
