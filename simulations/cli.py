@@ -138,6 +138,16 @@ def _compare(
             sc.name = f"{base}-{k}"
             k += 1
         names.add(sc.name)
+    traces = {sc.name: str(Path(sc.trace.path).resolve()) if sc.trace else "none" for sc in loaded}
+    if len(set(traces.values())) > 1:
+        # The what-ifs change the tree or the cluster, not the work: different traces make the
+        # waits and costs side by side a comparison of workloads too, so say so before the numbers.
+        listed = "; ".join(f"{name}: {path}" for name, path in traces.items())
+        Console(stderr=True).print(
+            f"[yellow]warning:[/yellow] the scenarios replay different traces ({listed}); "
+            "--trace FILE replays one trace through all of them",
+            highlight=False,
+        )
     results, summaries = [], []
     for sc in loaded:
         Console(stderr=True).print(f"[bold]scenario {sc.name}[/bold]")

@@ -516,6 +516,7 @@ def write_comparison(results: list[SimulationResult], summaries: list[dict[str, 
         rows.append(
             {
                 "scenario": s["scenario"],
+                "trace": s["trace"]["source"],
                 "jobs": s["trace"]["jobs"],
                 "rejected": s["trace"]["rejected"],
                 "wait_mean_s": c["all_queues"]["wait_mean_s"],
@@ -593,9 +594,19 @@ def write_comparison(results: list[SimulationResult], summaries: list[dict[str, 
         tr["makespan"] = format_duration(r["makespan_s"])
         tr["utilisation"] = ", ".join(f"{u} {v:.0%}" for u, v in r["utilisation"].items() if v is not None)
         table_rows.append(tr)
+    sources = sorted({r["trace"] for r in rows})
+    if len(sources) == 1:
+        trace_note = f"<p>Every scenario replays <code>{html.escape(sources[0])}</code>.</p>"
+    else:
+        trace_note = (
+            "<p><strong>The scenarios replay different traces</strong> ("
+            + "; ".join(f"{html.escape(r['scenario'])}: <code>{html.escape(r['trace'])}</code>" for r in rows)
+            + "): the differences below are the workloads' as well as the configurations'.</p>"
+        )
     page = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>rayqueue: comparison</title><style>{_CSS}</style>"
         "</head><body><h1>Scenarios side by side</h1>",
+        trace_note,
         _table(
             table_rows,
             [

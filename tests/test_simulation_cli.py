@@ -110,6 +110,31 @@ def test_compare_runs_scenarios_side_by_side(tmp_path: Path) -> None:
     assert (out / "spillover" / "report.html").exists() and (out / "spillover-more-ecs" / "summary.json").exists()
     assert (out / "compare.html").read_text().count("data:image/png;base64,") == 3
     assert "spillover-more-ecs" in result.output and "…" not in result.output
+    assert "different traces" not in result.output
+    assert {r["trace"] for r in data["scenarios"]} == {str(SPILL / "trace.csv")}
+
+
+def test_compare_warns_when_the_scenarios_replay_different_traces(tmp_path: Path) -> None:
+    # A what-if that also changes the trace compares workloads as well as configurations: say so.
+    half = tmp_path / "half.csv"
+    lines = (SPILL / "trace.csv").read_text().splitlines()
+    half.write_text("\n".join(lines[: len(lines) // 2]) + "\n")
+    other = tmp_path / "scenario-half.yaml"
+    other.write_text(
+        f"name: half-the-jobs\nquota: {SPILL / 'tree.yaml'}\ncluster: {SPILL / 'cluster.yaml'}\n"
+        f"policy: {SPILL / 'policy.yaml'}\ntrace: {half}\n"
+    )
+    out = tmp_path / "cmp"
+    result = _run("--compare", str(SPILL / "scenario.yaml"), str(other), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "the scenarios replay different traces" in result.stderr and str(half) in result.stderr
+    data = json.loads((out / "compare.json").read_text())
+    assert [r["trace"] for r in data["scenarios"]] == [str(SPILL / "trace.csv"), str(half)]
+    assert "The scenarios replay different traces" in (out / "compare.html").read_text()
+    # --trace replays one trace through both: no warning.
+    same = _run("--compare", str(SPILL / "scenario.yaml"), str(other), "--trace", str(half), "--out", str(out), "--no-plots")
+    assert same.exit_code == 0, same.output
+    assert "different traces" not in same.output
 
 
 def test_usage_errors(tmp_path: Path) -> None:
