@@ -1,8 +1,9 @@
 """What a simulation run writes: ``summary.json``, ``jobs.csv``, ``report.html`` and its plots as PNG.
 
 Figures are of the *summary resource* (GPUs, or CPU for a CPU-only trace), in its whole units. Cost:
-a unit with a finite capacity is prepaid (ECS subscription), so it costs ``capacity x makespan x price``
-whether used or not; an elastic unit (ACS) is billed per use, ``GPU-hours used x price``.
+an ECS (or ``default``) unit with a finite capacity is prepaid (subscription), so it costs ``capacity x
+makespan x price`` whether used or not; ACS and ECI units, and any elastic unit, are billed per use,
+``GPU-hours used x price``, even when a capacity caps them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from rayqueue.quota.quantity import GPU
 from rayqueue.simulations.simulator import JobRecord, SimulationResult, format_duration
 
 MILLI = 1000.0
+#: Unit kinds billed per use whatever their capacity: a capacity there is a cap on elastic capacity (an
+#: ACS quota), not nodes bought in advance.
+ON_DEMAND_KINDS = ("acs", "eci")
 GRID_POINTS = 1200
 
 
@@ -142,7 +146,7 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
             "price_per_gpu_hour": u.price,
         }
         if is_gpu:
-            if cap is None:
+            if cap is None or u.resource in ON_DEMAND_KINDS:
                 cost = used * u.price
                 elastic_h += used
                 elastic_cost += cost
@@ -474,8 +478,8 @@ def render_html(summary: dict[str, Any], figures: dict[str, bytes]) -> str:
         parts.append(f"<h2>Skipped rows (first 20 of {t['skipped_rows']})</h2><ul>{skipped}</ul>")
     parts.append(
         "<p class='note'>Preemption in simulation: a suspension is instant and a preempted job restarts "
-        "from scratch when admitted again. Prepaid (finite) units cost capacity x makespan x price; "
-        "elastic units cost what they used. Run: "
+        "from scratch when admitted again. Prepaid units (ECS with a finite capacity) cost capacity x "
+        "makespan x price; ACS, ECI and elastic units cost what they used. Run: "
         f"{summary['run']['wall_seconds']} s wall, {_fmt(summary['run']['jobs_per_second'])} jobs/s.</p>"
     )
     parts.append("</body></html>")

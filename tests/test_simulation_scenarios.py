@@ -263,6 +263,32 @@ def test_ecs_full_then_acs_and_its_cost(tmp_path: Path) -> None:
     assert c["prepaid_cost"] == round(4 * 13 / 3600, 4)
 
 
+def test_acs_with_a_capacity_is_still_billed_per_use(tmp_path: Path) -> None:
+    # ACS capped at 4 GPUs (an ACS quota, not prepaid nodes). j1 fills ECS 0..10; j2 (2 GPUs) spills to ACS
+    # 1..11; j3 (4 GPUs) finds ECS full and only 2 GPUs left on ACS, so it waits for ECS: 10..20.
+    # ACS costs what it ran (2 GPUs x 10 s at 3.6 per GPU-hour = 0.02), not 4 GPUs x 20 s.
+    result = simulate(
+        tmp_path,
+        tree=OPEN_TREE,
+        cluster=ECS_ACS.replace("elastic: true", "capacity: {nvidia.com/gpu: 4}"),
+        policy=_policy("LackResourceOrExceedMax"),
+        trace="""
+        job,submit,duration,namespace,gpu
+        j1,0,10,team-q,4
+        j2,1,10,team-q,2
+        j3,2,10,team-q,4
+        """,
+    )
+    jobs = by_job(result)
+    assert times(jobs["j2"]) == (1, 1, 11, "acs", 0)
+    assert times(jobs["j3"]) == (10, 10, 20, "ecs", 0)
+    c = summarize(result)["cluster"]
+    acs = c["units"]["acs"]
+    assert (acs["billing"], acs["cost"], acs["utilisation"]) == ("on demand", 0.02, round(20 / (4 * 20), 4))
+    assert c["acs_cost"] == c["elastic_cost"] == 0.02
+    assert c["prepaid_cost"] == round(4 * 20 / 3600, 4)  # ECS only
+
+
 def test_acs_max_pods_makes_a_job_wait(tmp_path: Path) -> None:
     # ACS allows at most 2 pods. j1 fills ECS 0..10; j2 (2 pods) goes to ACS 1..6; j3 (1 pod) finds ECS
     # full and ACS at its max, so it waits for j2: ACS 6..11 (ECS only frees at 10).
