@@ -242,13 +242,13 @@ def _print_summary(summary: dict[str, Any], out: Path, plots: bool) -> None:
     _print_table(table)
     c, t, run = summary["cluster"], summary["trace"], summary["run"]
     units = ", ".join(
-        f"{n} {u['utilisation']:.0%}" if u["utilisation"] is not None else f"{n} {u[f'{short}_hours']:,.0f} {short}-h"
+        f"{n} {u['utilisation']:.0%}" if u["utilisation"] is not None else f"{n} {_hours(u[f'{short}_hours'])} {short}-h"
         for n, u in c["units"].items()
     )
     console.print(
         f"jobs {t['jobs']:,} (skipped rows {t['skipped_rows']:,}, rejected {t['rejected']:,}, "
         f"unfinished {t['unfinished']:,}); makespan {c['makespan']}; units: {units}; "
-        f"ACS {c[f'acs_{short}_hours']:,.1f} {short}-h costing {c['currency']} {c['acs_cost']:,.2f}; "
+        f"ACS {_hours(c[f'acs_{short}_hours'])} {short}-h costing {c['currency']} {c['acs_cost']:,.2f}; "
         f"total {c['currency']} {c['total_cost']:,.2f}"
     )
     if t["skipped_examples"]:
