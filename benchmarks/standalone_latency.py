@@ -101,7 +101,8 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     tree_file = state / "tree.yaml"
     tree_file.write_text(TREE.format(n=args.concurrency))
     port = free_ports(1)[0]
-    runner = Runner(ServeOptions(tree=tree_file, ray_address=cluster.url, db=f"sqlite:///{state}/bench.db",
+    runner = Runner(ServeOptions(tree=tree_file, ray_address=cluster.url, ray_token=cluster.auth_token,
+                                 db=f"sqlite:///{state}/bench.db",
                                  state_dir=state, port=port, config=ServiceConfig(poll_interval_s=args.poll)))
     try:
         await runner.start()

@@ -81,7 +81,7 @@ async def harness(ray_cluster: LocalRayCluster, gates: Gates, tmp_path: Path) ->
         store = Store(db or f"sqlite:///{tmp_path}/rq-{len(made)}.db")
         svc = Service(
             store,
-            RayJobs(ray_cluster.url),
+            RayJobs(ray_cluster.url, auth_token=ray_cluster.auth_token),
             QuotaTree.from_yaml_text(tree_yaml),
             load_resource_policy_text(policy) if policy else None,
             config=ServiceConfig(poll_interval_s=0.1, capacity_interval_s=1.0),
@@ -219,7 +219,8 @@ async def test_units_take_capacity_from_labelled_ray_nodes_and_jobs_are_pinned_t
     await h.until_state(on_ecs, st.RUNNING)
     await h.until_state(spilled, st.RUNNING)
     # each driver runs on a node of its own unit: Ray's label selector pins it
-    node_pool = {n["node_id"]: n["labels"].get("pool") for n in alive_nodes(ray_cluster.url)}
+    nodes = alive_nodes(ray_cluster.url, token=ray_cluster.auth_token)
+    node_pool = {n["node_id"]: n["labels"].get("pool") for n in nodes}
     client = h.svc.ray._c()
     assert node_pool[client.get_job_info(on_ecs).driver_node_id] == "ecs"
     assert node_pool[client.get_job_info(spilled).driver_node_id] == "acs"
@@ -333,7 +334,7 @@ async def test_admitted_but_not_yet_released_job_is_submitted_once_after_a_crash
     await h2.until_state(one, st.RUNNING)
     await h2.until_state(two, st.RUNNING)
     assert any("found after a restart" in e.message for e in h2.svc.store.events(one))  # not submitted again
-    ray = RayJobs(ray_cluster.url)
+    ray = RayJobs(ray_cluster.url, auth_token=ray_cluster.auth_token)
     ids = [j.submission_id for j in ray._c().list_jobs()]
     assert ids.count(one) == 1 and ids.count(f"{two}-x") == 1
     # and had we asked Ray again, the submission id would have refused a second start

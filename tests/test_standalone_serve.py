@@ -85,6 +85,9 @@ def test_kill_9_the_service_with_its_own_ray_then_restart(tmp_path: Path, gates:
 
         ray_info = json.loads(Store(f"sqlite:///{tmp_path / 'state' / 'rayqueue.db'}").get_setting("local_ray") or "{}")
         assert ray_info, "the service records the Ray head it started"
+        # Ray listens beyond loopback: the head it started refuses anyone without its token
+        assert httpx.get(f"{ray_info['dashboard_url']}/api/jobs/", timeout=10).status_code == 401
+        assert dashboard_alive(ray_info["dashboard_url"], token=ray_info["auth_token"])
         proc = _serve(args, log)
         _wait_http(url, proc, log)
         after = httpx.get(f"{url}/v1/jobs", timeout=10).json()["jobs"]

@@ -179,6 +179,9 @@ def serve(
     ray_address: str | None = typer.Option(None, "--ray-address", envvar="RAYQUEUE_RAY_ADDRESS",
                                            help="An existing Ray cluster's dashboard (http://host:8265); "
                                            "default: start a local head."),
+    ray_token: str | None = typer.Option(None, "--ray-token", envvar="RAY_AUTH_TOKEN",
+                                         help="With --ray-address: the cluster's token, if it runs Ray's token "
+                                         "authentication (a local head always does, with a token of its own)."),
     num_gpus: int = typer.Option(0, "--num-gpus", help="Logical GPUs of the local Ray head."),
     num_cpus: int = typer.Option(8, "--num-cpus", help="Logical CPUs of the local Ray head."),
     unit_gpus: list[str] = typer.Option(None, "--unit-gpus", help="UNIT=N: also start a local Ray node with N "
@@ -209,7 +212,8 @@ def serve(
             raise typer.Exit(2)
         parsed[name] = int(count)
     opts = ServeOptions(
-        tree=tree, policy=policy, priority_classes=priority_classes, ray_address=ray_address, num_gpus=num_gpus,
+        tree=tree, policy=policy, priority_classes=priority_classes, ray_address=ray_address, ray_token=ray_token,
+        num_gpus=num_gpus,
         num_cpus=num_cpus, unit_gpus=parsed, db=db, state_dir=state_dir, host=host, port=port, token=token,
         config=ServiceConfig(poll_interval_s=poll_interval),
     )

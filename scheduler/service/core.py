@@ -18,6 +18,7 @@ jobs Ray finished while we were away are closed, pending jobs are queued again i
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import secrets
@@ -132,10 +133,11 @@ class Service:
         config: ServiceConfig | None = None,
         clock: Callable[[], float] = time.time,
         tree_yaml: str | None = None,
-        nodes: Callable[[str], list[dict[str, Any]]] = alive_nodes,
+        nodes: Callable[[str], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.store = store
-        self._nodes = nodes  # Ray's alive nodes (resources, labels): the units' capacity
+        # Ray's alive nodes (resources, labels): the units' capacity
+        self._nodes = nodes if nodes is not None else functools.partial(alive_nodes, token=ray.auth_token)
         self.ray = ray
         self.config = config or ServiceConfig()
         self.clock = clock

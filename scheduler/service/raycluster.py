@@ -1,9 +1,15 @@
 """The Ray side of standalone mode: a local Ray head we start and stop ourselves, or an existing one.
 
-A local head is ``ray start --head --block`` in its own process group, bound to 127.0.0.1, with every
-port picked free (so tests and several services never collide), its own temp dir, logical GPUs and node
-labels from our config. It survives a crash of the service on purpose: running Ray jobs keep running,
-and the restarted service finds it again (its address is kept in the store) and re-attaches.
+A local head is ``ray start --head --block`` in its own process group, its dashboard (the Job API) on
+127.0.0.1, every port picked free (so tests and several services never collide), its own temp dir,
+logical GPUs and node labels from our config. Ray turns a loopback ``--node-ip-address`` into the
+machine's address and its GCS, raylet and client server listen on every interface, so the head runs
+with Ray's token authentication (``RAY_AUTH_MODE=token``) and a fresh random token: without it anyone
+who can reach the machine could run code on the cluster. The token is kept with the head's record in
+the store; every call to the dashboard sends it, and job drivers inherit it.
+
+The head survives a crash of the service on purpose: running Ray jobs keep running, and the restarted
+service finds it again (its address is kept in the store) and re-attaches.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -61,9 +68,14 @@ def dashboard_url(address: str) -> str:
     return address
 
 
-def dashboard_alive(url: str, timeout: float = 2.0) -> bool:
+def auth_headers(token: str | None) -> dict[str, str]:
+    """What Ray's token authentication expects on every dashboard call (nothing without a token)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def dashboard_alive(url: str, timeout: float = 2.0, token: str | None = None) -> bool:
     try:
-        return httpx.get(f"{url}/api/version", timeout=timeout).status_code == 200
+        return httpx.get(f"{url}/api/version", timeout=timeout, headers=auth_headers(token)).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -81,6 +93,8 @@ class LocalRayInfo:
     labels: dict[str, str] = field(default_factory=dict)
     #: process groups of the extra local nodes (one per ResourcePolicy unit started with --unit-gpus)
     worker_pgids: list[int] = field(default_factory=list)
+    #: Ray's token authentication for this head (None: a head recorded before tokens were used)
+    auth_token: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -101,6 +115,10 @@ class LocalRayCluster:
     def url(self) -> str:
         return self.info.dashboard_url
 
+    @property
+    def auth_token(self) -> str | None:
+        return self.info.auth_token
+
     @classmethod
     def start(
         cls,
@@ -110,7 +128,9 @@ class LocalRayCluster:
         resources: Mapping[str, float] | None = None,
         object_store_mb: int = 256,
         timeout: float = 90.0,
+        auth_token: str | None = None,
     ) -> LocalRayCluster:
+        """Start the head; ``auth_token`` defaults to a fresh random one (see the module's docstring)."""
         ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
         if ray_bin is None:
             raise RayClusterError("the `ray` command is not installed (pip install 'ray[default]')")
@@ -141,7 +161,8 @@ class LocalRayCluster:
             cmd += ["--labels", ",".join(f"{k}={v}" for k, v in labels.items())]
         if resources:
             cmd += ["--resources", json.dumps(dict(resources))]
-        env = _ray_env(temp_dir)
+        token = auth_token or secrets.token_urlsafe(32)
+        env = _ray_env(temp_dir, token)
         log_path = Path(temp_dir) / "ray-start.log"
         with open(log_path, "wb") as out:
             process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -153,6 +174,7 @@ class LocalRayCluster:
             num_cpus=num_cpus,
             num_gpus=num_gpus,
             labels=dict(labels or {}),
+            auth_token=token,
         )
         cluster = cls(info, process)
         try:
@@ -192,7 +214,8 @@ class LocalRayCluster:
             cmd += ["--labels", ",".join(f"{k}={v}" for k, v in labels.items())]
         with open(temp_dir / "ray-start.log", "wb") as out:
             process = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=_ray_env(self.info.temp_dir), start_new_session=True
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=_ray_env(self.info.temp_dir, self.auth_token),
+                start_new_session=True,
             )
         self.info.worker_pgids.append(process.pid)
         deadline = time.monotonic() + timeout
@@ -200,7 +223,7 @@ class LocalRayCluster:
             if process.poll() is not None:
                 raise RayClusterError(f"`ray start` of a {labels} node exited with {process.returncode}")
             if any(matches(n.get("labels") or {}, labels) and not n.get("is_head_node")
-                   for n in alive_nodes(self.url)):
+                   for n in alive_nodes(self.url, token=self.auth_token)):
                 return
             time.sleep(0.3)
         raise RayClusterError(f"the local {labels} node did not join within {timeout:.0f}s")
@@ -208,7 +231,7 @@ class LocalRayCluster:
     @classmethod
     def reattach(cls, info: LocalRayInfo) -> LocalRayCluster | None:
         """The head a crashed service left running, if it still answers."""
-        if not dashboard_alive(info.dashboard_url):
+        if not dashboard_alive(info.dashboard_url, token=info.auth_token):
             return None
         return cls(info)
 
@@ -218,7 +241,9 @@ class LocalRayCluster:
             if self.process is not None and self.process.poll() is not None:
                 log_text = (Path(self.info.temp_dir) / "ray-start.log").read_text(errors="replace")[-2000:]
                 raise RayClusterError(f"`ray start` exited with {self.process.returncode}:\n{log_text}")
-            if dashboard_alive(self.url, timeout=1.0) and alive_nodes(self.url):
+            if dashboard_alive(self.url, timeout=1.0, token=self.auth_token) and alive_nodes(
+                self.url, token=self.auth_token
+            ):
                 return
             time.sleep(0.3)
         raise RayClusterError(f"the local Ray head did not come up within {timeout:.0f}s")
@@ -241,8 +266,13 @@ class LocalRayCluster:
         shutil.rmtree(self.info.temp_dir, ignore_errors=True)
 
 
-def _ray_env(temp_dir: str) -> dict[str, str]:
+def _ray_env(temp_dir: str, auth_token: str | None) -> dict[str, str]:
     env = dict(os.environ)
+    for key in [k for k in env if k.startswith("RAY_AUTH_")]:
+        del env[key]  # the user's settings for another cluster must not leak into ours
+    if auth_token:
+        env["RAY_AUTH_MODE"] = "token"
+        env["RAY_AUTH_TOKEN"] = auth_token
     # Job drivers inherit this environment: put this interpreter first so `python` has ray.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["RAY_enable_worker_prestart"] = "0"  # no idle workers eating a small machine's cores
@@ -274,13 +304,14 @@ def _kill_strays(temp_dir: str) -> None:
 # ------------------------------------------------------------------------------ capacity
 
 
-def alive_nodes(url: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+def alive_nodes(url: str, timeout: float = 5.0, token: str | None = None) -> list[dict[str, Any]]:
     """Alive Ray nodes with their total resources and labels (dashboard state API, no driver needed)."""
     try:
         resp = httpx.get(
             f"{url}/api/v0/nodes",
             params={"limit": 1000, "filter_keys": "state", "filter_predicates": "=", "filter_values": "ALIVE"},
             timeout=timeout,
+            headers=auth_headers(token),
         )
     except httpx.HTTPError:
         return []

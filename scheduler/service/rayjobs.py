@@ -28,6 +28,7 @@ import yaml
 
 from rayqueue.quota.quantity import CPU, GPU, MEMORY, MILLI
 from rayqueue.scheduler.rayjob import HEAD, RayJobRejected, RayJobRequest
+from rayqueue.scheduler.service.raycluster import auth_headers
 
 log = logging.getLogger("rayqueue.service.rayjobs")
 
@@ -146,10 +147,11 @@ class RayJobs:
     which uploads the files first.
     """
 
-    def __init__(self, address: str, timeout_s: float = 15.0) -> None:
+    def __init__(self, address: str, timeout_s: float = 15.0, auth_token: str | None = None) -> None:
         self.address = address.rstrip("/")
         self.timeout_s = timeout_s
-        self._http = httpx.Client(base_url=self.address, timeout=timeout_s)
+        self.auth_token = auth_token  # Ray's token authentication (RAY_AUTH_MODE=token), if the cluster uses it
+        self._http = httpx.Client(base_url=self.address, timeout=timeout_s, headers=auth_headers(auth_token))
         self._client: Any = None
 
     def _c(self) -> Any:
@@ -158,7 +160,7 @@ class RayJobs:
             from ray.job_submission import JobSubmissionClient
 
             try:
-                self._client = JobSubmissionClient(self.address)
+                self._client = JobSubmissionClient(self.address, headers=auth_headers(self.auth_token))
             except Exception as exc:  # ConnectionError, RuntimeError from the version check
                 raise RayUnavailable(f"cannot reach Ray at {self.address}: {exc}") from exc
         return self._client

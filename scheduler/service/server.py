@@ -42,6 +42,8 @@ class ServeOptions:
     policy: Path | None = None
     priority_classes: Path | None = None
     ray_address: str | None = None
+    #: Ray's token authentication of an existing cluster (--ray-address); a local head makes its own
+    ray_token: str | None = None
     num_gpus: int = 0
     num_cpus: int = 8
     #: extra local Ray nodes, one per named ResourcePolicy unit: unit name -> logical GPUs
@@ -157,12 +159,13 @@ class Runner:
         units: Units | None = load_resource_policy(opts.policy) if opts.policy is not None else None
         priorities = load_priority_classes(opts.priority_classes)
         if opts.ray_address:
-            address = dashboard_url(opts.ray_address)
+            address, ray_token = dashboard_url(opts.ray_address), opts.ray_token
         else:
             local = await asyncio.to_thread(self._local_ray, store, units)
             self.local_ray = local
-            address = local.url
-        self.service = Service(store, RayJobs(address), tree, units, priorities, opts.config, tree_yaml=tree_yaml)
+            address, ray_token = local.url, local.auth_token
+        ray = RayJobs(address, auth_token=ray_token)
+        self.service = Service(store, ray, tree, units, priorities, opts.config, tree_yaml=tree_yaml)
         await self.service.start()
         import uvicorn
 
