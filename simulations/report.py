@@ -27,6 +27,9 @@ MILLI = 1000.0
 #: ACS quota), not nodes bought in advance.
 ON_DEMAND_KINDS = ("acs", "eci")
 GRID_POINTS = 1200
+#: Above this many queues the wait CDF names only the WORST_QUEUES_NAMED that wait longest.
+MAX_NAMED_CURVES = 20
+WORST_QUEUES_NAMED = 8
 
 
 def short_name(resource: str) -> str:
@@ -287,6 +290,14 @@ def _curve_style(k: int) -> dict[str, Any]:
     return {"color": f"C{k % 10}", "linestyle": _DASHES[(k // 10) % len(_DASHES)]}
 
 
+def queues_named_in_cdf(waits: dict[str, list[float]]) -> list[str]:
+    """The queues the wait CDF draws in colour and names: all of them up to MAX_NAMED_CURVES, else
+    (thirty curves cannot be told apart) the WORST_QUEUES_NAMED with the longest p95 wait, worst first."""
+    if len(waits) <= MAX_NAMED_CURVES:
+        return sorted(waits)
+    return sorted(waits, key=lambda q: (-float(np.percentile(waits[q], 95)), q))[:WORST_QUEUES_NAMED]
+
+
 def _figures(result: SimulationResult) -> dict[str, bytes]:
     import matplotlib
 
@@ -313,15 +324,25 @@ def _figures(result: SimulationResult) -> dict[str, bytes]:
             by_queue.setdefault(r.queue, []).append(r.first_admit - r.submit)
     wmax = max((max(v) for v in by_queue.values() if v), default=0.0)
     wscale, wlabel = _time_axis(wmax)
-    for k, name in enumerate(sorted(by_queue)):
+    named = queues_named_in_cdf(by_queue)
+    title = "Wait-time CDF per queue"
+    if len(named) < len(by_queue):
+        # The rest in grey, and all queues together for reference.
+        for name in sorted(set(by_queue) - set(named)):
+            x, y = _cdf(np.asarray(by_queue[name]) / wscale)
+            ax.step(x, y, where="post", color="0.8", linewidth=0.6)
+        x, y = _cdf(np.concatenate([np.asarray(v) for v in by_queue.values()]) / wscale)
+        ax.step(x, y, where="post", color="black", linewidth=2, label=f"all {len(by_queue)} queues")
+        title += f" (the {len(named)} with the longest p95 wait named, the others in grey)"
+    for k, name in enumerate(named):
         x, y = _cdf(np.asarray(by_queue[name]) / wscale)
         ax.step(x, y, where="post", label=f"{name} ({len(by_queue[name])})", **_curve_style(k))
     ax.set_xscale("symlog", linthresh=max(wmax / wscale / 1000, 1e-3))
     ax.set_xlabel(f"wait before first admission ({wlabel}, symlog)")
     ax.set_ylabel("fraction of jobs")
-    ax.set_title("Wait-time CDF per queue")
+    ax.set_title(title, fontsize=11 if len(title) < 60 else 9)
     ax.grid(alpha=0.3)
-    if len(by_queue) <= 20:
+    if by_queue:
         ax.legend(fontsize=7, ncol=2)
     save(fig, "wait_cdf.png")
 
@@ -361,9 +382,10 @@ def _figures(result: SimulationResult) -> dict[str, bytes]:
     for k in range(n, rows * cols):
         axes[k // cols][k % cols].axis("off")
     axes[0][0].legend(fontsize=6)
-    fig.suptitle(f"{res} usage per queue against min (dashed) and max (dotted); time in {unit_label}")
+    # Margins in inches, so the title clears the first row of panels however many rows there are.
     height = 2.3 * rows + 0.4
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.35 / height, top=1 - 0.6 / height, hspace=0.45, wspace=0.3)
+    fig.suptitle(f"{res} usage per queue against min (dashed) and max (dotted); time in {unit_label}", y=1 - 0.12 / height)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.35 / height, top=1 - 0.75 / height, hspace=0.45, wspace=0.3)
     save(fig, "queues.png")
     return out
 

@@ -185,3 +185,13 @@ def test_progress_is_reported_during_a_long_run() -> None:
     sim.run()
     assert len(calls) >= 3 and calls[-1] == (5000.0, 5000, 5000)
     assert calls[0][1] < calls[1][1] < 5000 and calls[0][0] < calls[1][0] < 5000.0
+
+
+def test_the_wait_cdf_names_every_queue_or_the_worst_eight() -> None:
+    from rayqueue.simulations.report import queues_named_in_cdf
+
+    few = {f"q{k:02d}": [float(k)] for k in range(20)}
+    assert queues_named_in_cdf(few) == sorted(few)
+    # 30 queues (the Kueue baseline): the eight with the longest p95 wait, worst first.
+    many = {f"q{k:02d}": [0.0] * 90 + [float(k)] * 10 for k in range(30)}
+    assert queues_named_in_cdf(many) == [f"q{k:02d}" for k in range(29, 21, -1)]
