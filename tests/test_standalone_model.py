@@ -268,7 +268,8 @@ async def test_the_http_api_answers_with_problems_and_needs_the_token(tmp_path: 
             ok = await http.post("/v1/jobs", headers=auth, json={"yaml": rayjob("x", "python x.py")})
             assert ok.status_code == 201
             job = ok.json()["jobs"][0]
-            assert job["state"] == st.ADMITTED and job["queue"] == "team-a"
+            assert job["state"] == st.ADMITTED and job["queue"] == "team-a" and job["unit"] == "default"
+            assert (job["reason_code"], job["reason"]) == ("Admitted", "admitted to root/team-a on unit default")
             explained = (await http.get(f"/v1/jobs/{job['id']}", headers=auth)).json()
             assert explained["unit"] == "default" and explained["submission_id"] == job["id"]
             assert (await http.get("/v1/jobs/nope", headers=auth)).status_code == 404

@@ -122,7 +122,7 @@ def test_kill_9_the_service_with_its_own_ray_then_restart(tmp_path: Path, gates:
         good = tmp_path / "good.yaml"
         good.write_text(rayjob("four", gates.entrypoint("four")))
         out = cli.invoke(cli_app, ["submit", str(good)], env=env)
-        assert out.exit_code == 0 and "Pending, position 0 in queue team-a" in out.output, out.output
+        assert out.exit_code == 0 and "Pending, position 0 in queue team-a - QuotaMaxExceeded: " in out.output, out.output
         out = cli.invoke(cli_app, ["cancel", "four"], env=env)
         assert out.exit_code == 0 and "Cancelled" in out.output
     finally:

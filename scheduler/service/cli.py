@@ -266,8 +266,11 @@ def submit(
                 f"position {job['position']} in queue {job['queue']}" if job["position"] is not None
                 else f"queue {job['queue']}"
             )
-            console.print(f"[bold]{job['id']}[/] {_state(job['state'])}, {where}" + (
-                f" - {job['reason']}" if job["reason"] else ""))
+            why = job["reason"] or ""
+            if job["state"] == "Pending" and job.get("reason_code"):
+                why = f"{job['reason_code']}: {why}"  # the code is what `explain` and alerts name
+            console.print(f"[bold]{job['id']}[/] {_state(job['state'])}, {where}" + (f" - {why}" if why else ""),
+                          soft_wrap=True)
             for note in job.get("notes") or []:
                 console.print(f"  note: {note}", markup=False)
 

@@ -106,7 +106,9 @@ class Accepted:
     priority_class: str | None
     state: str
     position: int | None
-    reason: str | None
+    reason: str | None  # the sentence: why it waits, or where it was admitted
+    reason_code: str | None = None
+    unit: str | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -333,7 +335,9 @@ class Service:
                     priority_class=w.priority_class,
                     state=row.state if row else st.PENDING,
                     position=info.position if info else None,
-                    reason=str(info.reason) if info and info.reason else None,
+                    reason=info.reason.message if info and info.reason else None,
+                    reason_code=info.reason.code.value if info and info.reason else None,
+                    unit=row.unit if row else None,
                     notes=notes,
                 )
             )
