@@ -173,6 +173,8 @@ async def test_borrowing_then_reclaim_stops_the_borrower_in_ray_and_requeues_it(
     await h.until_state(a1, st.RUNNING)
     await h.until_state(a2, st.RUNNING)
 
+    metrics = (await h.http.get("/metrics")).text
+    assert 'rayqueue_quota_borrowed{node="team-a",resource="nvidia.com/gpu"} 1.0' in metrics
     b1 = h.submit("b1", namespace="team-b")  # within team-b's guarantee: reclaim
     assert h.state(a2) == st.PREEMPTING
     assert h.svc.explain(b1)["reason_code"] == "WaitingForReclaim"
@@ -181,6 +183,12 @@ async def test_borrowing_then_reclaim_stops_the_borrower_in_ray_and_requeues_it(
     assert row is not None and row.state == st.PENDING and row.preemptions == 1 and row.attempt == 1
     assert h.events(a2)[-2:] == ["Preempting", "Requeued"]
     assert h.svc.ray.status(a2).status == "STOPPED"  # the first attempt really stopped in Ray
+    preempting = h.svc.store.events(a2)[-2]
+    assert preempting.message.startswith("preempted to return root/team-b its guarantee for b1")  # says why
+    metrics = (await h.http.get("/metrics")).text
+    assert 'rayqueue_preemptions_total{queue="team-a",reason="Reclaimed"} 1.0' in metrics
+    assert 'rayqueue_jobs{queue="team-a",state="Pending"} 1.0' in metrics
+    assert 'rayqueue_jobs{queue="team-b",state="Running"} 1.0' in metrics
     assert h.gpu_usage("team-a") == 1 and h.gpu_usage("team-b") == 1
 
     h.gates.open("b1")

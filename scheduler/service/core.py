@@ -706,7 +706,8 @@ class Service:
             # Running (or pending) in Ray, or admitted but maybe never submitted: count it, as it was.
             w = self._workload(row)
             self.engine.restore(w, row.unit, row.admitted_at or self.clock())
-            self.store.record(row.id, "Reattached", f"counted again on unit {row.unit} after a restart")
+            # a transition, not a bare record: the history row then shows the job's state and unit
+            self.store.transition(row.id, "Reattached", f"counted again on unit {row.unit} after a restart")
             if status is None:
                 node_selector = self.units.by_name[w.unit or ""].node_selector if w.unit in self.units.by_name else {}
                 self._releasing[row.id] = asyncio.create_task(self._release(row.id, sid, dict(node_selector)))
