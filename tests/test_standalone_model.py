@@ -463,3 +463,46 @@ async def test_an_unknown_queue_lists_the_leaves_and_a_job_that_can_never_fit_na
         assert svc.store.jobs() == []  # all or none: the fitting job was not accepted either
     finally:
         await svc.stop()
+
+
+async def test_priority_preemption_stops_the_lower_job_in_ray_requeues_it_and_records_why(tmp_path: Path) -> None:
+    one_gpu = """\
+apiVersion: scheduling.sigs.k8s.io/v1beta1
+kind: ElasticQuotaTree
+metadata: {name: prio}
+spec:
+  root:
+    name: root
+    max: {nvidia.com/gpu: 1}
+    children:
+      - name: team-a
+        namespaces: [team-a]
+        max: {nvidia.com/gpu: 1}
+        attributes: {preemptionPolicy: LowerPriority}
+"""
+    ray = FakeRay()
+    svc = Service(Store(f"sqlite:///{tmp_path}/p.db"), ray, QuotaTree.from_yaml_text(one_gpu),  # type: ignore[arg-type]
+                  config=ServiceConfig(poll_interval_s=3600, capacity_interval_s=3600), nodes=lambda _: NODES)
+    await svc.start()
+    try:
+        low = svc.submit_text(rayjob("low", "python x.py", priority="low"))[0].id
+        await _settle(svc)
+        ray.jobs[low] = "RUNNING"
+        await _settle(svc)
+        high = svc.submit_text(rayjob("high", "python x.py", priority="high"))[0].id
+        assert svc.store.get(low).state == st.PREEMPTING  # type: ignore[union-attr]
+        await _settle(svc)  # Ray stops it; the poll sees STOPPED and requeues it
+        await _settle(svc)
+        assert ray.jobs[low] == "STOPPED"
+        row = svc.store.get(low)
+        assert row is not None and row.state == st.PENDING and row.preemptions == 1
+        kinds = [(e.kind, e.message) for e in svc.store.events(low)]
+        assert kinds[-2][0] == "Preempting" and "preempted by higher-priority high (priority 1000 > 100)" in kinds[-2][1]
+        assert kinds[-1][0] == "Requeued"
+        assert svc.store.get(high).state == st.ADMITTED  # type: ignore[union-attr]
+        assert svc.explain(low)["reason_code"] is not None and svc.explain(low)["position"] == 0
+        svc.refresh_metrics()
+        exposition = svc.metrics.exposition().decode()
+        assert 'rayqueue_preemptions_total{queue="team-a",reason="PreemptedByPriority"} 1.0' in exposition
+    finally:
+        await svc.stop()
