@@ -24,6 +24,7 @@ from rayqueue.scheduler.rayjob import rayjob_request
 from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.api import create_app
 from rayqueue.scheduler.service.core import Service, ServiceConfig, ServiceError, SubmitError
+from rayqueue.scheduler.service.raycluster import capacity_for
 from rayqueue.scheduler.service.rayjobs import RayStatus, submission_for
 from rayqueue.scheduler.service.server import Runner, ServeOptions, is_loopback, load_priority_classes
 from rayqueue.scheduler.service.store import Store, submission_id
@@ -504,5 +505,22 @@ spec:
         svc.refresh_metrics()
         exposition = svc.metrics.exposition().decode()
         assert 'rayqueue_preemptions_total{queue="team-a",reason="PreemptedByPriority"} 1.0' in exposition
+    finally:
+        await svc.stop()
+
+
+async def test_a_gpu_job_on_a_ray_cluster_without_gpus_is_refused_as_never_fitting(tmp_path: Path) -> None:
+    cpu_only = [{"state": "ALIVE", "labels": {}, "resources_total": {"CPU": 8.0, "memory": 2.0**34}}]
+    assert capacity_for(cpu_only, {}) == {"cpu": 8000, "memory": 2**34 * 1000, GPU: 0, "google.com/tpu": 0}
+    svc = Service(Store(f"sqlite:///{tmp_path}/g.db"), FakeRay(), QuotaTree.from_yaml_text(TWO_TEAMS),  # type: ignore[arg-type]
+                  nodes=lambda _: cpu_only)
+    await svc.start()
+    try:
+        with pytest.raises(SubmitError) as refused:
+            svc.submit_text(rayjob("gpu", "python x.py", gpus=1), source="gpu.yaml")
+        assert "larger than every unit" in refused.value.problems[0]
+        assert "nvidia.com/gpu=0" in refused.value.problems[0]
+        cpu_job = rayjob("cpu", "python x.py").replace("limits: {nvidia.com/gpu: 1}", "limits: {cpu: 1}")
+        assert svc.submit_text(cpu_job)[0].state == st.ADMITTED  # what Ray has is still admitted
     finally:
         await svc.stop()

@@ -126,9 +126,10 @@ def status_tables(status: dict[str, Any]) -> list[Table]:
     for col in ("unit", "kind", "capacity", "in use", "pods", "nodeSelector"):
         units.add_column(col)
     for u in status["units"]:
+        # Ray's resources that no node has (0 TPUs...) are left out: they only add noise here
         cap = "elastic" if u["capacity"] is None else ", ".join(
-            f"{r}={format_quantity(v, r)}" for r, v in sorted(u["capacity"].items())
-        )
+            f"{r}={format_quantity(v, r)}" for r, v in sorted(u["capacity"].items()) if v
+        ) or "none"
         use = ", ".join(f"{r}={format_quantity(v, r)}" for r, v in sorted(u["usage"].items())) or "-"
         pods = f"{u['pods']}" + (f" / {u['max_pods']}" if u["max_pods"] is not None else "")
         sel = ", ".join(f"{k}={v}" for k, v in u["node_selector"].items()) or "(any node)"

@@ -36,10 +36,11 @@ from rayqueue.quota.quantity import CPU, GPU, MEMORY, MILLI, Resources
 
 log = logging.getLogger("rayqueue.service.ray")
 
-#: Ray resource name -> Kubernetes resource name (and the scale to milli-units).
 MARKER_ENV = "RAYQUEUE_LOCAL_RAY"
 
-RAY_TO_K8S = {"CPU": (CPU, MILLI), "GPU": (GPU, MILLI), "memory": (MEMORY, MILLI)}
+TPU = "google.com/tpu"
+#: Ray resource name -> Kubernetes resource name (and the scale to milli-units).
+RAY_TO_K8S = {"CPU": (CPU, MILLI), "GPU": (GPU, MILLI), "memory": (MEMORY, MILLI), "TPU": (TPU, MILLI)}
 
 
 class RayClusterError(RuntimeError):
@@ -338,11 +339,15 @@ def matches(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
 
 
 def capacity_for(nodes: list[dict[str, Any]], selector: Mapping[str, str]) -> Resources | None:
-    """The sum over the alive nodes whose labels match ``selector``; None when no node matches."""
+    """The sum over the alive nodes whose labels match ``selector``; None when no node matches.
+
+    Every resource Ray has a name for is in the answer, 0 when no node has it: a resource missing from
+    a unit's capacity is unbounded to the engine, so without the 0 a GPU job would be admitted onto a
+    Ray cluster that has no GPU at all."""
     chosen = [n for n in nodes if matches(n.get("labels") or {}, selector)]
     if not chosen:
         return None
-    total: Resources = {}
+    total: Resources = {name: 0 for name, _scale in RAY_TO_K8S.values()}
     for n in chosen:
         for r, v in node_resources(n).items():
             total[r] = total.get(r, 0) + v
