@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -133,6 +134,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     finally:
         await runner.shutdown()
         await asyncio.to_thread(cluster.stop)
+        shutil.rmtree(state, ignore_errors=True)  # the run's SQLite file: its figures are printed (and --out)
 
     at: dict[tuple[str, str], float] = {}
     for e in events:
