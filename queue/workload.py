@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from rayqueue.quota.quantity import Resources
+from rayqueue.quota.quantity import Demand, Resources
 
 
 class WorkloadState(StrEnum):
@@ -105,6 +105,7 @@ class Workload:
     park_token: int = 0  # invalidates stale entries in wake-up indexes
     preempted_by: str | None = None
     waiting_for: set[str] = field(default_factory=set)  # victims this job waits on
+    demand: Demand = field(default_factory=lambda: Demand({}))  # ``request`` by resource slot, set on submit
 
     @property
     def display_name(self) -> str:

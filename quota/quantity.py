@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
+from typing import Final
 
 # Resource names are interned everywhere they enter (here, ``canonical_resource``, the engine's submit):
 # the engine looks them up in dicts all the time, and identical keys skip the string comparison.
@@ -25,6 +26,75 @@ MILLI = 1000
 
 #: Resources as the engine holds them: name -> milli-units. Absent means zero in a request.
 Resources = dict[str, int]
+
+# Where a vector holds no limit (no max, no capacity, no guarantee to check). Negative, so the hot path
+# tests it with one comparison and every real quantity, however large, stays exact.
+NO_LIMIT: Final = -1
+
+
+class ResourceSlots:
+    """Every resource name this process has met, each with a fixed index.
+
+    Quota nodes and units keep usage and limits as lists indexed by slot, and a job carries its request
+    as (slot, amount) lists (``Demand``): admission then compares list items instead of hashing names
+    in dicts. One registry per process, so every tree, unit and job agrees on the slots.
+    """
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+        self.names: list[str] = []
+
+    def slot(self, name: str) -> int:
+        found = self.index.get(name)
+        if found is not None:
+            return found
+        name = sys.intern(name)
+        self.index[name] = len(self.names)
+        self.names.append(name)
+        return self.index[name]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def vector(self, values: Resources, fill: int) -> list[int]:
+        """``values`` laid out by slot; every other slot holds ``fill``."""
+        for name in values:
+            self.slot(name)
+        out = [fill] * len(self.names)
+        for name, value in values.items():
+            out[self.index[name]] = value
+        return out
+
+    def widen(self, vector: list[int], fill: int) -> None:
+        """Extend ``vector`` to every slot known now (slots met after it was made hold ``fill``)."""
+        missing = len(self.names) - len(vector)
+        if missing > 0:
+            vector.extend([fill] * missing)
+
+    def resources(self, vector: list[int]) -> Resources:
+        """The non-zero entries of ``vector`` by name."""
+        names = self.names
+        return {names[i]: v for i, v in enumerate(vector) if v}
+
+
+SLOTS = ResourceSlots()
+
+
+class Demand:
+    """A request as the hot path walks it: the slots and amounts of its non-zero resources."""
+
+    __slots__ = ("slots", "amounts", "width")
+
+    def __init__(self, request: Resources) -> None:
+        self.slots: list[int] = []
+        self.amounts: list[int] = []
+        for name, value in request.items():
+            if value:
+                self.slots.append(SLOTS.slot(name))
+                self.amounts.append(value)
+        # Vectors shorter than this are widened before use (they were made before a slot was added).
+        self.width: int = max(self.slots) + 1 if self.slots else 0
+
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {

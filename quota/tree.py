@@ -18,6 +18,9 @@ from pydantic import ValidationError
 from rayqueue.quota.model import API_VERSION, KIND, ElasticQuotaTreeManifest, QuotaNodeSpec
 from rayqueue.quota.quantity import (
     MAX_JOBS,
+    NO_LIMIT,
+    SLOTS,
+    Demand,
     ManifestError,
     QuantityError,
     Resources,
@@ -64,7 +67,10 @@ class QuotaNode:
         "children",
         "min",
         "max",
-        "usage",
+        "used",
+        "max_by_slot",
+        "min_by_slot",
+        "guarantee_by_slot",
         "namespaces",
         "attributes",
         "weight",
@@ -89,7 +95,15 @@ class QuotaNode:
         self.children: list[QuotaNode] = []
         self.min = min_
         self.max = max_
-        self.usage: Resources = {}
+        # The same numbers by resource slot (see ``quantity.ResourceSlots``): what admission reads.
+        # All four always have the same length (``widen`` extends them together).
+        for r in (*max_, *min_):
+            SLOTS.slot(r)
+        self.used: list[int] = SLOTS.vector({}, 0)
+        self.max_by_slot: list[int] = SLOTS.vector(max_, NO_LIMIT)
+        self.min_by_slot: list[int] = SLOTS.vector(min_, 0)
+        # The min where "within guarantee" checks it (guaranteed resources only); set by the tree.
+        self.guarantee_by_slot: list[int] = SLOTS.vector({}, NO_LIMIT)
         self.namespaces = namespaces
         self.attributes = attributes
         self.weight = weight
@@ -101,19 +115,31 @@ class QuotaNode:
     def is_leaf(self) -> bool:
         return not self.children
 
+    @property
+    def usage(self) -> Resources:
+        """What this node's jobs use, per resource (non-zero entries)."""
+        return SLOTS.resources(self.used)
+
+    def used_of(self, resource: str) -> int:
+        i = SLOTS.index.get(resource)
+        return 0 if i is None or i >= len(self.used) else self.used[i]
+
+    def widen(self) -> None:
+        """Make room for resource slots added since this node was made."""
+        if len(self.used) < len(SLOTS):
+            SLOTS.widen(self.used, 0)
+            SLOTS.widen(self.max_by_slot, NO_LIMIT)
+            SLOTS.widen(self.min_by_slot, 0)
+            SLOTS.widen(self.guarantee_by_slot, NO_LIMIT)
+
     def borrowed(self, resources: frozenset[str] | None = None) -> Resources:
         """Usage above this node's ``min``, per resource (what a reclaim could take back)."""
-        usage, mins = self.usage, self.min
         out: Resources = {}
-        if resources is None:
-            for r, used in usage.items():
-                if used > mins.get(r, 0):
-                    out[r] = used - mins.get(r, 0)
-            return out
-        for r in resources:
-            over = usage.get(r, 0) - mins.get(r, 0)
-            if over > 0:
-                out[r] = over
+        names, used, mins = SLOTS.names, self.used, self.min_by_slot
+        for i in range(len(used)):
+            over = used[i] - mins[i]
+            if over > 0 and (resources is None or names[i] in resources):
+                out[names[i]] = over
         return out
 
     def __repr__(self) -> str:
@@ -140,6 +166,13 @@ class QuotaTree:
         for r in self.guaranteed | self.bounded:
             denom = root.min.get(r) or root.max.get(r) or 1
             self._share_scale[r] = 1.0 / denom
+        # The guaranteed resources by slot, with their fair-share scale: what the hot path loops over.
+        self.guaranteed_slots: list[int] = sorted(SLOTS.slot(r) for r in self.guaranteed)
+        self._share_scale_by_slot: list[float] = [self._share_scale[SLOTS.names[i]] for i in self.guaranteed_slots]
+        for node in nodes.values():
+            node.widen()
+            for i in self.guaranteed_slots:
+                node.guarantee_by_slot[i] = node.min_by_slot[i]
 
     # ---------------------------------------------------------------- loading
 
@@ -212,35 +245,32 @@ class QuotaTree:
 
     # ---------------------------------------------------------------- accounting
 
-    def fits(self, leaf: QuotaNode, request: Resources) -> QuotaViolation | None:
-        """None when usage + request stays within ``max`` on every node from ``leaf`` to the root."""
-        for node in leaf.lineage:
-            limits = node.max
-            if not limits:
-                continue
-            usage = node.usage
-            for r, v in request.items():
-                m = limits.get(r)
-                if m is not None:
-                    used = usage.get(r, 0)
-                    if used + v > m:
-                        return QuotaViolation(node.path, r, used, v, m)
-        return None
+    def fits(self, leaf: QuotaNode, demand: Demand) -> QuotaViolation | None:
+        """None when usage + demand stays within ``max`` on every node from ``leaf`` to the root."""
+        over = self.over_max(leaf, demand)
+        if over is None:
+            return None
+        node, r = over[0]
+        return QuotaViolation(node.path, r, node.used_of(r), _amount(demand, r), node.max[r])
 
-    def over_max(self, leaf: QuotaNode, request: Resources) -> list[tuple[QuotaNode, str]] | None:
-        """Every (node, resource) on the leaf's path whose ``max`` the request would exceed now, lowest
-        node first; None when the request fits."""
+    def over_max(self, leaf: QuotaNode, demand: Demand) -> list[tuple[QuotaNode, str]] | None:
+        """Every (node, resource) on the leaf's path whose ``max`` the demand would exceed now, lowest
+        node first; None when the demand fits."""
         out: list[tuple[QuotaNode, str]] | None = None
+        slots, amounts = demand.slots, demand.amounts
         for node in leaf.lineage:
-            limits = node.max
-            if limits:
-                usage = node.usage
-                for r, v in request.items():
-                    m = limits.get(r)
-                    if m is not None and usage.get(r, 0) + v > m:
-                        if out is None:
-                            out = []
-                        out.append((node, r))
+            if not node.max:
+                continue
+            if len(node.used) < demand.width:
+                node.widen()
+            used, limits = node.used, node.max_by_slot
+            for k in range(len(slots)):
+                i = slots[k]
+                limit = limits[i]
+                if limit != NO_LIMIT and used[i] + amounts[k] > limit:
+                    if out is None:
+                        out = []
+                    out.append((node, SLOTS.names[i]))
         return out
 
     def never_fits(self, leaf: QuotaNode, request: Resources) -> QuotaViolation | None:
@@ -252,59 +282,79 @@ class QuotaTree:
                     return QuotaViolation(node.path, r, 0, v, m)
         return None
 
-    def within_guarantee(self, leaf: QuotaNode, request: Resources) -> bool:
-        """True when the leaf's usage + request stays within its ``min`` on every guaranteed resource."""
-        usage, mins = leaf.usage, leaf.min
-        for r, v in request.items():
-            if v and r in self.guaranteed and usage.get(r, 0) + v > mins.get(r, 0):
+    def within_guarantee(self, leaf: QuotaNode, demand: Demand) -> bool:
+        """True when the leaf's usage + demand stays within its ``min`` on every guaranteed resource."""
+        if len(leaf.used) < demand.width:
+            leaf.widen()
+        slots, amounts = demand.slots, demand.amounts
+        used, limits = leaf.used, leaf.guarantee_by_slot
+        for k in range(len(slots)):
+            i = slots[k]
+            limit = limits[i]
+            if limit != NO_LIMIT and used[i] + amounts[k] > limit:
                 return False
         return True
 
-    def admit(self, leaf: QuotaNode, request: Resources) -> None:
-        lineage = leaf.lineage
-        for r, v in request.items():
-            for node in lineage:
-                usage = node.usage
-                usage[r] = usage.get(r, 0) + v
+    def admit(self, leaf: QuotaNode, demand: Demand) -> None:
+        slots, amounts = demand.slots, demand.amounts
+        for node in leaf.lineage:
+            if len(node.used) < demand.width:
+                node.widen()
+            used = node.used
+            for k in range(len(slots)):
+                i = slots[k]
+                used[i] = used[i] + amounts[k]
 
-    def release(self, leaf: QuotaNode, request: Resources) -> None:
-        lineage = leaf.lineage
-        for r, v in request.items():
-            for node in lineage:
-                usage = node.usage
-                left = usage.get(r, 0) - v
+    def release(self, leaf: QuotaNode, demand: Demand) -> None:
+        slots, amounts = demand.slots, demand.amounts
+        for node in leaf.lineage:
+            if len(node.used) < demand.width:
+                node.widen()
+            used = node.used
+            for k in range(len(slots)):
+                i = slots[k]
+                left = used[i] - amounts[k]
                 if left < 0:
-                    raise RuntimeError(f"quota accounting error: {node.path} {r} would go to {left}")
-                usage[r] = left
+                    raise RuntimeError(f"quota accounting error: {node.path} {SLOTS.names[i]} would go to {left}")
+                used[i] = left
 
     def headroom(self, leaf: QuotaNode) -> Resources:
         """How much more the leaf could take now on each bounded resource (min over its path)."""
         out: Resources = {}
         for node in leaf.lineage:
             for r, m in node.max.items():
-                room = max(0, m - node.usage.get(r, 0))
+                room = max(0, m - node.used_of(r))
                 if r not in out or room < out[r]:
                     out[r] = room
         return out
 
     def borrowed(self, node: QuotaNode) -> Resources:
-        return node.borrowed(self.guaranteed)
+        """Usage above ``min`` on the guaranteed resources (what a reclaim could take back)."""
+        out: Resources = {}
+        used, mins, names = node.used, node.min_by_slot, SLOTS.names
+        for i in self.guaranteed_slots:
+            over = used[i] - mins[i]
+            if over > 0:
+                out[names[i]] = over
+        return out
 
     def fair_share(self, leaf: QuotaNode) -> float:
         """Dominant borrowed share over the leaf's weight: lower goes first among borrowers."""
         share = 0.0
-        usage, mins = leaf.usage, leaf.min
-        for r in self.guaranteed:
-            over = usage.get(r, 0) - mins.get(r, 0)
+        used, mins, scale = leaf.used, leaf.min_by_slot, self._share_scale_by_slot
+        slots = self.guaranteed_slots
+        for k in range(len(slots)):
+            i = slots[k]
+            over = used[i] - mins[i]
             if over > 0:
-                s = over * self._share_scale[r]
+                s = over * scale[k]
                 if s > share:
                     share = s
         return share / leaf.weight
 
     def reset_usage(self) -> None:
         for node in self.nodes.values():
-            node.usage = {}
+            node.used = [0] * len(node.used)
 
     # ---------------------------------------------------------------- views
 
@@ -334,6 +384,14 @@ class QuotaTree:
             "metadata": {"name": self.name},
             "spec": {"root": node_dict(self.root)},
         }
+
+
+def _amount(demand: Demand, resource: str) -> int:
+    i = SLOTS.index.get(resource)
+    for k in range(len(demand.slots)):
+        if demand.slots[k] == i:
+            return demand.amounts[k]
+    return 0
 
 
 def diff_trees(old: QuotaTree, new: QuotaTree) -> list[str]:

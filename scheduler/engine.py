@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from rayqueue.queue.queues import LeafQueue, PreemptionPolicy, QueueingStrategy, VictimKey
 from rayqueue.queue.workload import Reason, ReasonCode, Workload, WorkloadState
-from rayqueue.quota.quantity import MAX_JOBS, MILLI, Resources, describe, format_quantity
+from rayqueue.quota.quantity import MAX_JOBS, MILLI, NO_LIMIT, SLOTS, Demand, Resources, describe, format_quantity
 from rayqueue.quota.tree import (
     PREEMPTION_ATTRIBUTE,
     QUEUEING_ATTRIBUTE,
@@ -143,6 +143,7 @@ class Engine:
         if w.queue not in self.tree.leaves:
             raise UnknownQueue(self._unknown_queue_message(w.queue))
         w.request = _engine_request(w.request)
+        w.demand = Demand(w.request)
         w.seq = next(self._seq)
         w.state = WorkloadState.PENDING
         w.pending_since = w.submitted_at if w.submitted_at else self.clock()
@@ -212,6 +213,7 @@ class Engine:
         if w.queue not in self.tree.leaves:
             raise UnknownQueue(self._unknown_queue_message(w.queue))
         w.request = _engine_request(w.request)
+        w.demand = Demand(w.request)
         unit_name = unit if unit in self.units.by_name else self.units.units[0].name
         w.seq = next(self._seq)
         w.state = WorkloadState.ADMITTED
@@ -221,9 +223,9 @@ class Engine:
         self.workloads[w.uid] = w
         leaf = self.tree.leaves[w.queue]
         self.queues[w.queue].start(w)
-        self.tree.admit(leaf, w.request)
+        self.tree.admit(leaf, w.demand)
         self._note_borrowing(leaf)
-        self.units.by_name[unit_name].take(w.request, w.pods)
+        self.units.by_name[unit_name].take(w.demand, w.pods)
 
     # ================================================================ the admission cycle
 
@@ -318,7 +320,7 @@ class Engine:
         again, at the next cycle; what can ever fit is checked again at each job's next try."""
         unit = self.units.by_name[name]
         before = (unit.capacity, unit.max_pods)
-        unit.capacity = {sys.intern(r): v for r, v in capacity.items()} if capacity is not None else None
+        unit.set_capacity({sys.intern(r): v for r, v in capacity.items()} if capacity is not None else None)
         if max_pods != -1:
             unit.max_pods = max_pods
         if (unit.capacity, unit.max_pods) == before:
@@ -333,7 +335,7 @@ class Engine:
         for w in self.admitted():
             if w.unit not in units.by_name:
                 w.unit = units.units[0].name
-            units.by_name[w.unit].take(w.request, w.pods)
+            units.by_name[w.unit].take(w.demand, w.pods)
         self.units = units
         self._placements = {}
         self._wake_all()
@@ -386,11 +388,11 @@ class Engine:
 
     def _try_admit(self, w: Workload, leaf: QuotaNode, now: float) -> Unit | _Outcome:
         # Every full node on the way up, so a wake from one of them checks the others first.
-        over = self.tree.over_max(leaf, w.request)
+        over = self.tree.over_max(leaf, w.demand)
         if over:
             first, r = over[0]
             return _Outcome(
-                Reason(ReasonCode.QUOTA_MAX_EXCEEDED, _violation_message(first, r, first.usage.get(r, 0), w.request[r])),
+                Reason(ReasonCode.QUOTA_MAX_EXCEEDED, _violation_message(first, r, first.used_of(r), w.request[r])),
                 [(("node", node.name, r), w.request[r]) for node, r in over],
             )
         return self._place(w, now)
@@ -407,11 +409,11 @@ class Engine:
                 if unit.can_ever_hold(request, pods):
                     blockers.append((("pods", unit.name, ""), pods))
                 continue  # every policy moves on when a unit's max is exceeded
-            short = self._unit_shortfall(unit, request)
-            if short is None:
+            resource = unit.shortfall(w.demand)
+            if resource is None:
                 return unit
-            resource, message = short
-            lacks.append(message)
+            capacity = (unit.capacity or {})[resource]
+            lacks.append(_full_message(unit.name, resource, unit.used_of(resource), capacity, request[resource]))
             if not unit.can_ever_hold(request, pods):
                 continue
             blockers.append((("unit", unit.name, resource), request[resource]))
@@ -425,18 +427,6 @@ class Engine:
             break  # ExceedMax, or the timeout has not passed: wait for this unit
         reason = Reason(ReasonCode.NO_CAPACITY_IN_UNITS, lambda: "; ".join(m() for m in lacks))
         return _Outcome(reason, blockers, retry_at, alternatives=True)
-
-    @staticmethod
-    def _unit_shortfall(unit: Unit, request: Resources) -> tuple[str, Callable[[], str]] | None:
-        cap = unit.capacity
-        if cap is None:
-            return None
-        usage = unit.usage
-        for r, v in request.items():
-            c = cap.get(r)
-            if c is not None and usage.get(r, 0) + v > c:
-                return r, _full_message(unit.name, r, usage.get(r, 0), c, v)
-        return None
 
     def _never_fits(self, w: Workload) -> Reason | None:
         leaf = self.tree.leaves.get(w.queue)
@@ -463,11 +453,11 @@ class Engine:
         w.admitted_at = now
         w.state = WorkloadState.ADMITTED
         q.start(w)
-        self.tree.admit(leaf, w.request)
+        self.tree.admit(leaf, w.demand)
         self._note_borrowing(leaf)
         if leaf.name in self._borrowing:
             self._borrow_admissions += 1
-        unit.take(w.request, w.pods)
+        unit.take(w.demand, w.pods)
         w.state = WorkloadState.ADMITTED
         w.unit = unit.name
         w.admitted_at = now
@@ -496,7 +486,7 @@ class Engine:
             inner = outcome.reason
             outcome.reason = Reason(ReasonCode.WAITING_FOR_RECLAIM, lambda: f"waiting for {waiting} to stop; then {inner}")
             return []
-        if self.config.reclaim and self.tree.within_guarantee(leaf, w.request) and self._reclaim_could_help(w, outcome):
+        if self.config.reclaim and self.tree.within_guarantee(leaf, w.demand) and self._reclaim_could_help(w, outcome):
             # A reclaim that failed can only succeed once new borrowed work exists or the shortfall shrank.
             shortfall = self._shortfall(w, outcome)
             memo = w.reclaim_memo
@@ -580,7 +570,7 @@ class Engine:
                 v_leaf = self.tree.leaves[v.queue]
                 # Never push a victim's queue below its own guarantee.
                 if v_leaf is not leaf and any(
-                    v_leaf.usage.get(r, 0) - x < v_leaf.min.get(r, 0) for r, x in v.request.items() if r in guaranteed
+                    v_leaf.used_of(r) - x < v_leaf.min.get(r, 0) for r, x in v.request.items() if r in guaranteed
                 ):
                     continue
                 self._unaccount(v)
@@ -630,12 +620,12 @@ class Engine:
         return decisions
 
     def _account(self, v: Workload) -> None:
-        self.tree.admit(self.tree.leaves[v.queue], v.request)
-        self.units.by_name[v.unit or ""].take(v.request, v.pods)
+        self.tree.admit(self.tree.leaves[v.queue], v.demand)
+        self.units.by_name[v.unit or ""].take(v.demand, v.pods)
 
     def _unaccount(self, v: Workload) -> None:
-        self.tree.release(self.tree.leaves[v.queue], v.request)
-        self.units.by_name[v.unit or ""].give_back(v.request, v.pods)
+        self.tree.release(self.tree.leaves[v.queue], v.demand)
+        self.units.by_name[v.unit or ""].give_back(v.demand, v.pods)
 
     # ================================================================ internals: parking and waking
 
@@ -654,7 +644,7 @@ class Engine:
             w.failures = 0
             w.retry_after = 0.0
         # Jobs within their guarantee wake first, as they go first across queues.
-        within = 0 if self.tree.within_guarantee(self.tree.leaves[w.queue], w.request) else 1
+        within = 0 if self.tree.within_guarantee(self.tree.leaves[w.queue], w.demand) else 1
         order: WakeOrder = (within, -w.priority, w.submitted_at, w.display_name, w.seq)
         blockers = outcome.blockers
         if not blockers and outcome.retry_at is None:
@@ -688,14 +678,15 @@ class Engine:
         kind, name, r = key
         if kind == "node":
             node = self.tree.nodes.get(name)
-            if node is None or r not in node.max:
+            i = SLOTS.index.get(r)
+            if node is None or i is None or i >= len(node.used) or node.max_by_slot[i] == NO_LIMIT:
                 return float("inf")
-            return node.max[r] - node.usage.get(r, 0)
+            return node.max_by_slot[i] - node.used[i]
         if kind == "unit":
             unit = self.units.by_name.get(name)
             if unit is None or unit.capacity is None or r not in unit.capacity:
                 return float("inf")
-            return unit.capacity[r] - unit.usage.get(r, 0)
+            return unit.capacity[r] - unit.used_of(r)
         if kind == "pods":
             unit = self.units.by_name.get(name)
             if unit is None or unit.max_pods is None:
@@ -766,9 +757,9 @@ class Engine:
     def _release(self, w: Workload) -> None:
         leaf = self.tree.leaves[w.queue]
         unit = self.units.by_name[w.unit or ""]
-        self.tree.release(leaf, w.request)
+        self.tree.release(leaf, w.demand)
         self._note_borrowing(leaf)
-        unit.give_back(w.request, w.pods)
+        unit.give_back(w.demand, w.pods)
         self.queues[w.queue].stop(w)
         # What this release could unblock (its quota path, then its unit) is woken at the next cycle,
         # once per blocker and within the room left then, however many releases came before it.
@@ -854,10 +845,10 @@ class Engine:
         for (kind, name, r), _need in outcome.blockers:
             if kind == "node":
                 node = self.tree.nodes[name]
-                short = node.usage.get(r, 0) + w.request.get(r, 0) - node.max[r]
+                short = node.used_of(r) + w.request.get(r, 0) - node.max[r]
             elif kind == "unit":
                 unit = self.units.by_name[name]
-                short = unit.usage.get(r, 0) + w.request.get(r, 0) - (unit.capacity or {}).get(r, 0)
+                short = unit.used_of(r) + w.request.get(r, 0) - (unit.capacity or {}).get(r, 0)
             else:
                 unit = self.units.by_name[name]
                 short = unit.pods + w.pods - (unit.max_pods or 0)
@@ -878,13 +869,13 @@ class Engine:
                 return True  # no bound known for a resource nobody guarantees
             if kind == "node":
                 node = self.tree.nodes[name]
-                short = node.usage.get(r, 0) + w.request.get(r, 0) - node.max[r]
+                short = node.used_of(r) + w.request.get(r, 0) - node.max[r]
                 if self._victim_leaf_count.get(name, 0) and self._reclaimable.get(name, {}).get(r, 0) >= short:
                     return True
             elif kind == "unit":
                 unit = self.units.by_name[name]
                 cap = unit.capacity or {}
-                short = unit.usage.get(r, 0) + w.request.get(r, 0) - cap.get(r, 0)
+                short = unit.used_of(r) + w.request.get(r, 0) - cap.get(r, 0)
                 if root_sums.get(r, 0) >= short:
                     return True
             else:
@@ -913,14 +904,15 @@ class Engine:
             q.heap_key = None
             return
         leaf = self.tree.leaves[q.name]
-        within = 0 if self.tree.within_guarantee(leaf, w.request) else 1
+        within = 0 if self.tree.within_guarantee(leaf, w.demand) else 1
         share = self.tree.fair_share(leaf) if q.name in self._borrowing else 0.0
         key = (within, -w.priority, share, w.submitted_at, w.seq)
         if key == q.heap_key:
             return
         q.heap_version += 1
         q.heap_key = key
-        heapq.heappush(self._heap, (*key, q.heap_version, q.name))
+        # Built field by field: a starred tuple goes through a list in compiled code.
+        heapq.heappush(self._heap, (within, -w.priority, share, w.submitted_at, w.seq, q.heap_version, q.name))
 
     # ================================================================ internals: bookkeeping
 
@@ -993,11 +985,11 @@ class Engine:
             raise QuotaTreeError(problems, f"ElasticQuotaTree {tree.name}")
         tree.reset_usage()
         for w in self.admitted():
-            tree.admit(tree.leaves[w.queue], w.request)
+            tree.admit(tree.leaves[w.queue], w.demand)
         effects = diff_trees(self.tree, tree) or ["no change to the tree"]
         for node in tree:
             for r, m in node.max.items():
-                used = node.usage.get(r, 0)
+                used = node.used_of(r)
                 if used > m:
                     effects.append(
                         f"! {node.path} uses {format_quantity(used, r)} {r}, over its new max "

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from rayqueue.quota.quantity import ManifestError, Resources, describe
+from rayqueue.quota.quantity import NO_LIMIT, SLOTS, Demand, ManifestError, Resources, describe
 
 UnitKind = Literal["ecs", "acs", "eci", "default"]
 WhenTryNext = Literal["LackResourceOrExceedMax", "ExceedMax", "TimeoutOrExceedMax"]
@@ -33,8 +33,47 @@ class Unit:
     node_selector: dict[str, str] = field(default_factory=dict)
     pod_labels: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
-    usage: Resources = field(default_factory=dict)
     pods: int = 0
+    # Usage and capacity by resource slot (see ``quantity.ResourceSlots``), always the same length.
+    used: list[int] = field(default_factory=list, init=False)
+    capacity_by_slot: list[int] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        self.set_capacity(self.capacity)
+
+    def set_capacity(self, capacity: Resources | None) -> None:
+        self.capacity = capacity
+        self.capacity_by_slot = SLOTS.vector(capacity or {}, NO_LIMIT)
+        SLOTS.widen(self.used, 0)
+
+    @property
+    def usage(self) -> Resources:
+        """What the jobs placed here use, per resource (non-zero entries)."""
+        return SLOTS.resources(self.used)
+
+    def used_of(self, resource: str) -> int:
+        i = SLOTS.index.get(resource)
+        return 0 if i is None or i >= len(self.used) else self.used[i]
+
+    def widen(self) -> None:
+        """Make room for resource slots added since this unit was made."""
+        SLOTS.widen(self.used, 0)
+        SLOTS.widen(self.capacity_by_slot, NO_LIMIT)
+
+    def shortfall(self, demand: Demand) -> str | None:
+        """The first resource whose capacity the demand would exceed now (None: it fits)."""
+        if self.capacity is None:
+            return None
+        if len(self.used) < demand.width:
+            self.widen()
+        slots, amounts = demand.slots, demand.amounts
+        used, caps = self.used, self.capacity_by_slot
+        for k in range(len(slots)):
+            i = slots[k]
+            cap = caps[i]
+            if cap != NO_LIMIT and used[i] + amounts[k] > cap:
+                return SLOTS.names[i]
+        return None
 
     def can_ever_hold(self, request: Resources, pods: int) -> bool:
         if self.max_pods is not None and pods > self.max_pods:
@@ -43,16 +82,22 @@ class Unit:
             return True
         return all(v <= self.capacity.get(r, v) for r, v in request.items())
 
-    def take(self, request: Resources, pods: int) -> None:
-        usage = self.usage
-        for r, v in request.items():
-            usage[r] = usage.get(r, 0) + v
+    def take(self, demand: Demand, pods: int) -> None:
+        if len(self.used) < demand.width:
+            self.widen()
+        slots, amounts, used = demand.slots, demand.amounts, self.used
+        for k in range(len(slots)):
+            i = slots[k]
+            used[i] = used[i] + amounts[k]
         self.pods += pods
 
-    def give_back(self, request: Resources, pods: int) -> None:
-        usage = self.usage
-        for r, v in request.items():
-            usage[r] = usage.get(r, 0) - v
+    def give_back(self, demand: Demand, pods: int) -> None:
+        if len(self.used) < demand.width:
+            self.widen()
+        slots, amounts, used = demand.slots, demand.amounts, self.used
+        for k in range(len(slots)):
+            i = slots[k]
+            used[i] = used[i] - amounts[k]
         self.pods -= pods
 
     def describe_capacity(self) -> str:

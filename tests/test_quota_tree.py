@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from engine_helpers import node, tree
 
-from rayqueue.quota.quantity import CPU, GPU, MAX_JOBS, MEMORY, QuantityError, format_quantity, parse_quantity
+from rayqueue.quota.quantity import CPU, GPU, MAX_JOBS, MEMORY, Demand, QuantityError, format_quantity, parse_quantity
 from rayqueue.quota.tree import QuotaTree, QuotaTreeError, diff_trees
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,12 +110,12 @@ def test_usage_accounting_borrowed_and_headroom() -> None:
         )
     )
     a = t.leaf_for(namespace="ns-a")
-    req = {GPU: 6000, MAX_JOBS: 1000}
+    req = Demand({GPU: 6000, MAX_JOBS: 1000})
     assert t.fits(a, req) is None
     t.admit(a, req)
     assert t.borrowed(a) == {GPU: 2000}
     assert t.headroom(a) == {GPU: 4000, MAX_JOBS: 2000}
-    violation = t.fits(a, {GPU: 6000})
+    violation = t.fits(a, Demand({GPU: 6000}))
     assert violation is not None
     assert violation.sentence() == "root/a would use 12 of max 10 nvidia.com/gpu (6 in use + 6 requested)"
     t.release(a, req)
@@ -147,3 +147,28 @@ def test_to_dict_round_trips() -> None:
     again = QuotaTree.from_dict(t.to_dict())
     assert again.nodes["a"].min == t.nodes["a"].min
     assert again.to_dict() == t.to_dict()
+
+
+def test_a_resource_first_met_after_the_tree_was_built_is_accounted_exactly() -> None:
+    t = tree(node("root", max={GPU: 8}, children=[node("a", max={GPU: 4}, namespaces=["ns-a"])]))
+    a = t.leaf_for(namespace="ns-a")
+    fpga = "example.com/fpga-" + format(id(t), "x")  # a name no tree or job has used in this process
+    req = Demand({GPU: 2000, fpga: 3000})
+    assert t.fits(a, req) is None
+    t.admit(a, req)
+    assert t.nodes["root"].usage == {GPU: 2000, fpga: 3000}
+    assert t.headroom(a) == {GPU: 2000}  # nothing bounds the new resource
+    t.release(a, req)
+    assert t.nodes["root"].usage == {} and a.usage == {}
+
+
+def test_quantities_beyond_a_machine_word_stay_exact() -> None:
+    huge = 8 * 2**60 * 1000  # 8Ei of memory in milli-units: above 2**62
+    t = tree(node("root", max={MEMORY: "16Ei"}, children=[node("a", max={MEMORY: "12Ei"}, namespaces=["ns-a"])]))
+    a = t.leaf_for(namespace="ns-a")
+    t.admit(a, Demand({MEMORY: huge}))
+    assert t.fits(a, Demand({MEMORY: huge // 2})) is None
+    violation = t.fits(a, Demand({MEMORY: huge}))
+    assert violation is not None and violation.node == "root/a" and violation.limit == 12 * 2**60 * 1000
+    t.release(a, Demand({MEMORY: huge}))
+    assert a.usage == {}
