@@ -93,6 +93,7 @@ class Workload:
     state: WorkloadState = WorkloadState.PENDING
     reason: Reason | None = None
     admitted_at: float | None = None
+    admitted_cycle: int = -1  # the engine cycle that admitted it (an admission it may still withdraw)
     unit: str | None = None
     preemptions: int = 0
     failures: int = 0  # consecutive attempts that did not fit (drives backoff)

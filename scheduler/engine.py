@@ -64,6 +64,7 @@ class EngineStats:
     preempted: int = 0
     cycles: int = 0
     moved: int = 0  # parked jobs moved to another full blocker instead of being tried
+    withdrawn: int = 0  # admissions taken back in the cycle that made them (see Engine._withdraw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +133,8 @@ class Engine:
         # sums are brought up to date only when a reclaim asks (admissions and releases far outnumber it).
         self._borrow_changed: set[str] = set()
         self._borrow_counted: dict[str, Resources] = {}
+        # uid -> how many of its admissions this cycle were withdrawn: schedule() drops those Admits.
+        self._withdrawn: dict[str, int] = {}
         self._sync_queues()
 
     # ================================================================ events from a front end
@@ -257,10 +260,28 @@ class Engine:
             # Jobs woken may have failed elsewhere, leaving room unused: wake the next ones.
             rounds += 1
             if rounds > ROUNDS:
-                return decisions
+                break
             self._wake_dirty()
             if not heap:
-                return decisions
+                break
+        if self._withdrawn:
+            decisions = self._drop_withdrawn(decisions)
+        return decisions
+
+    def _drop_withdrawn(self, decisions: list[Decision]) -> list[Decision]:
+        """Drop the Admits this cycle withdrew: each withdrawal takes back that job's earliest Admit."""
+        left = self._withdrawn
+        self._withdrawn = {}
+        kept: list[Decision] = []
+        for d in decisions:
+            if isinstance(d, Admit):
+                uid = d.workload.uid
+                n = left.get(uid, 0)
+                if n:
+                    left[uid] = n - 1
+                    continue
+            kept.append(d)
+        return kept
 
     def next_wakeup(self) -> float | None:
         if self._dirty or self._dirty_nodes:
@@ -380,7 +401,15 @@ class Engine:
         if isinstance(outcome, Unit):
             stats.admitted += 1
             return [self._admit(w, q, leaf, outcome, now)]
+        withdrawn = stats.withdrawn
         preemptions = self._plan_preemption(w, q, leaf, now, outcome)
+        if stats.withdrawn != withdrawn and not preemptions:
+            # Its victims were admitted in this very cycle and are pending again: their quota is free now.
+            outcome = self._try_admit(w, leaf, now)
+            if isinstance(outcome, Unit):
+                w.waiting_for = set()
+                stats.admitted += 1
+                return [self._admit(w, q, leaf, outcome, now)]
         stats.parked += 1
         stats.preempted += len(preemptions)
         self._park(w, q, outcome, now, backoff=not preemptions)
@@ -451,6 +480,7 @@ class Engine:
     def _admit(self, w: Workload, q: LeafQueue, leaf: QuotaNode, unit: Unit, now: float) -> Admit:
         q.remove(w)
         w.admitted_at = now
+        w.admitted_cycle = self.stats.cycles
         w.state = WorkloadState.ADMITTED
         q.start(w)
         self.tree.admit(leaf, w.demand)
@@ -598,6 +628,16 @@ class Engine:
         self, w: Workload, victims: list[Workload], outcome: _Outcome, code: ReasonCode, leaf: QuotaNode
     ) -> list[Preempt]:
         decisions: list[Preempt] = []
+        cycle = self.stats.cycles
+        fresh = [v for v in victims if v.admitted_cycle == cycle]
+        if fresh:
+            # Admitted in this cycle, so no front end has acted on it yet: take the admission back
+            # instead of starting the job only to stop it.
+            victims = [v for v in victims if v.admitted_cycle != cycle]
+            for v in fresh:
+                self._withdraw(v, w, code, leaf)
+            if not victims:
+                return decisions
         for v in victims:
             v.state = WorkloadState.PREEMPTING
             v.preempted_by = w.uid
@@ -618,6 +658,25 @@ class Engine:
         inner = outcome.reason
         outcome.reason = Reason(wait_code, lambda: f"preempting {names} to make room; {inner}")
         return decisions
+
+    def _withdraw(self, v: Workload, w: Workload, code: ReasonCode, leaf: QuotaNode) -> None:
+        """Undo ``v``'s admission of this cycle: pending again, at its old place in its queue."""
+        self._release(v)
+        v.state = WorkloadState.PENDING
+        v.unit = None
+        v.admitted_at = None
+        v.admitted_cycle = -1
+        v.failures = 0
+        why = "its guarantee" if code == ReasonCode.RECLAIMED else "room"
+        v.reason = Reason(
+            ReasonCode.QUEUED,
+            f"admission withdrawn in the cycle that made it: {leaf.path} needed {why} for {w.display_name}",
+        )
+        q = self.queues[v.queue]
+        q.add(v)
+        self._offer(q)
+        self.stats.withdrawn += 1
+        self._withdrawn[v.uid] = self._withdrawn.get(v.uid, 0) + 1
 
     def _account(self, v: Workload) -> None:
         self.tree.admit(self.tree.leaves[v.queue], v.demand)

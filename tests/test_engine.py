@@ -125,6 +125,31 @@ def test_borrowing_then_reclaim_returns_the_guarantee() -> None:
     assert e.workloads["a3"].state == WorkloadState.PENDING and e.workloads["a3"].preemptions == 1
 
 
+def test_a_borrower_admitted_earlier_in_the_same_cycle_is_withdrawn_not_started_and_stopped() -> None:
+    e = engine(
+        tree(node("root", min={GPU: 8}, max={GPU: 8}, children=[node("a", min={GPU: 4}), node("b", min={GPU: 4})]))
+    )
+    e.submit(job("b0", "b", gpu=4))
+    assert admitted(e.schedule()) == ["b0"]  # b at its guarantee
+    # b1 (priority 10) goes first and borrows; a1 (6 GPUs) does not fit and is not within a's guarantee;
+    # then a's next job, a-small, is within its guarantee and needs b1's GPUs back, in the same cycle.
+    e.submit(job("b1", "b", gpu=2, priority=10, at=1))
+    e.submit(job("a1", "a", gpu=6, priority=5, at=2))
+    e.submit(job("a-small", "a", gpu=4, priority=0, at=3))
+    decisions = e.schedule()
+    # Never "admit b1" and "preempt b1" together: its admission is taken back and a-small admitted now.
+    assert admitted(decisions) == ["a-small"]
+    assert preempted(decisions) == []
+    b1 = e.explain("b1")
+    assert b1.state == WorkloadState.PENDING and b1.position == 0 and b1.unit is None
+    assert e.workloads["b1"].preemptions == 0
+    assert e.tree.nodes["b"].usage[GPU] == 4000 and e.tree.nodes["a"].usage[GPU] == 4000
+    assert e.stats.withdrawn == 1
+    # b1 runs once b's own job frees room, like any pending job.
+    e.finish("b0")
+    assert admitted(e.schedule()) == ["b1"]
+
+
 def test_reclaim_never_pushes_a_victim_below_its_min() -> None:
     e = engine(two_teams())
     e.submit(job("a-big", "a", gpu=6))

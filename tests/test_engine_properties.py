@@ -126,6 +126,10 @@ def test_never_above_max_never_admitted_twice_strict_order_and_exact_accounting(
         if rejection is not None:
             assert rejection.reason.code.value == "NeverFits"
         decisions = e.schedule(clock.t)
+        admitted_now = {d.workload.uid for d in decisions if isinstance(d, Admit)}
+        assert not any(isinstance(d, Preempt) and d.workload.uid in admitted_now for d in decisions), (
+            "a job admitted and preempted in one cycle"
+        )
         for d in decisions:
             uid = d.workload.uid
             if isinstance(d, Admit):

@@ -486,7 +486,6 @@ class Controller:
                 decisions = engine.schedule(self.clock())
                 self.cycles += 1
                 self.metrics.cycles.inc()
-                decisions = self._drop_admitted_then_preempted(decisions)
             if decisions:
                 sem = asyncio.Semaphore(self.config.apply_concurrency)
 
@@ -502,28 +501,6 @@ class Controller:
         if self._status_dirty:
             self._write_wake.set()
         return decisions
-
-    def _drop_admitted_then_preempted(self, decisions: list[Decision]) -> list[Decision]:
-        """A job admitted and preempted in the same cycle is simply pending again: write neither.
-
-        The engine can admit a borrower and reclaim it for another queue in one cycle. Applying both
-        wrote only the suspend (the admission patch sees a job no longer admitted and skips), so the job
-        never carried an admission record for this episode and the operator waited for a "Suspended" that
-        could not come: the quota was held forever (3 of 3,000 jobs in the Kueue baseline at scale 0.2).
-        Called under ``lock`` right after ``schedule()``.
-        """
-        engine = self.engine
-        admitted = {d.workload.uid for d in decisions if isinstance(d, Admit)}
-        undone = {d.workload.uid for d in decisions if isinstance(d, Preempt) and d.workload.uid in admitted}
-        if not undone or engine is None:
-            return decisions
-        for uid in undone:
-            w = engine.workloads.get(uid)
-            if w is not None and w.state == WorkloadState.PREEMPTING:
-                engine.suspended(uid)  # nothing was written: release at once and requeue
-        self.wake.set()  # the preemptor waits for this quota: decide again now
-        log.debug("admitted and preempted in the same cycle, neither written: %s", sorted(undone))
-        return [d for d in decisions if d.workload.uid not in undone]
 
     async def _apply(self, d: Decision) -> None:
         try:
