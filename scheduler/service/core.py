@@ -774,7 +774,7 @@ class Service:
         if dry_run:
             effects = self.engine.preview_tree(tree)  # QuotaTreeError if a leaf holding jobs would go
             for w in self.engine.admitted():  # preview_tree leaves the new tree without usage
-                tree.admit(tree.leaves[w.queue], w.request)
+                tree.admit(tree.leaves[w.queue], w.demand)
             effects += self._running_job_effects(old, tree)
             tree.reset_usage()
             return {"applied": False, "effects": effects}
