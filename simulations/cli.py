@@ -154,7 +154,7 @@ def _compare(
         result = simulate_scenario(sc, strict=strict, progress=progress)
         summaries.append(write_outputs(result, out / sc.name, plots=plots))
         results.append(result)
-    data = write_comparison(results, summaries, out)
+    data = write_comparison(results, summaries, out, plots=plots)
     table = Table(title="Scenarios side by side", box=box.SIMPLE, pad_edge=False)
     table.add_column("scenario", no_wrap=True, min_width=min(max(len(sc.name) for sc in loaded), 40))
     for col in ("jobs", "rej.", "wait", "p95", "makespan", "ACS cost", "total"):
@@ -171,7 +171,8 @@ def _compare(
             _money(r["total_cost"]),
         )
     _print_table(table)
-    Console().print(f"wrote {out}/compare.html, compare.json and each scenario's report under {out}/<scenario>/")
+    written = f"{out}/compare.html, compare.json" if plots else f"{out}/compare.json"
+    Console().print(f"wrote {written} and each scenario's outputs under {out}/<scenario>/")
 
 
 def _print_table(table: Any) -> None:

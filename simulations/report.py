@@ -130,7 +130,7 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
         classes[name] = {"priority": recs[0].priority, "jobs": len(recs), **_percentiles(waits)}
 
     units: dict[str, Any] = {}
-    elastic_h = elastic_cost = prepaid_cost = 0.0
+    elastic_cost = prepaid_cost = 0.0
     is_gpu = res == GPU
     for i, u in enumerate(result.units):
         used = 0.0
@@ -151,7 +151,6 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
         if is_gpu:
             if cap is None or u.resource in ON_DEMAND_KINDS:
                 cost = used * u.price
-                elastic_h += used
                 elastic_cost += cost
                 entry["billing"] = "on demand"
             else:
@@ -526,8 +525,10 @@ def write_outputs(result: SimulationResult, out: str | Path, *, plots: bool = Tr
 # ------------------------------------------------------------------ comparisons
 
 
-def write_comparison(results: list[SimulationResult], summaries: list[dict[str, Any]], out: str | Path) -> dict[str, Any]:
-    """Side-by-side table (compare.json, compare.html) and plots of several what-ifs on one trace."""
+def write_comparison(
+    results: list[SimulationResult], summaries: list[dict[str, Any]], out: str | Path, plots: bool = True
+) -> dict[str, Any]:
+    """Side-by-side table (compare.json; with ``plots`` also compare.html and its PNGs) of several what-ifs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -559,6 +560,8 @@ def write_comparison(results: list[SimulationResult], summaries: list[dict[str, 
         )
     data = {"scenarios": rows}
     (d / "compare.json").write_text(json.dumps(data, indent=2) + "\n")
+    if not plots:
+        return data
 
     figures: dict[str, bytes] = {}
 

@@ -132,9 +132,13 @@ def test_compare_warns_when_the_scenarios_replay_different_traces(tmp_path: Path
     assert [r["trace"] for r in data["scenarios"]] == [str(SPILL / "trace.csv"), str(half)]
     assert "The scenarios replay different traces" in (out / "compare.html").read_text()
     # --trace replays one trace through both: no warning.
-    same = _run("--compare", str(SPILL / "scenario.yaml"), str(other), "--trace", str(half), "--out", str(out), "--no-plots")
+    plain = tmp_path / "plain"
+    same = _run("--compare", str(SPILL / "scenario.yaml"), str(other), "--trace", str(half), "--out", str(plain), "--no-plots")
     assert same.exit_code == 0, same.output
     assert "different traces" not in same.output
+    # --no-plots: the comparison's figures are left out too, its data is not.
+    assert (plain / "compare.json").exists()
+    assert not (plain / "compare.html").exists() and not list(plain.rglob("*.png"))
 
 
 def test_usage_errors(tmp_path: Path) -> None:
