@@ -9,6 +9,10 @@ preempting); the clock covers only the engine's work (schedule + finish), never 
     python benchmarks/engine_drain.py                # 10,000 and 100,000 pending
     python benchmarks/engine_drain.py --pending 50000
     python benchmarks/engine_drain.py --default-gc   # CPython's default GC thresholds
+    python benchmarks/engine_drain.py --repeat 3     # each size 3 times, the fastest run reported
+
+A shared 2-core VM varies by a third from run to run; the fastest of a few runs is the figure least
+disturbed by other tenants (as ``timeit`` reports the best of its repeats).
 """
 
 from __future__ import annotations
@@ -155,6 +159,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pending", default="10000,100000", help="comma-separated backlog sizes")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=1, help="run each size this many times; report the fastest")
     parser.add_argument("--default-gc", action="store_true",
                         help="keep CPython's default GC thresholds instead of the ones the rayqueue command sets")
     args = parser.parse_args()
@@ -171,10 +176,12 @@ def main() -> None:
         f"{'pending':>8} {'decisions':>10} {'admitted':>9} {'cycles':>7} {'engine s':>9} "
         f"{'decisions/s':>12} {'admits/s':>9} {'us/decision':>12} {'submit us':>10}"
     )
+    if args.repeat > 1:
+        print(f"each size run {args.repeat} times; the fastest run is shown")
     print(header)
     results = []
     for n in sizes:
-        r = drain(n, args.seed)
+        r = min((drain(n, args.seed) for _ in range(max(args.repeat, 1))), key=lambda x: x["engine_s"])
         results.append(r)
         print(
             f"{r['pending']:>8,} {r['decisions']:>10,} {r['admitted']:>9,} {r['cycles']:>7,} {r['engine_s']:>9.2f} "
