@@ -71,6 +71,11 @@ class ResourceSlots:
         if missing > 0:
             vector.extend([fill] * missing)
 
+    def value_of(self, vector: list[int], name: str) -> int:
+        """``vector``'s entry for resource ``name`` (0 for a resource it has no slot for)."""
+        i = self.index.get(name)
+        return 0 if i is None or i >= len(vector) else vector[i]
+
     def resources(self, vector: list[int]) -> Resources:
         """The non-zero entries of ``vector`` by name."""
         names = self.names

@@ -121,8 +121,7 @@ class QuotaNode:
         return SLOTS.resources(self.used)
 
     def used_of(self, resource: str) -> int:
-        i = SLOTS.index.get(resource)
-        return 0 if i is None or i >= len(self.used) else self.used[i]
+        return SLOTS.value_of(self.used, resource)
 
     def widen(self) -> None:
         """Make room for resource slots added since this node was made."""
@@ -296,16 +295,13 @@ class QuotaTree:
         return True
 
     def admit(self, leaf: QuotaNode, demand: Demand) -> None:
-        slots, amounts = demand.slots, demand.amounts
-        for node in leaf.lineage:
-            if len(node.used) < demand.width:
-                node.widen()
-            used = node.used
-            for k in range(len(slots)):
-                i = slots[k]
-                used[i] = used[i] + amounts[k]
+        self._charge(leaf, demand, 1)
 
     def release(self, leaf: QuotaNode, demand: Demand) -> None:
+        self._charge(leaf, demand, -1)
+
+    def _charge(self, leaf: QuotaNode, demand: Demand, sign: int) -> None:
+        """Add (``sign`` 1) or take back (-1) the demand on every node from ``leaf`` to the root."""
         slots, amounts = demand.slots, demand.amounts
         for node in leaf.lineage:
             if len(node.used) < demand.width:
@@ -313,7 +309,7 @@ class QuotaTree:
             used = node.used
             for k in range(len(slots)):
                 i = slots[k]
-                left = used[i] - amounts[k]
+                left = used[i] + sign * amounts[k]
                 if left < 0:
                     raise RuntimeError(f"quota accounting error: {node.path} {SLOTS.names[i]} would go to {left}")
                 used[i] = left

@@ -52,8 +52,7 @@ class Unit:
         return SLOTS.resources(self.used)
 
     def used_of(self, resource: str) -> int:
-        i = SLOTS.index.get(resource)
-        return 0 if i is None or i >= len(self.used) else self.used[i]
+        return SLOTS.value_of(self.used, resource)
 
     def widen(self) -> None:
         """Make room for resource slots added since this unit was made."""
@@ -83,22 +82,19 @@ class Unit:
         return all(v <= self.capacity.get(r, v) for r, v in request.items())
 
     def take(self, demand: Demand, pods: int) -> None:
-        if len(self.used) < demand.width:
-            self.widen()
-        slots, amounts, used = demand.slots, demand.amounts, self.used
-        for k in range(len(slots)):
-            i = slots[k]
-            used[i] = used[i] + amounts[k]
-        self.pods += pods
+        self._charge(demand, pods, 1)
 
     def give_back(self, demand: Demand, pods: int) -> None:
+        self._charge(demand, pods, -1)
+
+    def _charge(self, demand: Demand, pods: int, sign: int) -> None:
         if len(self.used) < demand.width:
             self.widen()
         slots, amounts, used = demand.slots, demand.amounts, self.used
         for k in range(len(slots)):
             i = slots[k]
-            used[i] = used[i] - amounts[k]
-        self.pods -= pods
+            used[i] = used[i] + sign * amounts[k]
+        self.pods += sign * pods
 
     def describe_capacity(self) -> str:
         cap = "elastic" if self.capacity is None else describe(self.capacity)
