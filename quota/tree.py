@@ -295,13 +295,13 @@ class QuotaTree:
         return True
 
     def admit(self, leaf: QuotaNode, demand: Demand) -> None:
-        self._charge(leaf, demand, 1)
+        self._charge(leaf, demand, True)
 
     def release(self, leaf: QuotaNode, demand: Demand) -> None:
-        self._charge(leaf, demand, -1)
+        self._charge(leaf, demand, False)
 
-    def _charge(self, leaf: QuotaNode, demand: Demand, sign: int) -> None:
-        """Add (``sign`` 1) or take back (-1) the demand on every node from ``leaf`` to the root."""
+    def _charge(self, leaf: QuotaNode, demand: Demand, adding: bool) -> None:
+        """Add or take back the demand on every node from ``leaf`` to the root."""
         slots, amounts = demand.slots, demand.amounts
         for node in leaf.lineage:
             if len(node.used) < demand.width:
@@ -309,7 +309,8 @@ class QuotaTree:
             used = node.used
             for k in range(len(slots)):
                 i = slots[k]
-                left = used[i] + sign * amounts[k]
+                # A branch, not a multiply by +-1: compiled, multiplying large integers is the slow path.
+                left = used[i] + amounts[k] if adding else used[i] - amounts[k]
                 if left < 0:
                     raise RuntimeError(f"quota accounting error: {node.path} {SLOTS.names[i]} would go to {left}")
                 used[i] = left

@@ -82,19 +82,19 @@ class Unit:
         return all(v <= self.capacity.get(r, v) for r, v in request.items())
 
     def take(self, demand: Demand, pods: int) -> None:
-        self._charge(demand, pods, 1)
+        self._charge(demand, pods, True)
 
     def give_back(self, demand: Demand, pods: int) -> None:
-        self._charge(demand, pods, -1)
+        self._charge(demand, pods, False)
 
-    def _charge(self, demand: Demand, pods: int, sign: int) -> None:
+    def _charge(self, demand: Demand, pods: int, adding: bool) -> None:
         if len(self.used) < demand.width:
             self.widen()
         slots, amounts, used = demand.slots, demand.amounts, self.used
         for k in range(len(slots)):
             i = slots[k]
-            used[i] = used[i] + sign * amounts[k]
-        self.pods += sign * pods
+            used[i] = used[i] + amounts[k] if adding else used[i] - amounts[k]
+        self.pods += pods if adding else -pods
 
     def describe_capacity(self) -> str:
         cap = "elastic" if self.capacity is None else describe(self.capacity)
