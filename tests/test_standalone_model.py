@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -524,3 +525,35 @@ async def test_a_gpu_job_on_a_ray_cluster_without_gpus_is_refused_as_never_fitti
         assert svc.submit_text(cpu_job)[0].state == st.ADMITTED  # what Ray has is still admitted
     finally:
         await svc.stop()
+
+
+# ------------------------------------------------------------------------------------ what a user sees
+
+
+async def test_a_generate_name_job_gets_its_own_name_on_each_submit_and_keeps_it_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    manifest = rayjob("unused", "python x.py").replace("  name: unused\n", "  generateName: cpu-sample-\n")
+    db = f"sqlite:///{tmp_path}/names.db"
+    ray = FakeRay()
+    svc = await _start(Store(db), ray)
+    try:
+        first, second = svc.submit_text(manifest)[0], svc.submit_text(manifest)[0]
+        await _settle(svc)
+    finally:
+        await svc.stop()
+    generated = r"cpu-sample-[bcdfghjklmnpqrstvwxz2456789]{5}"  # Kubernetes' alphabet, 5 characters
+    assert re.fullmatch(generated, first.name) and re.fullmatch(generated, second.name)
+    assert first.name != second.name
+    assert (first.id, second.id) == (first.name, second.name)  # the name is unique, so it is the id
+    assert ray.accepted[0] == first.id  # Ray's submission carries it too
+    restarted = await _start(Store(db), ray)
+    try:
+        views = restarted.job_views()
+        assert sorted(v["name"] for v in views) == sorted([first.name, second.name])
+        explained = restarted.explain(first.name)
+        assert (explained["id"], explained["name"]) == (first.id, first.name)
+        assert restarted.store.get(first.id).manifest_dict()["metadata"]["name"] == first.name  # type: ignore[union-attr]
+    finally:
+        await restarted.stop()
+

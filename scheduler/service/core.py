@@ -18,6 +18,7 @@ jobs Ray finished while we were away are closed, pending jobs are queued again i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
@@ -64,6 +65,10 @@ log = logging.getLogger("rayqueue.service")
 #: Priority classes known without configuration (a Kubernetes cluster would have PriorityClasses).
 DEFAULT_PRIORITY_CLASSES = {"low": 100, "normal": 500, "high": 1000}
 REJECTED = "Rejected"
+#: The characters Kubernetes draws a generated name's suffix from (no vowels, so no words; no 0, 1, 3).
+GENERATED_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+#: Kubernetes cuts ``generateName`` to 58 characters, so that with its 5-character suffix a name fits 63.
+GENERATED_PREFIX_MAX = 58
 TREE_SETTING = "quota_tree_yaml"
 
 
@@ -247,6 +252,14 @@ class Service:
             except RayJobRejected as exc:
                 problems.append(f"{where}: {exc.message}")
                 continue
+            generated: str | None = None
+            if req.generate_name:
+                # As the Kubernetes API server does: the job is named once, here, and the name is stored
+                # in its manifest, so it stays the same across restarts and every submit gets a new one.
+                generated = self._generated_name(req.name, taken)
+                doc = {**doc, "metadata": {**(doc.get("metadata") or {}), "name": generated}}
+                req = dataclasses.replace(req, name=generated, generate_name=False)
+                taken.add(generated)
             try:
                 # like kubectl: no metadata.namespace means the namespace "default"
                 leaf = self.engine.tree.leaf_for(namespace=req.namespace or "default", quota=queue or req.queue)
@@ -261,7 +274,8 @@ class Service:
                 label = "--priority" if priority is not None else "label rayqueue.io/priority-class"
                 problems.append(f"{where}: RayJob {req.name}: {label}: {exc}")
                 continue
-            job_id = _new_id(req, taken)
+            # A generated name is unique already: it is the id too (`cpu-sample-x7k2p`).
+            job_id = generated or _new_id(req, taken)
             taken.add(job_id)
             w = Workload(
                 uid=job_id,
@@ -342,6 +356,15 @@ class Service:
                 )
             )
         return out
+
+    def _generated_name(self, prefix: str, taken: set[str]) -> str:
+        """``metadata.generateName`` + 5 random characters, like Kubernetes: a name no job has as its
+        name or id (ids of this submission included)."""
+        prefix = prefix[:GENERATED_PREFIX_MAX]
+        while True:
+            candidate = prefix + "".join(secrets.choice(GENERATED_NAME_ALPHABET) for _ in range(5))
+            if candidate not in taken and not self.store.by_name(candidate):
+                return candidate
 
     def cancel(self, ref: str) -> JobRecord:
         row = self.resolve(ref)
@@ -974,9 +997,8 @@ def _visible(request: Resources) -> Resources:
 
 
 def _new_id(req: RayJobRequest, taken: set[str]) -> str:
-    base = req.name if req.generate_name else f"{req.name}-"
     while True:
-        candidate = f"{base}{secrets.token_hex(3)}"
+        candidate = f"{req.name}-{secrets.token_hex(3)}"
         if candidate not in taken:
             return candidate
 
