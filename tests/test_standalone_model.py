@@ -15,6 +15,8 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
+from rich.console import Console
+from sqlalchemy import event as sa_event
 from standalone_env import rayjob, tree
 from typer.testing import CliRunner
 
@@ -24,6 +26,7 @@ from rayqueue.scheduler.cli import app as cli_app
 from rayqueue.scheduler.rayjob import rayjob_request
 from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.api import create_app
+from rayqueue.scheduler.service.cli import display_quantity, status_tables
 from rayqueue.scheduler.service.core import Service, ServiceConfig, ServiceError, SubmitError
 from rayqueue.scheduler.service.raycluster import capacity_for
 from rayqueue.scheduler.service.rayjobs import RayStatus, submission_for
@@ -549,7 +552,7 @@ async def test_a_generate_name_job_gets_its_own_name_on_each_submit_and_keeps_it
     assert ray.accepted[0] == first.id  # Ray's submission carries it too
     restarted = await _start(Store(db), ray)
     try:
-        views = restarted.job_views()
+        views, _ = restarted.job_views()
         assert sorted(v["name"] for v in views) == sorted([first.name, second.name])
         explained = restarted.explain(first.name)
         assert (explained["id"], explained["name"]) == (first.id, first.name)
@@ -557,3 +560,89 @@ async def test_a_generate_name_job_gets_its_own_name_on_each_submit_and_keeps_it
     finally:
         await restarted.stop()
 
+
+async def test_jobs_and_history_show_the_newest_page_and_say_how_many_more_there_are(tmp_path: Path) -> None:
+    import socket
+
+    import uvicorn
+
+    store = Store(f"sqlite:///{tmp_path}/paging.db")
+    svc = await _start(store, FakeRay())
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(svc), log_level="warning", lifespan="off"))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        names = [f"job{i:02}" for i in range(12)]
+        ids = [svc.submit_text(rayjob(name, "python x.py", namespace="team-b"))[0].id for name in names]
+        await _settle(svc)
+        all_events = len(store.events())
+
+        statements: list[str] = []
+        sa_event.listen(store.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+        async with httpx.AsyncClient(base_url=url) as http:
+            page = (await http.get("/v1/jobs", params={"limit": 5})).json()
+            assert [j["id"] for j in page["jobs"]] == ids[7:] and page["total"] == 12
+            back = (await http.get("/v1/jobs", params={"limit": 5, "offset": 5})).json()
+            assert [j["id"] for j in back["jobs"]] == ids[2:7]
+            assert len((await http.get("/v1/jobs")).json()["jobs"]) == 12  # no limit: all, as before
+            events = (await http.get("/v1/history", params={"job": ids[0], "limit": 1})).json()
+            assert [e["kind"] for e in events["events"]] == ["Released"] and events["total"] == 3
+            schema = (await http.get("/openapi.json")).json()
+        jobs_select = next(s for s in statements if "FROM jobs" in s and "count" not in s)
+        assert "LIMIT" in jobs_select and "OFFSET" in jobs_select  # the store pages in SQL, not in Python
+        for path in ("/v1/jobs", "/v1/history"):
+            params = {p["name"]: p for p in schema["paths"][path]["get"]["parameters"]}
+            assert params["limit"]["description"] and params["offset"]["description"]
+
+        cli = CliRunner()
+        env = {"RAYQUEUE_URL": url, "COLUMNS": "250"}
+        out = (await asyncio.to_thread(cli.invoke, cli_app, ["jobs", "--limit", "4"], env=env)).output
+        assert ids[-1] in out and ids[8] in out and ids[7] not in out
+        assert "showing 4 of 12 jobs; 8 older not shown (--offset 4 for the next page, --limit 0 for all)" in out
+        out = (await asyncio.to_thread(cli.invoke, cli_app, ["jobs"], env=env)).output
+        assert all(i in out for i in ids) and "not shown" not in out  # under the default limit: all, no note
+        skip = all_events - 4
+        out = (await asyncio.to_thread(cli.invoke, cli_app, ["history", "-n", "3", "--offset", str(skip)], env=env)).output
+        assert f"showing 3 of {all_events} events, after skipping the {skip} newest; 1 older not shown " \
+               f"(--offset {skip + 3} for the next page" in out
+    finally:
+        server.should_exit = True
+        await serving
+        await svc.stop()
+
+
+async def test_status_shows_ray_memory_readably_and_the_api_keeps_it_exact(tmp_path: Path) -> None:
+    ray_memory = 16314848 * 1024  # bytes, as Ray reports a 15.6 GiB machine
+    nodes = [{"state": "ALIVE", "labels": {}, "resources_total": {"CPU": 8.0, "GPU": 4.0, "memory": float(ray_memory)}}]
+    svc = Service(Store(f"sqlite:///{tmp_path}/m.db"), FakeRay(), QuotaTree.from_yaml_text(TWO_TEAMS),  # type: ignore[arg-type]
+                  nodes=lambda _: nodes)
+    await svc.start()
+    try:
+        svc.submit_text(rayjob("x", "python x.py"))  # head + worker 128Mi each, submitter 200Mi: exact
+        status = svc.status()
+        assert status["units"][0]["capacity"]["memory"] == ray_memory * 1000  # JSON: exact milli-units
+        console = Console(record=True, width=250)
+        for table in status_tables(status):
+            console.print(table)
+        text = console.export_text()
+        assert "memory=15.6Gi" in text and "16314848Ki" not in text
+        assert "memory=456Mi" in text
+    finally:
+        await svc.stop()
+
+
+@pytest.mark.parametrize(
+    ("milli", "resource", "shown"),
+    [
+        (16314848 * 1024 * 1000, "memory", "15.6Gi"),
+        (16 * 2**30 * 1000, "memory", "16Gi"),  # exact stays exact
+        ((16 * 2**30 - 2**20) * 1000, "memory", "16.0Gi"),  # just under 16Gi never reads as a full 16Gi
+        (3472 * 2**20 * 1000, "ephemeral-storage", "3.39Gi"),
+        (512 * 1000, "memory", "512"),
+        (2500, "cpu", "2500m"),
+    ],
+)
+def test_table_quantities_are_approximate_for_bytes_only(milli: int, resource: str, shown: str) -> None:
+    assert display_quantity(milli, resource) == shown

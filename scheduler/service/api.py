@@ -18,6 +18,10 @@ from rayqueue.quota.tree import QuotaTreeError
 from rayqueue.scheduler.service.core import NotFound, Service, ServiceError, SubmitError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Paging counts from the newest row (like `tail -n`): a page is the newest `limit` rows after skipping the
+# `offset` newest ones, and it is returned oldest first, in the order of the unpaged list.
+LIMIT_HELP = "At most this many {what}, the newest (after offset); all when left out"
+OFFSET_HELP = "Skip this many of the newest {what} first (the next page back is offset + limit)"
 
 
 class SubmitBody(BaseModel):
@@ -84,8 +88,16 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
         return {"jobs": [asdict(a) for a in accepted]}
 
     @app.get("/v1/jobs", dependencies=guarded, tags=["jobs"])
-    async def jobs(state: list[str] | None = Query(None), queue: str | None = None) -> dict[str, Any]:
-        return {"jobs": service.job_views(state, queue)}
+    async def jobs(
+        state: list[str] | None = Query(None, description="Only jobs in these states (repeatable)"),
+        queue: str | None = Query(None, description="Only jobs of this leaf of the quota tree"),
+        limit: int | None = Query(None, ge=1, description=LIMIT_HELP.format(what="jobs")),
+        offset: int = Query(0, ge=0, description=OFFSET_HELP.format(what="jobs")),
+    ) -> dict[str, Any]:
+        """Jobs in submission order with their state, queue position, unit and times; ``total`` counts every
+        job that matches the filters, so ``total - offset - len(jobs)`` older ones are left out."""
+        views, total = service.job_views(state, queue, limit, offset)
+        return {"jobs": views, "total": total, "offset": offset}
 
     @app.get("/v1/jobs/{ref}", dependencies=guarded, tags=["jobs"])
     async def explain(ref: str) -> dict[str, Any]:
@@ -107,9 +119,15 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
         return {"id": row.id, "state": row.state}
 
     @app.get("/v1/history", dependencies=guarded, tags=["jobs"])
-    async def history(job: str | None = None, limit: int | None = Query(None, ge=1)) -> dict[str, Any]:
-        """Every state change (submitted, admitted on unit, preempted, finished...) with its time."""
-        return {"events": service.history(job, limit)}
+    async def history(
+        job: str | None = Query(None, description="One job's events (its id, or its name when unambiguous)"),
+        limit: int | None = Query(None, ge=1, description=LIMIT_HELP.format(what="events")),
+        offset: int = Query(0, ge=0, description=OFFSET_HELP.format(what="events")),
+    ) -> dict[str, Any]:
+        """State changes (submitted, admitted on unit, preempted, finished...) with their time, oldest first;
+        ``total`` counts them all, so ``total - offset - len(events)`` older ones are left out."""
+        events, total = service.history(job, limit, offset)
+        return {"events": events, "total": total, "offset": offset}
 
     @app.get("/v1/status", dependencies=guarded, tags=["quota"])
     async def status() -> dict[str, Any]:

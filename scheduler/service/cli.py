@@ -19,9 +19,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rayqueue.quota.quantity import MAX_JOBS, format_quantity
+from rayqueue.quota.quantity import MAX_JOBS, MEMORY, MILLI, format_quantity
 
 DEFAULT_URL = "http://127.0.0.1:8266"
+#: Rows `jobs` and `history` show unless told otherwise (`--limit 0`: all): a long-lived store holds
+#: thousands of finished jobs, and a terminal needs the latest ones.
+DEFAULT_LIMIT = 100
 
 UrlOption = typer.Option(DEFAULT_URL, "--url", envvar="RAYQUEUE_URL", help="The service's address.")
 TokenOption = typer.Option(None, "--token", envvar="RAYQUEUE_TOKEN", help="The service's API token, if set.")
@@ -69,9 +72,32 @@ def _when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")[:-3]
 
 
+BINARY_UNITS = (("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10))
+
+
+def is_bytes(resource: str) -> bool:
+    """Resources counted in bytes (the same test as ``format_quantity``'s)."""
+    return resource == MEMORY or resource.endswith("memory") or resource.endswith("storage")
+
+
+def display_quantity(milli: int, resource: str) -> str:
+    """A quantity for a table cell: bytes in the largest binary unit that keeps the number at least 1, with
+    3 significant digits when not exact (Ray's 16314848Ki reads ``15.6Gi``; ``16Gi`` stays ``16Gi``, and a
+    rounded value always shows a decimal, so ``16.0Gi`` is never mistaken for a full 16Gi). Everything else
+    as ``format_quantity`` writes it. The API's JSON keeps the exact milli-units."""
+    if not is_bytes(resource) or milli < 1024 * MILLI:
+        return format_quantity(milli, resource)
+    size_bytes = milli / MILLI
+    suffix, unit = next((suffix, unit) for suffix, unit in BINARY_UNITS if size_bytes >= unit)
+    value = size_bytes / unit
+    if milli % (unit * MILLI) == 0:
+        return f"{int(value)}{suffix}"
+    return f"{value:.2f}{suffix}" if value < 10 else f"{value:.1f}{suffix}"
+
+
 def _res(values: dict[str, int], name: str) -> str:
     v = values.get(name)
-    return "-" if v is None else format_quantity(v, name)
+    return "-" if v is None else display_quantity(v, name)
 
 
 STATE_STYLE = {
@@ -115,9 +141,9 @@ def status_tables(status: dict[str, Any]) -> list[Table]:
             if r not in n["resources"]:
                 cells.append("")
                 continue
-            used = format_quantity(n["usage"].get(r, 0), r)
+            used = display_quantity(n["usage"].get(r, 0), r)
             cells.append(f"{used} / {_res(n['min'], r)} / {_res(n['max'], r)}")
-        borrowed = ", ".join(f"{r}={format_quantity(v, r)}" for r, v in sorted(n["borrowed"].items()))
+        borrowed = ", ".join(f"{r}={display_quantity(v, r)}" for r, v in sorted(n["borrowed"].items()))
         name = "  " * n["depth"] + n["name"]
         table.add_row(
             name, *cells, f"[magenta]{borrowed}[/]" if borrowed else "", str(n["pending"]), str(n["running"])
@@ -128,9 +154,9 @@ def status_tables(status: dict[str, Any]) -> list[Table]:
     for u in status["units"]:
         # Ray's resources that no node has (0 TPUs...) are left out: they only add noise here
         cap = "elastic" if u["capacity"] is None else ", ".join(
-            f"{r}={format_quantity(v, r)}" for r, v in sorted(u["capacity"].items()) if v
+            f"{r}={display_quantity(v, r)}" for r, v in sorted(u["capacity"].items()) if v
         ) or "none"
-        use = ", ".join(f"{r}={format_quantity(v, r)}" for r, v in sorted(u["usage"].items())) or "-"
+        use = ", ".join(f"{r}={display_quantity(v, r)}" for r, v in sorted(u["usage"].items())) or "-"
         pods = f"{u['pods']}" + (f" / {u['max_pods']}" if u["max_pods"] is not None else "")
         sel = ", ".join(f"{k}={v}" for k, v in u["node_selector"].items()) or "(any node)"
         units.add_row(u["name"], u["resource"], cap, use, pods, sel)
@@ -165,6 +191,24 @@ def history_table(events: list[dict[str, Any]], title: str = "history") -> Table
     for e in events:
         table.add_row(_when(e["at"]), e["job"], e["kind"], e["state"] or "", e["unit"] or "", e["message"])
     return table
+
+
+def page_note(what: str, shown: int, total: int, offset: int) -> str | None:
+    """The line under a paged table that says what was left out and how to see it; None when nothing was."""
+    older = total - offset - shown
+    if older <= 0 and offset == 0:
+        return None
+    line = f"showing {shown} of {total} {what}" + (f", after skipping the {offset} newest" if offset else "")
+    if older > 0:
+        line += f"; {older} older not shown (--offset {offset + shown} for the next page, --limit 0 for all)"
+    return line
+
+
+def _page_params(limit: int, offset: int) -> dict[str, Any]:
+    params: dict[str, Any] = {"offset": offset} if offset else {}
+    if limit:
+        params["limit"] = limit
+    return params
 
 
 # ------------------------------------------------------------------------------ commands
@@ -295,17 +339,24 @@ def status(url: str = UrlOption, token: str | None = TokenOption) -> None:
 def jobs(
     state: list[str] = typer.Option(None, "--state", "-s", help="Only these states (repeatable)."),
     queue: str | None = typer.Option(None, "--queue", "-q"),
+    limit: int = typer.Option(DEFAULT_LIMIT, "--limit", "-n", min=0, help="Only the N most recently submitted "
+                              "jobs (0: all)."),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip the N most recently submitted jobs first."),
     url: str = UrlOption,
     token: str | None = TokenOption,
 ) -> None:
-    """Every job with its state, queue position, unit and times."""
-    params: dict[str, Any] = {}
+    """The most recent jobs, in submission order, with their state, queue position, unit and times."""
+    params: dict[str, Any] = _page_params(limit, offset)
     if state:
         params["state"] = state
     if queue:
         params["queue"] = queue
     data = Client(url, token).call("GET", "/v1/jobs", params=params)
-    _console().print(jobs_table(data["jobs"]))
+    console = _console()
+    console.print(jobs_table(data["jobs"]))
+    note = page_note("jobs", len(data["jobs"]), data["total"], offset)
+    if note:
+        console.print(note, markup=False, soft_wrap=True)
 
 
 def explain(job: str = typer.Argument(..., help="Job id (or name)."), url: str = UrlOption,
@@ -355,18 +406,21 @@ def cancel(job: str = typer.Argument(...), url: str = UrlOption, token: str | No
 
 def history(
     job: str | None = typer.Argument(None, help="One job (id or name); all jobs when left out."),
-    limit: int | None = typer.Option(None, "--limit", "-n", help="Only the last N events."),
+    limit: int = typer.Option(DEFAULT_LIMIT, "--limit", "-n", min=0, help="Only the last N events (0: all)."),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip the last N events first."),
     url: str = UrlOption,
     token: str | None = TokenOption,
 ) -> None:
-    """What happened, after the fact: every state change with its time, from SQL."""
-    params: dict[str, Any] = {}
+    """What happened, after the fact: the latest state changes with their time, from SQL."""
+    params: dict[str, Any] = _page_params(limit, offset)
     if job:
         params["job"] = job
-    if limit:
-        params["limit"] = limit
     data = Client(url, token).call("GET", "/v1/history", params=params)
-    _console().print(history_table(data["events"]))
+    console = _console()
+    console.print(history_table(data["events"]))
+    note = page_note("events", len(data["events"]), data["total"], offset)
+    if note:
+        console.print(note, markup=False, soft_wrap=True)
 
 
 def quota_apply(

@@ -908,14 +908,19 @@ class Service:
             "reason": row.reason,
         }
 
-    def job_views(self, states: list[str] | None = None, queue: str | None = None) -> list[dict[str, Any]]:
+    def job_views(
+        self, states: list[str] | None = None, queue: str | None = None, limit: int | None = None, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The newest ``limit`` jobs after the ``offset`` newest (all when ``limit`` is None), oldest first,
+        and how many jobs match in all."""
+        rows, total = self.store.jobs_page(states, queue, limit, offset)
         out = []
-        for row in self.store.jobs(states, queue):
+        for row in rows:
             position = None
             if row.state == st.PENDING and row.id in self.engine.workloads:
                 position = self.engine.explain(row.id).position
             out.append(self._job_view(row, position))
-        return out
+        return out, total
 
     def status(self) -> dict[str, Any]:
         tree = self.engine.tree
@@ -966,12 +971,17 @@ class Service:
         ]
         return {"tree": tree.name, "nodes": nodes, "units": units, "ray": self.ray.address}
 
-    def history(self, ref: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    def history(
+        self, ref: str | None = None, limit: int | None = None, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The newest ``limit`` events (of one job) after the ``offset`` newest, oldest first, and how many
+        there are in all."""
         job_id = self.resolve(ref).id if ref else None
+        events, total = self.store.events_page(job_id, limit, offset)
         return [
             {"job": e.job_id, "at": e.at, "kind": e.kind, "state": e.state, "unit": e.unit, "message": e.message}
-            for e in self.store.events(job_id, limit)
-        ]
+            for e in events
+        ], total
 
     async def logs(self, ref: str) -> dict[str, Any]:
         row = self.resolve(ref)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event as sa_event
+from sqlalchemy import func
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 # The service's own job states (the engine's are Pending / Admitted / Preempting only while alive).
@@ -193,6 +194,28 @@ class Store:
                 query = query.limit(limit)
             return list(s.exec(query))
 
+    def jobs_page(
+        self, states: Iterable[str] | None = None, queue: str | None = None, limit: int | None = None, offset: int = 0
+    ) -> tuple[list[JobRecord], int]:
+        """The ``limit`` most recently submitted jobs after skipping the ``offset`` most recent ones,
+        returned oldest first like ``jobs()``, and how many jobs match in all. The paging is SQL's
+        (``LIMIT`` / ``OFFSET`` on the newest first), so a store with many finished jobs is never loaded whole."""
+        with self.session() as s:
+            query = select(JobRecord)
+            counted = select(func.count()).select_from(JobRecord)
+            if states is not None:
+                query = query.where(col(JobRecord.state).in_(list(states)))
+                counted = counted.where(col(JobRecord.state).in_(list(states)))
+            if queue is not None:
+                query = query.where(JobRecord.queue == queue)
+                counted = counted.where(JobRecord.queue == queue)
+            query = query.order_by(col(JobRecord.submitted_at).desc(), col(JobRecord.id).desc()).offset(offset)
+            if limit is not None:
+                query = query.limit(limit)
+            page = list(s.exec(query))
+            page.reverse()
+            return page, int(s.exec(counted).one())
+
     def unsettled_cancelled(self) -> list[JobRecord]:
         """Cancelled jobs that had a Ray submission whose end Ray has not confirmed yet (the service
         stopped, or crashed, between the cancel and Ray's answer): they may still run in Ray."""
@@ -209,14 +232,31 @@ class Store:
         with self.session() as s:
             return set(s.exec(select(JobRecord.id)))
 
-    def events(self, job_id: str | None = None, limit: int | None = None) -> list[EventRecord]:
+    def events(self, job_id: str | None = None) -> list[EventRecord]:
+        """Every event (of one job), oldest first."""
         with self.session() as s:
             query = select(EventRecord)
             if job_id is not None:
                 query = query.where(EventRecord.job_id == job_id)
-            query = query.order_by(col(EventRecord.id))
-            rows = list(s.exec(query))
-            return rows[-limit:] if limit else rows
+            return list(s.exec(query.order_by(col(EventRecord.id))))
+
+    def events_page(
+        self, job_id: str | None = None, limit: int | None = None, offset: int = 0
+    ) -> tuple[list[EventRecord], int]:
+        """The ``limit`` newest events (of one job) after skipping the ``offset`` newest, returned oldest
+        first like ``events()``, and how many there are in all; paged in SQL."""
+        with self.session() as s:
+            query = select(EventRecord)
+            counted = select(func.count()).select_from(EventRecord)
+            if job_id is not None:
+                query = query.where(EventRecord.job_id == job_id)
+                counted = counted.where(EventRecord.job_id == job_id)
+            query = query.order_by(col(EventRecord.id).desc()).offset(offset)
+            if limit is not None:
+                query = query.limit(limit)
+            page = list(s.exec(query))
+            page.reverse()
+            return page, int(s.exec(counted).one())
 
     # ------------------------------------------------------------------ settings
 
