@@ -164,9 +164,14 @@ def parse_quantity(value: str | int | float, *, field: str = "quantity") -> int:
     return int(result)
 
 
+def is_byte_resource(resource: str) -> bool:
+    """Resources counted in bytes (memory, storage): rendered with binary suffixes."""
+    return resource == MEMORY or resource.endswith("memory") or resource.endswith("storage")
+
+
 def format_quantity(milli: int, resource: str = "") -> str:
     """Render milli-units the way a person writes them (``2``, ``500m``, ``40Gi``)."""
-    if resource == MEMORY or resource.endswith("memory") or resource.endswith("storage"):
+    if is_byte_resource(resource):
         if milli % MILLI == 0:
             units = milli // MILLI
             for suffix in ("Ti", "Gi", "Mi", "Ki"):

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rayqueue.quota.quantity import MAX_JOBS, MEMORY, MILLI, format_quantity
+from rayqueue.quota.quantity import MAX_JOBS, MILLI, format_quantity, is_byte_resource
 
 DEFAULT_URL = "http://127.0.0.1:8266"
 #: Rows `jobs` and `history` show unless told otherwise (`--limit 0`: all): a long-lived store holds
@@ -75,17 +75,12 @@ def _when(ts: float | None) -> str:
 BINARY_UNITS = (("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10))
 
 
-def is_bytes(resource: str) -> bool:
-    """Resources counted in bytes (the same test as ``format_quantity``'s)."""
-    return resource == MEMORY or resource.endswith("memory") or resource.endswith("storage")
-
-
 def display_quantity(milli: int, resource: str) -> str:
     """A quantity for a table cell: bytes in the largest binary unit that keeps the number at least 1, with
     3 significant digits when not exact (Ray's 16314848Ki reads ``15.6Gi``; ``16Gi`` stays ``16Gi``, and a
     rounded value always shows a decimal, so ``16.0Gi`` is never mistaken for a full 16Gi). Everything else
     as ``format_quantity`` writes it. The API's JSON keeps the exact milli-units."""
-    if not is_bytes(resource) or milli < 1024 * MILLI:
+    if not is_byte_resource(resource) or milli < 1024 * MILLI:
         return format_quantity(milli, resource)
     size_bytes = milli / MILLI
     suffix, unit = next((suffix, unit) for suffix, unit in BINARY_UNITS if size_bytes >= unit)

@@ -243,7 +243,7 @@ class Service:
             problems.append(f"{source}: no RayJob document found")
         workloads: list[tuple[Workload, RayJobRequest, dict[str, Any], list[str]]] = []
         where_of: dict[str, str] = {}  # job id -> "file (document n)", for the engine's refusals
-        taken = self.store.ids()
+        taken: set[str] = set()  # ids given out in this submission; the store is asked about the rest
         for index, doc in jobs:
             where = f"{source} (document {index})"
             try:
@@ -275,7 +275,7 @@ class Service:
                 problems.append(f"{where}: RayJob {req.name}: {label}: {exc}")
                 continue
             # A generated name is unique already: it is the id too (`cpu-sample-x7k2p`).
-            job_id = generated or _new_id(req, taken)
+            job_id = generated or self._new_id(req.name, taken)
             taken.add(job_id)
             w = Workload(
                 uid=job_id,
@@ -363,7 +363,14 @@ class Service:
         prefix = prefix[:GENERATED_PREFIX_MAX]
         while True:
             candidate = prefix + "".join(secrets.choice(GENERATED_NAME_ALPHABET) for _ in range(5))
-            if candidate not in taken and not self.store.by_name(candidate):
+            if candidate not in taken and self.store.get(candidate) is None and not self.store.by_name(candidate):
+                return candidate
+
+    def _new_id(self, name: str, taken: set[str]) -> str:
+        """``name`` + 6 random hex digits, unused by any job (looked up by key, not by loading every id)."""
+        while True:
+            candidate = f"{name}-{secrets.token_hex(3)}"
+            if candidate not in taken and self.store.get(candidate) is None:
                 return candidate
 
     def cancel(self, ref: str) -> JobRecord:
@@ -1004,13 +1011,6 @@ class Service:
 
 def _visible(request: Resources) -> Resources:
     return {r: v for r, v in request.items() if r != MAX_JOBS}
-
-
-def _new_id(req: RayJobRequest, taken: set[str]) -> str:
-    while True:
-        candidate = f"{req.name}-{secrets.token_hex(3)}"
-        if candidate not in taken:
-            return candidate
 
 
 __all__ = [

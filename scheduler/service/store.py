@@ -228,10 +228,6 @@ class Store:
             )
             return list(s.exec(query))
 
-    def ids(self) -> set[str]:
-        with self.session() as s:
-            return set(s.exec(select(JobRecord.id)))
-
     def events(self, job_id: str | None = None) -> list[EventRecord]:
         """Every event (of one job), oldest first."""
         with self.session() as s:
