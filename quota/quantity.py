@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
@@ -43,15 +44,22 @@ class ResourceSlots:
     def __init__(self) -> None:
         self.index: dict[str, int] = {}
         self.names: list[str] = []
+        # Trees may be loaded in one thread (an API handler) while the engine runs in another: a new
+        # name must get exactly one slot.
+        self._adding = threading.Lock()
 
     def slot(self, name: str) -> int:
         found = self.index.get(name)
         if found is not None:
             return found
-        name = sys.intern(name)
-        self.index[name] = len(self.names)
-        self.names.append(name)
-        return self.index[name]
+        with self._adding:
+            found = self.index.get(name)
+            if found is not None:
+                return found
+            name = sys.intern(name)
+            self.names.append(name)
+            self.index[name] = len(self.names) - 1
+            return self.index[name]
 
     def __len__(self) -> int:
         return len(self.names)
