@@ -38,7 +38,7 @@ test: $(NATIVE) lint
 	$(BIN)/python -m pytest -q
 
 bench: $(NATIVE)
-	$(BIN)/python benchmarks/engine_drain.py
+	$(BIN)/python benchmarks/engine_drain.py --repeat 3
 
 clean:
 	rm -rf $(VENV) .rayqueue build *.egg-info
