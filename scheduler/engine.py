@@ -361,10 +361,12 @@ class Engine:
         self._placements = {}
         self._wake_all()
 
-    def preview_tree(self, tree: QuotaTree) -> list[str]:
-        """What applying ``tree`` would change; raises ``QuotaTreeError`` if it would lose a job."""
+    def preview_tree(self, tree: QuotaTree, also: Callable[[QuotaTree], list[str]] | None = None) -> list[str]:
+        """What applying ``tree`` would change; raises ``QuotaTreeError`` if it would lose a job. ``also``
+        adds a front end's own effects, computed while ``tree`` accounts every admitted job."""
         try:
-            return self._tree_effects(tree)
+            effects = self._tree_effects(tree)
+            return effects + also(tree) if also is not None else effects
         finally:
             tree.reset_usage()
 

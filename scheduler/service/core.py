@@ -802,11 +802,8 @@ class Service:
         tree = QuotaTree.from_yaml_text(text, source)  # QuotaTreeError names node and field
         old = self.engine.tree
         if dry_run:
-            effects = self.engine.preview_tree(tree)  # QuotaTreeError if a leaf holding jobs would go
-            for w in self.engine.admitted():  # preview_tree leaves the new tree without usage
-                tree.admit(tree.leaves[w.queue], w.demand)
-            effects += self._running_job_effects(old, tree)
-            tree.reset_usage()
+            # QuotaTreeError if a leaf holding jobs would go
+            effects = self.engine.preview_tree(tree, also=lambda t: self._running_job_effects(old, t))
             return {"applied": False, "effects": effects}
         effects = self.engine.set_tree(tree)  # the new tree now accounts every admitted job
         effects += self._running_job_effects(old, tree)
