@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 NATIVE := $(VENV)/.native
 # The engine's hot path, compiled with mypyc (setup.py); edited sources are compiled again.
 NATIVE_SRC := quota/quantity.py quota/tree.py queue/workload.py queue/queues.py \
-	scheduler/units.py scheduler/decisions.py scheduler/wakeup.py scheduler/engine.py
+	scheduler/engine/units.py scheduler/engine/decisions.py scheduler/engine/wakeup.py scheduler/engine/facade.py
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,9 +19,9 @@ $(STAMP): pyproject.toml
 
 # Stale extensions are removed first, so a failed compile leaves the interpreted engine, never an old one.
 $(NATIVE): $(STAMP) setup.py $(NATIVE_SRC)
-	@rm -f quota/*.so queue/*.so scheduler/*.so
+	@rm -f quota/*.so queue/*.so scheduler/*.so scheduler/engine/*.so
 	@if [ "$${RAYQUEUE_PURE_PYTHON:-0}" != 0 ]; then echo "RAYQUEUE_PURE_PYTHON is set: the engine runs interpreted"; \
-	elif $(BIN)/python setup.py -q build_ext --inplace >$(VENV)/native-build.log 2>&1; then touch quota/*.so queue/*.so scheduler/*.so; echo "compiled the engine with mypyc"; \
+	elif $(BIN)/python setup.py -q build_ext --inplace >$(VENV)/native-build.log 2>&1; then touch quota/*.so queue/*.so scheduler/*.so scheduler/engine/*.so; echo "compiled the engine with mypyc"; \
 	else echo "warning: the mypyc compile failed (see $(VENV)/native-build.log): the engine runs interpreted"; fi
 	@touch $(NATIVE)
 
@@ -42,4 +42,4 @@ bench: $(NATIVE)
 
 clean:
 	rm -rf $(VENV) .rayqueue build *.egg-info
-	rm -f quota/*.so queue/*.so scheduler/*.so
+	rm -f quota/*.so queue/*.so scheduler/*.so scheduler/engine/*.so

@@ -26,10 +26,10 @@ NATIVE = [
     "quota/tree.py",
     "queue/workload.py",
     "queue/queues.py",
-    "scheduler/units.py",
-    "scheduler/decisions.py",
-    "scheduler/wakeup.py",
-    "scheduler/engine.py",
+    "scheduler/engine/units.py",
+    "scheduler/engine/decisions.py",
+    "scheduler/engine/wakeup.py",
+    "scheduler/engine/facade.py",
 ]
 # One shared library for all of them (calls between them stay native), inside the package so that
 # it imports from wherever the package does.
@@ -49,7 +49,7 @@ def native_extensions() -> list:
     shutil.rmtree(stage, ignore_errors=True)
     for folder in sorted({p.split("/")[0] for p in NATIVE}):
         shutil.copytree(ROOT / folder, stage / "rayqueue" / folder,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.so", "operator", "service", "demo", "schemas"))
+                        ignore=shutil.ignore_patterns("__pycache__", "*.so", "operator", "service", "demo", "schemas", "workloads", "cli"))
     # Module names are taken relative to the first base that holds the file: the staging folder.
     os.environ["MYPYPATH"] = str(stage)
     paths = [str(stage / "rayqueue" / p) for p in NATIVE]

@@ -26,10 +26,10 @@ from collections import deque
 from rayqueue.queue.workload import Workload
 from rayqueue.quota.quantity import CPU, GPU, MAX_JOBS, MEMORY, MILLI
 from rayqueue.quota.tree import QuotaTree
-from rayqueue.scheduler.decisions import Admit, Preempt
 from rayqueue.scheduler.engine import Engine, EngineConfig
+from rayqueue.scheduler.engine.decisions import Admit, Preempt
 from rayqueue.scheduler.process import tune_gc
-from rayqueue.scheduler.resourcepolicy import Unit, Units
+from rayqueue.scheduler.workloads.resourcepolicy import Unit, Units
 
 GI = 2**30
 
@@ -166,7 +166,7 @@ def main() -> None:
     if not args.default_gc:
         tune_gc()
     sizes = [int(x) for x in args.pending.split(",")]
-    import rayqueue.scheduler.engine as engine_module
+    import rayqueue.scheduler.engine.facade as engine_module
 
     build = "compiled with mypyc" if engine_module.__file__.endswith(".so") else "interpreted (run `make native` to compile)"
     print("engine drain: 10x10x10 tree (1,000 leaves), cpu/memory/nvidia.com/gpu/max-jobs, ECS + ACS units")

@@ -40,7 +40,7 @@ def simulate(
     from rich.console import Console
 
     from rayqueue.quota.tree import QuotaTreeError
-    from rayqueue.scheduler.resourcepolicy import ResourcePolicyError
+    from rayqueue.scheduler.workloads.resourcepolicy import ResourcePolicyError
     from rayqueue.simulations.config import ConfigError, TraceRef
     from rayqueue.simulations.simulator import SimulationError
     from rayqueue.simulations.trace import TraceError

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from rayqueue.quota.quantity import CPU, GPU, MEMORY, QuantityError, Resources, parse_resources
 from rayqueue.quota.tree import QuotaTree
-from rayqueue.scheduler.resourcepolicy import Unit, Units, load_resource_policy
+from rayqueue.scheduler.workloads.resourcepolicy import Unit, Units, load_resource_policy
 
 CLUSTER_KIND = "SimulationCluster"
 SCENARIO_KIND = "SimulationScenario"

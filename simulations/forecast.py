@@ -18,8 +18,8 @@ import heapq
 
 from rayqueue.queue.workload import Workload, WorkloadState
 from rayqueue.quota.tree import QuotaTree
-from rayqueue.scheduler.decisions import Admit, Preempt
 from rayqueue.scheduler.engine import Engine
+from rayqueue.scheduler.engine.decisions import Admit, Preempt
 from rayqueue.simulations.simulator import fresh_units
 
 #: Bounds that keep a forecast cheap on a large backlog (a cycle admits many jobs at once).

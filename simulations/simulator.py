@@ -27,9 +27,9 @@ from rayqueue.queue.priority import PriorityClasses
 from rayqueue.queue.workload import Workload
 from rayqueue.quota.quantity import CPU, GPU
 from rayqueue.quota.tree import QuotaTree
-from rayqueue.scheduler.decisions import Admit, Preempt, Reject
 from rayqueue.scheduler.engine import Engine, EngineConfig
-from rayqueue.scheduler.resourcepolicy import Unit, Units
+from rayqueue.scheduler.engine.decisions import Admit, Preempt, Reject
+from rayqueue.scheduler.workloads.resourcepolicy import Unit, Units
 from rayqueue.simulations.config import ClusterConfig, EngineOptions, Scenario, TraceRef
 from rayqueue.simulations.trace import RowProblem, Trace, TraceError, load_trace
 

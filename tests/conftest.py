@@ -16,7 +16,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return  # interpreted
     compiled_at = library[0].stat().st_mtime
     stale = []
-    for so in sorted(ROOT.glob("*/*.cpython-*.so")):
+    for so in sorted([*ROOT.glob("*/*.cpython-*.so"), *ROOT.glob("*/*/*.cpython-*.so")]):
         source = so.with_name(so.name.split(".")[0] + ".py")
         if source.exists() and source.stat().st_mtime > compiled_at:
             stale.append(str(source.relative_to(ROOT)))

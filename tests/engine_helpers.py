@@ -7,9 +7,9 @@ from typing import Any
 from rayqueue.queue.workload import Workload
 from rayqueue.quota.quantity import GPU, parse_resources
 from rayqueue.quota.tree import QuotaTree
-from rayqueue.scheduler.decisions import Admit, Decision, Preempt, Reject
 from rayqueue.scheduler.engine import Engine, EngineConfig
-from rayqueue.scheduler.resourcepolicy import Units
+from rayqueue.scheduler.engine.decisions import Admit, Decision, Preempt, Reject
+from rayqueue.scheduler.workloads.resourcepolicy import Units
 
 
 def node(name: str, min: dict | None = None, max: dict | None = None, children: list | None = None, **extra: Any) -> dict:

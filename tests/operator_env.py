@@ -29,7 +29,7 @@ from rayqueue.scheduler.operator.testing import (
     FakeApiServer,
     FakeKubeRay,
 )
-from rayqueue.scheduler.rayjob import PRIORITY_LABEL, QUEUE_LABEL
+from rayqueue.scheduler.workloads.rayjob import PRIORITY_LABEL, QUEUE_LABEL
 
 
 def tree_manifest(teams: dict[str, tuple[str, str]], root_min: str = "8", root_max: str = "8",

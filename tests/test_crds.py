@@ -101,8 +101,8 @@ def test_structural_check_catches_a_missing_type() -> None:
 def test_group_kind_and_versions_match_what_rayqueue_reads() -> None:
     from rayqueue.quota.model import API_VERSION as EQT_API
     from rayqueue.quota.model import KIND as EQT_KIND
-    from rayqueue.scheduler.resourcepolicy import API_VERSION as RP_API
-    from rayqueue.scheduler.resourcepolicy import KIND as RP_KIND
+    from rayqueue.scheduler.workloads.resourcepolicy import API_VERSION as RP_API
+    from rayqueue.scheduler.workloads.resourcepolicy import KIND as RP_KIND
 
     for name, api, kind in ((EQT, EQT_API, EQT_KIND), (RP, RP_API, RP_KIND)):
         crd = load(name)
@@ -122,7 +122,7 @@ def test_example_tree_fits_the_crd_and_loads() -> None:
 
 
 def test_example_resource_policy_fits_the_crd_and_loads() -> None:
-    from rayqueue.scheduler.resourcepolicy import load_resource_policy
+    from rayqueue.scheduler.workloads.resourcepolicy import load_resource_policy
 
     policy = yaml.safe_load((EXAMPLES / "resourcepolicy.yaml").read_text())
     jsonschema.validate(policy, schema_of(RP))

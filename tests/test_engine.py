@@ -10,7 +10,7 @@ from rayqueue.queue.workload import ReasonCode, WorkloadState
 from rayqueue.quota.quantity import CPU, GPU, MAX_JOBS
 from rayqueue.quota.tree import QuotaTreeError
 from rayqueue.scheduler.engine import DuplicateJob, UnknownQueue
-from rayqueue.scheduler.resourcepolicy import (
+from rayqueue.scheduler.workloads.resourcepolicy import (
     ResourcePolicyError,
     Unit,
     Units,

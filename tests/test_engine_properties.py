@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from rayqueue.queue.queues import order_key
 from rayqueue.queue.workload import Workload, WorkloadState
 from rayqueue.quota.quantity import CPU, GPU, MILLI
-from rayqueue.scheduler.decisions import Admit, Preempt, Reject
 from rayqueue.scheduler.engine import Engine
-from rayqueue.scheduler.resourcepolicy import Unit, Units
+from rayqueue.scheduler.engine.decisions import Admit, Preempt, Reject
+from rayqueue.scheduler.workloads.resourcepolicy import Unit, Units
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

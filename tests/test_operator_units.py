@@ -10,7 +10,7 @@ from operator_env import rayjob, tree_manifest
 
 from rayqueue.queue.workload import Workload
 from rayqueue.quota.tree import QuotaTree
-from rayqueue.scheduler.decisions import Placement
+from rayqueue.scheduler.engine.decisions import Placement
 from rayqueue.scheduler.operator.controller import Controller, OperatorConfig
 from rayqueue.scheduler.operator.kube import Connection, KubeClient
 from rayqueue.scheduler.operator.rayjobs import (

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rayqueue.quota.quantity import CPU, GPU, MEMORY, parse_quantity
-from rayqueue.scheduler import rayjob_schema
-from rayqueue.scheduler.rayjob import (
+from rayqueue.scheduler.workloads import rayjob_schema
+from rayqueue.scheduler.workloads.rayjob import (
     PRIORITY_LABEL,
     QUEUE_LABEL,
     RayJobRejected,
@@ -22,7 +22,7 @@ from rayqueue.scheduler.rayjob import (
     load_rayjob_documents,
     rayjob_request,
 )
-from rayqueue.scheduler.rayjob import (
+from rayqueue.scheduler.workloads.rayjob import (
     rayjob_schema as stored_schema,
 )
 

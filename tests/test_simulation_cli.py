@@ -173,7 +173,7 @@ def test_progress_is_reported_during_a_long_run() -> None:
     # 5,000 one-second jobs on one GPU, one every second: the progress callback fires while the run goes
     # on (every 2,000 instants), with virtual time and jobs done growing, and once more at the end.
     from rayqueue.quota.tree import QuotaTree
-    from rayqueue.scheduler.resourcepolicy import Units
+    from rayqueue.scheduler.workloads.resourcepolicy import Units
     from rayqueue.simulations.config import cluster_from_dict
     from rayqueue.simulations.simulator import Simulator
     from rayqueue.simulations.trace import Trace, TraceJob

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from rayqueue.queue.workload import Workload, WorkloadState
 from rayqueue.quota.tree import QuotaTree
-from rayqueue.scheduler.decisions import Admit
 from rayqueue.scheduler.engine import Engine
-from rayqueue.scheduler.resourcepolicy import Units
+from rayqueue.scheduler.engine.decisions import Admit
+from rayqueue.scheduler.workloads.resourcepolicy import Units
 from rayqueue.simulations.forecast import forecast_starts
 
 GPU = "nvidia.com/gpu"

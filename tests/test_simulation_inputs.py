@@ -223,7 +223,7 @@ def test_policy_units_take_their_capacity_from_cluster_yaml() -> None:
     ]
     assert sc.units.units[0].node_selector == {"node.kubernetes.io/instance-type": "ecs.gn7i-c32g1.32xlarge"}
     cluster = load_cluster_text("units:\n  - {name: gpu-pool, capacity: '8 GPUs'}\n")
-    from rayqueue.scheduler.resourcepolicy import load_resource_policy
+    from rayqueue.scheduler.workloads.resourcepolicy import load_resource_policy
 
     with pytest.raises(ConfigError, match="'gpu-pool' is not a unit of ResourcePolicy"):
         build_units(cluster, load_resource_policy(SCENARIOS / "spillover" / "policy.yaml"))

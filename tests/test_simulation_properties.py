@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from rayqueue.queue.workload import WorkloadState
 from rayqueue.quota.tree import QuotaTree
-from rayqueue.scheduler.resourcepolicy import Unit, Units
+from rayqueue.scheduler.workloads.resourcepolicy import Unit, Units
 from rayqueue.simulations.config import cluster_from_dict
 from rayqueue.simulations.simulator import Simulator
 from rayqueue.simulations.trace import Trace, TraceJob

@@ -17,13 +17,13 @@ from standalone_env import Gates, rayjob, tree, wait_until
 
 from rayqueue.quota.quantity import GPU
 from rayqueue.quota.tree import QuotaTree
-from rayqueue.scheduler.resourcepolicy import load_resource_policy_text
 from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.api import create_app
 from rayqueue.scheduler.service.core import Service, ServiceConfig
 from rayqueue.scheduler.service.raycluster import LocalRayCluster, alive_nodes
 from rayqueue.scheduler.service.rayjobs import RayJobs, submission_for
 from rayqueue.scheduler.service.store import Store
+from rayqueue.scheduler.workloads.resourcepolicy import load_resource_policy_text
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 

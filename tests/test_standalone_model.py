@@ -23,7 +23,6 @@ from typer.testing import CliRunner
 from rayqueue.quota.quantity import GPU, MAX_JOBS
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.cli import app as cli_app
-from rayqueue.scheduler.rayjob import rayjob_request
 from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.api import create_app
 from rayqueue.scheduler.service.cli import display_quantity, status_tables
@@ -32,6 +31,7 @@ from rayqueue.scheduler.service.raycluster import capacity_for
 from rayqueue.scheduler.service.rayjobs import RayStatus, submission_for
 from rayqueue.scheduler.service.server import Runner, ServeOptions, is_loopback, load_priority_classes
 from rayqueue.scheduler.service.store import Store, submission_id
+from rayqueue.scheduler.workloads.rayjob import rayjob_request
 
 TWO_TEAMS = tree(("team-a", 1, 3), ("team-b", 1, 3), root_min=2, root_max=3)
 NODES = [{"state": "ALIVE", "labels": {}, "resources_total": {"CPU": 64.0, "GPU": 8.0, "memory": 2.0**36}}]

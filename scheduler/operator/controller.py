@@ -25,8 +25,8 @@ from rayqueue.queue.priority import PriorityClasses
 from rayqueue.queue.workload import WorkloadState
 from rayqueue.quota.quantity import MAX_JOBS, Resources, format_quantity, parse_resources
 from rayqueue.quota.tree import QuotaTree, QuotaTreeError
-from rayqueue.scheduler.decisions import Admit, Decision, Preempt, Reject
 from rayqueue.scheduler.engine import Engine, EngineConfig
+from rayqueue.scheduler.engine.decisions import Admit, Decision, Preempt, Reject
 from rayqueue.scheduler.operator.kube import (
     NODES,
     POLICIES,
@@ -53,7 +53,7 @@ from rayqueue.scheduler.operator.rayjobs import (
     preempt_patch,
     workload_for,
 )
-from rayqueue.scheduler.resourcepolicy import ResourcePolicyError, Units, units_from_manifest
+from rayqueue.scheduler.workloads.resourcepolicy import ResourcePolicyError, Units, units_from_manifest
 
 log = logging.getLogger("rayqueue.operator")
 

@@ -20,7 +20,7 @@ from rayqueue.scheduler.operator.controller import Controller, OperatorConfig
 from rayqueue.scheduler.operator.kube import Connection, KubeClient
 from rayqueue.scheduler.operator.metrics import OperatorMetrics
 from rayqueue.scheduler.operator.rayjobs import MUTATED_ANNOTATION, is_managed, webhook_patch
-from rayqueue.scheduler.resourcepolicy import ResourcePolicyError, units_from_manifest
+from rayqueue.scheduler.workloads.resourcepolicy import ResourcePolicyError, units_from_manifest
 
 log = logging.getLogger("rayqueue.operator")
 

@@ -20,8 +20,8 @@ from typing import Any
 from rayqueue.queue.priority import PriorityClasses
 from rayqueue.queue.workload import Workload
 from rayqueue.quota.tree import QuotaTree
-from rayqueue.scheduler.decisions import Placement
-from rayqueue.scheduler.rayjob import PRIORITY_LABEL, QUEUE_LABEL, rayjob_request
+from rayqueue.scheduler.engine.decisions import Placement
+from rayqueue.scheduler.workloads.rayjob import PRIORITY_LABEL, QUEUE_LABEL, rayjob_request
 
 ADMISSION_ANNOTATION = "rayqueue.io/admission"  # JSON: queue, unit, resource, priority, admittedAt, uid
 CONDITION_ANNOTATION = "rayqueue.io/condition"  # JSON: type, reason, message, position, time
@@ -139,7 +139,7 @@ def workload_for(body: Mapping[str, Any], tree: QuotaTree, priorities: PriorityC
                  now: float | None = None) -> Workload:
     """The engine's view of a RayJob; raises :class:`JobError` (bad spec, unknown queue or class)."""
     from rayqueue.queue.priority import UnknownPriorityClass
-    from rayqueue.scheduler.rayjob import RayJobRejected
+    from rayqueue.scheduler.workloads.rayjob import RayJobRejected
 
     meta = body.get("metadata") or {}
     labels = meta.get("labels") or {}

@@ -237,10 +237,10 @@ def serve(
 ) -> None:
     """Run the standalone service: queue RayJobs under the quota tree and run them on Ray."""
     from rayqueue.quota.tree import QuotaTreeError
-    from rayqueue.scheduler.resourcepolicy import ResourcePolicyError
     from rayqueue.scheduler.service.core import ServiceConfig, ServiceError
     from rayqueue.scheduler.service.raycluster import RayClusterError
     from rayqueue.scheduler.service.server import Runner, ServeOptions
+    from rayqueue.scheduler.workloads.resourcepolicy import ResourcePolicyError
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     console = _console()

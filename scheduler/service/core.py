@@ -34,18 +34,9 @@ from rayqueue.queue.priority import PriorityClasses, UnknownPriorityClass
 from rayqueue.queue.workload import Workload, WorkloadState
 from rayqueue.quota.quantity import MAX_JOBS, Resources, describe
 from rayqueue.quota.tree import QuotaTree, QuotaTreeError
-from rayqueue.scheduler.decisions import Admit, Preempt, Reject
 from rayqueue.scheduler.engine import Engine, EngineConfig
-from rayqueue.scheduler.errors import DuplicateJob, UnknownQueue
-from rayqueue.scheduler.rayjob import (
-    KIND,
-    RayJobRejected,
-    RayJobRequest,
-    expected_duration,
-    load_rayjob_documents,
-    rayjob_request,
-)
-from rayqueue.scheduler.resourcepolicy import Units
+from rayqueue.scheduler.engine.decisions import Admit, Preempt, Reject
+from rayqueue.scheduler.engine.errors import DuplicateJob, UnknownQueue
 from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.metrics import ServiceMetrics
 from rayqueue.scheduler.service.raycluster import alive_nodes, capacity_for
@@ -58,6 +49,15 @@ from rayqueue.scheduler.service.rayjobs import (
     submission_for,
 )
 from rayqueue.scheduler.service.store import JobRecord, Store, submission_id
+from rayqueue.scheduler.workloads.rayjob import (
+    KIND,
+    RayJobRejected,
+    RayJobRequest,
+    expected_duration,
+    load_rayjob_documents,
+    rayjob_request,
+)
+from rayqueue.scheduler.workloads.resourcepolicy import Units
 from rayqueue.simulations.forecast import forecast_starts
 
 log = logging.getLogger("rayqueue.service")

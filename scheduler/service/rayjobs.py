@@ -27,8 +27,8 @@ import httpx
 import yaml
 
 from rayqueue.quota.quantity import CPU, GPU, MEMORY, MILLI
-from rayqueue.scheduler.rayjob import HEAD, RayJobRejected, RayJobRequest
 from rayqueue.scheduler.service.raycluster import auth_headers
+from rayqueue.scheduler.workloads.rayjob import HEAD, RayJobRejected, RayJobRequest
 
 log = logging.getLogger("rayqueue.service.rayjobs")
 

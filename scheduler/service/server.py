@@ -17,7 +17,6 @@ import yaml
 
 from rayqueue.queue.priority import PriorityClasses
 from rayqueue.quota.tree import QuotaTree
-from rayqueue.scheduler.resourcepolicy import Units, load_resource_policy
 from rayqueue.scheduler.service.core import (
     DEFAULT_PRIORITY_CLASSES,
     TREE_SETTING,
@@ -29,6 +28,7 @@ from rayqueue.scheduler.service.core import (
 from rayqueue.scheduler.service.raycluster import LocalRayCluster, LocalRayInfo, dashboard_url
 from rayqueue.scheduler.service.rayjobs import RayJobs
 from rayqueue.scheduler.service.store import Store, default_db_url
+from rayqueue.scheduler.workloads.resourcepolicy import Units, load_resource_policy
 
 log = logging.getLogger("rayqueue.service")
 

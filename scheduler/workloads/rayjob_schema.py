@@ -7,7 +7,8 @@ allowed, as they are by the API server for fields this cut does not know.
 
 Regenerate after a KubeRay upgrade (a test checks the stored copy matches the CRD in shared data)::
 
-    python -m rayqueue.scheduler.rayjob_schema path/to/ray.io_rayjobs.yaml scheduler/schemas/rayjob-v1.schema.json
+    python -m rayqueue.scheduler.workloads.rayjob_schema path/to/ray.io_rayjobs.yaml \
+        scheduler/workloads/schemas/rayjob-v1.schema.json
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def pruned_schema_from_crd(crd: dict[str, Any], version: str = "v1") -> dict[str
         if v["name"] == version:
             schema = prune(v["schema"]["openAPIV3Schema"], KEEP)
             schema["$comment"] = (
-                "Cut from KubeRay's ray.io_rayjobs.yaml (Apache-2.0) by rayqueue.scheduler.rayjob_schema; "
+                "Cut from KubeRay's ray.io_rayjobs.yaml (Apache-2.0) by rayqueue.scheduler.workloads.rayjob_schema; "
                 "do not edit by hand."
             )
             schema["required"] = ["apiVersion", "kind", "metadata", "spec"]

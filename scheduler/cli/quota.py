@@ -18,7 +18,7 @@ from rich.tree import Tree
 
 from rayqueue.quota.quantity import describe
 from rayqueue.quota.tree import QuotaNode, QuotaTree, QuotaTreeError, diff_trees
-from rayqueue.scheduler.rayjob import (
+from rayqueue.scheduler.workloads.rayjob import (
     K8S_JOB_MODE,
     RayJobRejected,
     RayJobRequest,

@@ -39,7 +39,7 @@ from rayqueue.quota.quantity import (
     parse_quantity,
     parse_resources,
 )
-from rayqueue.scheduler.resourcepolicy import parse_duration
+from rayqueue.scheduler.workloads.resourcepolicy import parse_duration
 
 API_VERSION = "ray.io/v1"
 KIND = "RayJob"
@@ -181,9 +181,9 @@ _SCHEMA_RESOURCE = "rayjob-v1.schema.json"
 def rayjob_schema() -> dict[str, Any]:
     """The part of KubeRay's RayJob ``v1`` OpenAPI schema covering every field we read.
 
-    Generated from the real CRD by :mod:`rayqueue.scheduler.rayjob_schema`; see that module.
+    Generated from the real CRD by :mod:`rayqueue.scheduler.workloads.rayjob_schema`; see that module.
     """
-    text = (importlib_resources.files("rayqueue.scheduler") / "schemas" / _SCHEMA_RESOURCE).read_text()
+    text = (importlib_resources.files("rayqueue.scheduler.workloads") / "schemas" / _SCHEMA_RESOURCE).read_text()
     schema: dict[str, Any] = json.loads(text)
     return schema
 

@@ -19,7 +19,7 @@ app = typer.Typer(
 # Each module exposes ``register(app: typer.Typer) -> None``; imported lazily inside the commands
 # themselves where the import is heavy (ray, kopf), so `rayqueue --help` stays fast.
 FRONT_END_MODULES = [
-    "rayqueue.scheduler.quota_cli",
+    "rayqueue.scheduler.cli.quota",
     "rayqueue.simulations.cli",
     "rayqueue.scheduler.service.cli",
     "rayqueue.scheduler.operator.cli",

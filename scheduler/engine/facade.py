@@ -32,10 +32,10 @@ from rayqueue.quota.tree import (
     QuotaViolation,
     diff_trees,
 )
-from rayqueue.scheduler.decisions import Admit, Decision, Placement, Preempt, Reject
-from rayqueue.scheduler.errors import DuplicateJob, UnknownQueue
-from rayqueue.scheduler.units import Unit, Units
-from rayqueue.scheduler.wakeup import ANY, BlockerKey, WakeIndex, WakeOrder
+from rayqueue.scheduler.engine.decisions import Admit, Decision, Placement, Preempt, Reject
+from rayqueue.scheduler.engine.errors import DuplicateJob, UnknownQueue
+from rayqueue.scheduler.engine.units import Unit, Units
+from rayqueue.scheduler.engine.wakeup import ANY, BlockerKey, WakeIndex, WakeOrder
 
 _RETRY, _REINDEX = 0, 1
 # Wake-up rounds in one cycle after the first: what is left waits for the next cycle (see next_wakeup).

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rayqueue.quota.quantity import Resources, parse_quantity
-from rayqueue.scheduler.units import ResourcePolicyError, Unit, UnitKind, Units, WhenTryNext
+from rayqueue.scheduler.engine.units import ResourcePolicyError, Unit, UnitKind, Units, WhenTryNext
 
 __all__ = ["ResourcePolicyError", "Unit", "Units", "UnitKind", "WhenTryNext", "units_from_manifest",
            "load_resource_policy", "load_resource_policy_text", "parse_duration"]

@@ -1,0 +1,23 @@
+"""The admission engine: quota tree + queues + ResourcePolicy units, no I/O.
+
+Front ends import ``Engine`` (and the types it takes and returns) from here. Not compiled: the modules
+beside it are (see ``setup.py``), and calls between them stay native.
+"""
+
+from rayqueue.scheduler.engine.decisions import Admit, Decision, Placement, Preempt, Reject
+from rayqueue.scheduler.engine.errors import DuplicateJob, UnknownQueue
+from rayqueue.scheduler.engine.facade import Engine, EngineConfig, EngineStats, Explanation
+
+__all__ = [
+    "Admit",
+    "Decision",
+    "DuplicateJob",
+    "Engine",
+    "EngineConfig",
+    "EngineStats",
+    "Explanation",
+    "Placement",
+    "Preempt",
+    "Reject",
+    "UnknownQueue",
+]
