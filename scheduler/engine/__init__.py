@@ -6,7 +6,9 @@ beside it are (see ``setup.py``), and calls between them stay native.
 
 from rayqueue.scheduler.engine.decisions import Admit, Decision, Placement, Preempt, Reject
 from rayqueue.scheduler.engine.errors import DuplicateJob, UnknownQueue
-from rayqueue.scheduler.engine.facade import Engine, EngineConfig, EngineStats, Explanation
+from rayqueue.scheduler.engine.facade import Engine
+from rayqueue.scheduler.engine.state import EngineConfig, EngineStats
+from rayqueue.scheduler.engine.views import Explanation
 
 __all__ = [
     "Admit",

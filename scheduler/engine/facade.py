@@ -1,8 +1,20 @@
-"""The admission engine: quota tree + queues + ResourcePolicy units, no I/O.
+"""The admission engine's one entry point: quota tree + queues + ResourcePolicy units, no I/O.
 
 Front ends feed it events (``submit``, ``finish``, ``suspended``, ``cancel``) and call ``schedule``,
 which returns decisions as data (``Admit``, ``Preempt``, ``Reject``). Every waiting job carries a typed
 reason.
+
+``Engine`` decides nothing itself: it wires the parts that do, each a module named by what it decides,
+all sharing one ``EngineState``:
+
+- ``cycle``: which queue's head goes next, admitting it (or preempting for it, or parking it);
+- ``placement``: does the job fit now on its quota path and in a unit, can it ever fit;
+- ``preemption``: which running jobs to stop (priority in the queue, reclaim of borrowed work);
+- ``borrowing``: the ledger of borrowing leaves that reclaim reads;
+- ``parking``: the wake-up index and backoff of jobs that did not fit;
+- ``events``: a front end's events about one job (submit, finish, suspended, restore);
+- ``changes`` and ``preview``: a new tree, ResourcePolicy or capacity, applied or dry-run;
+- ``views``: what front ends read.
 
 Why it stays fast with 100,000 pending jobs: a cycle never scans the queues. Queues that have a job to
 try sit in one heap ordered across queues; a job that does not fit is *parked* in a wake-up index keyed
@@ -13,88 +25,31 @@ costs O(log pending + depth x resources), independent of how many jobs wait.
 
 from __future__ import annotations
 
-import heapq
-import itertools
-import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 
-from rayqueue.queue.queues import LeafQueue, PreemptionPolicy, QueueingStrategy, VictimKey
-from rayqueue.queue.workload import Reason, ReasonCode, Workload, WorkloadState
-from rayqueue.quota.quantity import MAX_JOBS, MILLI, NO_LIMIT, SLOTS, Demand, Resources, describe, format_quantity
-from rayqueue.quota.tree import (
-    PREEMPTION_ATTRIBUTE,
-    QUEUEING_ATTRIBUTE,
-    QuotaNode,
-    QuotaTree,
-    QuotaTreeError,
-    QuotaViolation,
-    diff_trees,
-)
-from rayqueue.scheduler.engine.decisions import Admit, Decision, Placement, Preempt, Reject
-from rayqueue.scheduler.engine.errors import DuplicateJob, UnknownQueue
-from rayqueue.scheduler.engine.units import Unit, Units
-from rayqueue.scheduler.engine.wakeup import ANY, BlockerKey, WakeIndex, WakeOrder
-
-_RETRY, _REINDEX = 0, 1
-# Wake-up rounds in one cycle after the first: what is left waits for the next cycle (see next_wakeup).
-ROUNDS = 3
-
-
-@dataclass(slots=True)
-class EngineConfig:
-    default_queueing: QueueingStrategy = "BestEffortFIFO"
-    default_preemption: PreemptionPolicy = "Never"
-    reclaim: bool = True
-    # A job that is woken and still does not fit waits base * 2**(k-1) (capped) before it is tried
-    # again; the first wake after it parks is never delayed.
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 60.0
-
-
-@dataclass(slots=True)
-class EngineStats:
-    """Counters a front end exports as metrics; ``attempts`` counts every admission decision."""
-
-    attempts: int = 0
-    admitted: int = 0
-    parked: int = 0
-    rejected: int = 0
-    preempted: int = 0
-    cycles: int = 0
-    moved: int = 0  # parked jobs moved to another full blocker instead of being tried
-    withdrawn: int = 0  # admissions taken back in the cycle that made them (see Engine._withdraw)
-
-
-@dataclass(frozen=True, slots=True)
-class Explanation:
-    uid: str
-    state: WorkloadState
-    queue: str
-    position: int | None
-    pending_in_queue: int
-    reason: Reason | None
-    unit: str | None = None
-    admitted_at: float | None = None
-    expected_start: float | None = None
-
-
-class _Outcome:
-    """Why one attempt did not admit: the reason and what to wait on."""
-
-    __slots__ = ("reason", "blockers", "retry_at", "alternatives")
-
-    def __init__(self, reason: Reason, blockers: list[tuple[BlockerKey, int]], retry_at: float | None = None,
-                 alternatives: bool = False) -> None:
-        self.reason = reason
-        self.blockers = blockers
-        self.retry_at = retry_at
-        # Quota blockers must all have room; unit blockers are alternatives (any unit with room will do).
-        self.alternatives = alternatives
+from rayqueue.queue.queues import LeafQueue
+from rayqueue.queue.workload import Workload
+from rayqueue.quota.quantity import Resources
+from rayqueue.quota.tree import QuotaTree
+from rayqueue.scheduler.engine import views
+from rayqueue.scheduler.engine.borrowing import BorrowLedger
+from rayqueue.scheduler.engine.changes import Changes
+from rayqueue.scheduler.engine.cycle import Cycle
+from rayqueue.scheduler.engine.decisions import Decision, Reject
+from rayqueue.scheduler.engine.events import Events
+from rayqueue.scheduler.engine.parking import Parking
+from rayqueue.scheduler.engine.placement import Placer
+from rayqueue.scheduler.engine.preemption import Preemption
+from rayqueue.scheduler.engine.preview import preview_tree
+from rayqueue.scheduler.engine.state import EngineConfig, EngineState, EngineStats
+from rayqueue.scheduler.engine.units import Units
+from rayqueue.scheduler.engine.views import Explanation
 
 
 class Engine:
+    __slots__ = ("_s", "_events", "_cycle", "_changes")
+
     def __init__(
         self,
         tree: QuotaTree,
@@ -102,1012 +57,102 @@ class Engine:
         config: EngineConfig | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.tree = tree
-        self.units = units if units is not None else Units.single(None)
-        self.config = config or EngineConfig()
-        self.clock = clock
-        self.workloads: dict[str, Workload] = {}
-        self.queues: dict[str, LeafQueue] = {}
-        self._seq = itertools.count(1)
-        # (within guarantee?, -priority, fair share, submitted, seq, version, queue): one flat tuple, so a
-        # heap comparison is one tuple comparison.
-        self._heap: list[tuple[int, int, float, float, int, int, str]] = []
-        self._placements: dict[str, Placement] = {}  # per unit, shared by every job admitted there
-        self._index = WakeIndex()
-        self._dirty: set[BlockerKey] = set()  # blockers to look at in the next wake-up round
-        self._dirty_nodes: set[str] = set()  # quota nodes released on since: each of their blockers
-        # uid -> (its blockers, its wake order) while parked
-        self._parked: dict[str, tuple[list[tuple[BlockerKey, int]], WakeOrder]] = {}
-        # (when, seq, uid, park token, kind): kind RETRY tries the job then; REINDEX ends a backoff.
-        self._timers: list[tuple[float, int, str, int, int]] = []
-        self._now = 0.0  # the time of the latest cycle: backoff is measured against it
-        self._epoch = 0  # bumped when the tree or the units change
-        self.stats = EngineStats()
-        self._borrowing: set[str] = set()  # leaves using more than their min: where reclaim looks
-        self._leaf_borrowed: dict[str, Resources] = {}
-        self._borrow_admissions = 0  # admissions into borrowing leaves: new work a reclaim could take
-        self._victim_leaves: set[str] = set()
-        self._victim_leaf_count: dict[str, int] = {}
-        self._reclaimable: dict[str, Resources] = {}  # per node: what its borrowing leaves borrow in all
-        # Leaves whose borrowing changed since ``_reclaimable`` last took it in, and what it took in: the
-        # sums are brought up to date only when a reclaim asks (admissions and releases far outnumber it).
-        self._borrow_changed: set[str] = set()
-        self._borrow_counted: dict[str, Resources] = {}
-        # uid -> how many of its admissions this cycle were withdrawn: schedule() drops those Admits.
-        self._withdrawn: dict[str, int] = {}
-        self._sync_queues()
+        s = self._s = EngineState(tree, units, config, clock)
+        placer = Placer(s)
+        parking = Parking(s)
+        ledger = BorrowLedger(s)
+        self._events = Events(s, placer, parking, ledger)
+        self._cycle = Cycle(s, placer, parking, ledger, Preemption(s, placer, ledger, self._events))
+        self._changes = Changes(s, parking, ledger)
 
     # ================================================================ events from a front end
 
     def submit(self, w: Workload) -> Reject | None:
         """Queue a job. Raises ``UnknownQueue`` / ``DuplicateJob``; returns ``Reject`` if it can never fit."""
-        if w.uid in self.workloads:
-            raise DuplicateJob(f"job {w.uid!r} is already known to the engine (state {self.workloads[w.uid].state})")
-        if w.queue not in self.tree.leaves:
-            raise UnknownQueue(self._unknown_queue_message(w.queue))
-        w.request = _engine_request(w.request)
-        w.demand = Demand(w.request)
-        w.seq = next(self._seq)
-        w.state = WorkloadState.PENDING
-        w.pending_since = w.submitted_at if w.submitted_at else self.clock()
-        never = self._never_fits(w)
-        w.checked_epoch = self._epoch
-        if never is not None:
-            w.state = WorkloadState.REJECTED
-            w.reason = never
-            return Reject(w, never)
-        w.reason = Reason(ReasonCode.QUEUED, "waiting for the next admission cycle")
-        self.workloads[w.uid] = w
-        q = self.queues[w.queue]
-        q.add(w)
-        self._offer(q)
-        return None
+        return self._events.submit(w)
 
     def finish(self, uid: str) -> Workload:
         """The job finished, failed or was deleted: release what it held. Pending jobs are removed."""
-        w = self._get(uid)
-        if w.state in (WorkloadState.ADMITTED, WorkloadState.PREEMPTING):
-            self._release(w)
-        elif w.state == WorkloadState.PENDING:
-            self._dequeue(w)
-        w.state = WorkloadState.FINISHED
-        self.workloads.pop(uid, None)
-        return w
+        return self._events.finish(uid)
 
     def cancel(self, uid: str) -> Workload:
-        w = self.finish(uid)
-        w.state = WorkloadState.CANCELLED
-        return w
+        return self._events.cancel(uid)
 
     def suspended(self, uid: str, now: float | None = None) -> Workload:
         """A preempted (or externally suspended) job stopped: release its quota and requeue it."""
-        w = self._get(uid)
-        if w.state not in (WorkloadState.ADMITTED, WorkloadState.PREEMPTING):
-            return w
-        now = self.clock() if now is None else now
-        preempted = w.state == WorkloadState.PREEMPTING
-        self._release(w)
-        if preempted:
-            w.preemptions += 1
-        w.state = WorkloadState.PENDING
-        w.unit = None
-        w.admitted_at = None
-        w.failures = 0
-        w.pending_since = now
-        w.waiting_for = set()
-        q = self.queues[w.queue]
-        q.add(w)
-        if preempted and self.config.backoff_base_s > 0:
-            # A preempted job waits a little before it competes again, so a borrower that keeps being
-            # reclaimed does not thrash: base, 2 x base, ... per preemption, capped.
-            delay = min(self.config.backoff_base_s * 2 ** (w.preemptions - 1), self.config.backoff_max_s)
-            backoff = _Outcome(Reason(ReasonCode.BACKOFF, f"preempted; competes again after {delay:g}s"), [], now + delay)
-            self._park(w, q, backoff, now, False)
-            w.retry_after = now + delay
-        else:
-            w.retry_after = 0.0
-            self._offer(q)
-        return w
+        return self._events.suspended(uid, now)
 
     def restore(self, w: Workload, unit: str | None, admitted_at: float) -> None:
         """Count a job that already runs (rebuilding after a restart); no checks, nothing twice."""
-        if w.uid in self.workloads:
-            raise DuplicateJob(f"job {w.uid!r} is already known to the engine")
-        if w.queue not in self.tree.leaves:
-            raise UnknownQueue(self._unknown_queue_message(w.queue))
-        w.request = _engine_request(w.request)
-        w.demand = Demand(w.request)
-        unit_name = unit if unit in self.units.by_name else self.units.units[0].name
-        w.seq = next(self._seq)
-        w.state = WorkloadState.ADMITTED
-        w.unit = unit_name
-        w.admitted_at = admitted_at
-        w.reason = Reason(ReasonCode.ADMITTED, f"running on unit {unit_name} (restored)")
-        self.workloads[w.uid] = w
-        leaf = self.tree.leaves[w.queue]
-        self.queues[w.queue].start(w)
-        self.tree.admit(leaf, w.demand)
-        self._note_borrowing(leaf)
-        self.units.by_name[unit_name].take(w.demand, w.pods)
+        self._events.restore(w, unit, admitted_at)
 
     # ================================================================ the admission cycle
 
     def schedule(self, now: float | None = None) -> list[Decision]:
         """One admission cycle: try queues in order until none has a job that could be admitted now."""
-        now = self.clock() if now is None else now
-        self._fire_timers(now)
-        self.stats.cycles += 1
-        decisions: list[Decision] = []
-        self._wake_dirty()
-        heap = self._heap
-        queues = self.queues
-        rounds = 0
-        while True:
-            while heap:
-                entry = heapq.heappop(heap)
-                version, name = entry[5], entry[6]
-                q = queues.get(name)
-                if q is None or version != q.heap_version:
-                    continue
-                q.heap_key = None  # its live entry is out of the heap
-                w = q.candidate()
-                if w is None:
-                    continue
-                decision = self._attempt(w, q, now)
-                if decision is not None:
-                    decisions.extend(decision)
-                self._offer(q)
-            # Jobs woken may have failed elsewhere, leaving room unused: wake the next ones.
-            rounds += 1
-            if rounds > ROUNDS:
-                break
-            self._wake_dirty()
-            if not heap:
-                break
-        if self._withdrawn:
-            decisions = self._drop_withdrawn(decisions)
-        return decisions
-
-    def _drop_withdrawn(self, decisions: list[Decision]) -> list[Decision]:
-        """Drop the Admits this cycle withdrew: each withdrawal takes back that job's earliest Admit."""
-        left = self._withdrawn
-        self._withdrawn = {}
-        kept: list[Decision] = []
-        for d in decisions:
-            if isinstance(d, Admit):
-                uid = d.workload.uid
-                n = left.get(uid, 0)
-                if n:
-                    left[uid] = n - 1
-                    continue
-            kept.append(d)
-        return kept
+        return self._cycle.schedule(now)
 
     def next_wakeup(self) -> float | None:
-        if self._dirty or self._dirty_nodes:
-            return self._now  # room freed that this cycle did not finish handing out
-        timers = self._timers
-        while timers:
-            at, _, uid, token, _kind = timers[0]
-            w = self.workloads.get(uid)
-            if w is not None and w.park_token == token and w.uid in self.queues[w.queue].parked:
-                return at
-            heapq.heappop(timers)
-        return None
-
-    # ================================================================ views
-
-    def explain(self, uid: str) -> Explanation:
-        w = self._get(uid)
-        q = self.queues[w.queue]
-        position = None
-        reason = w.reason
-        if w.state == WorkloadState.PENDING:
-            position = q.position(w)
-            head = q.head()
-            if q.strategy == "StrictFIFO" and head is not None and head is not w:
-                reason = Reason(
-                    ReasonCode.BLOCKED_BY_HEAD,
-                    f"queue {q.name} is StrictFIFO and its head {head.display_name} waits "
-                    f"({head.reason or 'not yet tried'})",
-                )
-        return Explanation(
-            uid=w.uid,
-            state=w.state,
-            queue=w.queue,
-            position=position,
-            pending_in_queue=len(q),
-            reason=reason,
-            unit=w.unit,
-            admitted_at=w.admitted_at,
-        )
-
-    def pending(self, queue: str | None = None) -> Iterable[Workload]:
-        """Pending jobs in queue order (one queue, or every queue one after another)."""
-        names = [queue] if queue else list(self.queues)
-        for name in names:
-            q = self.queues[name]
-            for key in q.pending:
-                yield q.jobs[key]
-
-    def admitted(self) -> Iterable[Workload]:
-        for q in self.queues.values():
-            yield from q.admitted.values()
+        return self._cycle.next_wakeup()
 
     # ================================================================ tree and capacity changes
 
     def set_unit_capacity(self, name: str, capacity: Resources | None, max_pods: int | None = -1) -> None:
         """A unit's capacity changed (nodes joined or left). Only the jobs waiting on this unit look
         again, at the next cycle; what can ever fit is checked again at each job's next try."""
-        unit = self.units.by_name[name]
-        before = (unit.capacity, unit.max_pods)
-        unit.set_capacity({sys.intern(r): v for r, v in capacity.items()} if capacity is not None else None)
-        if max_pods != -1:
-            unit.max_pods = max_pods
-        if (unit.capacity, unit.max_pods) == before:
-            return
-        self._epoch += 1
-        for r in set(before[0] or {}) | set(unit.capacity or {}):
-            self._dirty.add(("unit", name, r))
-        self._dirty.add(("pods", name, ""))
+        self._changes.set_unit_capacity(name, capacity, max_pods)
 
     def set_units(self, units: Units) -> None:
         """Swap the ResourcePolicy; running jobs keep their unit when it still exists."""
-        for w in self.admitted():
-            if w.unit not in units.by_name:
-                w.unit = units.units[0].name
-            units.by_name[w.unit].take(w.demand, w.pods)
-        self.units = units
-        self._placements = {}
-        self._wake_all()
+        self._changes.set_units(units)
 
     def preview_tree(self, tree: QuotaTree, also: Callable[[QuotaTree], list[str]] | None = None) -> list[str]:
         """What applying ``tree`` would change; raises ``QuotaTreeError`` if it would lose a job. ``also``
         adds a front end's own effects, computed while ``tree`` accounts every admitted job."""
-        try:
-            effects = self._tree_effects(tree)
-            return effects + also(tree) if also is not None else effects
-        finally:
-            tree.reset_usage()
+        return preview_tree(self._s, tree, also)
 
     def set_tree(self, tree: QuotaTree) -> list[str]:
-        effects = self._tree_effects(tree)  # leaves ``tree`` accounting every admitted job
-        self.tree = tree
-        self._sync_queues()
-        self._borrowing, self._leaf_borrowed, self._reclaimable = set(), {}, {}
-        self._borrow_changed, self._borrow_counted = set(), {}
-        self._victim_leaves, self._victim_leaf_count = set(), {}
-        for leaf in tree.leaves.values():
-            self._note_borrowing(leaf)
-        self._wake_all()
-        return effects
+        return self._changes.set_tree(tree)
 
-    # ================================================================ internals: attempts
+    # ================================================================ views
 
-    def _attempt(self, w: Workload, q: LeafQueue, now: float) -> list[Decision] | None:
-        stats = self.stats
-        stats.attempts += 1
-        never = None
-        if w.checked_epoch != self._epoch:  # can-ever-fit only changes with the tree or the units
-            never = self._never_fits(w)
-            w.checked_epoch = self._epoch
-        if never is not None:
-            stats.rejected += 1
-            q.remove(w)
-            self.workloads.pop(w.uid, None)
-            w.state = WorkloadState.REJECTED
-            w.reason = never
-            return [Reject(w, never)]
-        leaf = self.tree.leaves[w.queue]
-        outcome = self._try_admit(w, leaf, now)
-        if isinstance(outcome, Unit):
-            stats.admitted += 1
-            return [self._admit(w, q, leaf, outcome, now)]
-        withdrawn = stats.withdrawn
-        preemptions = self._plan_preemption(w, q, leaf, now, outcome)
-        if stats.withdrawn != withdrawn and not preemptions:
-            # Its victims were admitted in this very cycle and are pending again: their quota is free now.
-            outcome = self._try_admit(w, leaf, now)
-            if isinstance(outcome, Unit):
-                w.waiting_for = set()
-                stats.admitted += 1
-                return [self._admit(w, q, leaf, outcome, now)]
-        stats.parked += 1
-        stats.preempted += len(preemptions)
-        self._park(w, q, outcome, now, backoff=not preemptions)
-        return list(preemptions) if preemptions else None
+    def explain(self, uid: str) -> Explanation:
+        return views.explain(self._s, uid)
 
-    def _try_admit(self, w: Workload, leaf: QuotaNode, now: float) -> Unit | _Outcome:
-        # Every full node on the way up, so a wake from one of them checks the others first.
-        over = self.tree.over_max(leaf, w.demand)
-        if over:
-            first, r = over[0]
-            return _Outcome(
-                Reason(ReasonCode.QUOTA_MAX_EXCEEDED, _violation_message(first, r, first.used_of(r), w.request[r])),
-                [(("node", node.name, r), w.request[r]) for node, r in over],
-            )
-        return self._place(w, now)
+    def pending(self, queue: str | None = None) -> Iterable[Workload]:
+        """Pending jobs in queue order (one queue, or every queue one after another)."""
+        return views.pending(self._s, queue)
 
-    def _place(self, w: Workload, now: float) -> Unit | _Outcome:
-        policy = self.units.when_try_next
-        lacks: list[Callable[[], str]] = []
-        blockers: list[tuple[BlockerKey, int]] = []
-        retry_at: float | None = None
-        request, pods = w.request, w.pods
-        for unit in self.units.units:
-            if unit.max_pods is not None and unit.pods + pods > unit.max_pods:
-                lacks.append(_pods_message(unit.name, unit.max_pods, unit.pods, pods))
-                if unit.can_ever_hold(request, pods):
-                    blockers.append((("pods", unit.name, ""), pods))
-                continue  # every policy moves on when a unit's max is exceeded
-            resource = unit.shortfall(w.demand)
-            if resource is None:
-                return unit
-            capacity = (unit.capacity or {})[resource]
-            lacks.append(_full_message(unit.name, resource, unit.used_of(resource), capacity, request[resource]))
-            if not unit.can_ever_hold(request, pods):
-                continue
-            blockers.append((("unit", unit.name, resource), request[resource]))
-            if policy == "LackResourceOrExceedMax":
-                continue
-            if policy == "TimeoutOrExceedMax":
-                deadline = w.pending_since + self.units.timeout_s
-                if now >= deadline:
-                    continue
-                retry_at = deadline
-            break  # ExceedMax, or the timeout has not passed: wait for this unit
-        reason = Reason(ReasonCode.NO_CAPACITY_IN_UNITS, lambda: "; ".join(m() for m in lacks))
-        return _Outcome(reason, blockers, retry_at, alternatives=True)
+    def admitted(self) -> Iterable[Workload]:
+        return views.admitted(self._s)
 
-    def _never_fits(self, w: Workload) -> Reason | None:
-        leaf = self.tree.leaves.get(w.queue)
-        if leaf is None:
-            return Reason(ReasonCode.INVALID, self._unknown_queue_message(w.queue))
-        violation = self.tree.never_fits(leaf, w.request)
-        if violation is not None:
-            r = violation.resource
-            return Reason(
-                ReasonCode.NEVER_FITS,
-                f"needs {format_quantity(violation.requested, r)} {r}, max of {violation.node} is "
-                f"{format_quantity(violation.limit, r)}",
-            )
-        if not any(u.can_ever_hold(w.request, w.pods) for u in self.units.units):
-            units = "; ".join(u.describe_capacity() for u in self.units.units)
-            return Reason(
-                ReasonCode.NEVER_FITS,
-                f"needs {describe(_visible(w.request))} in {w.pods} pods, larger than every unit ({units})",
-            )
-        return None
+    # The engine's live state, for the engine's own tests and the simulator's checks; front ends read
+    # the views above instead, so that what they may rely on stays small.
 
-    def _admit(self, w: Workload, q: LeafQueue, leaf: QuotaNode, unit: Unit, now: float) -> Admit:
-        q.remove(w)
-        w.admitted_at = now
-        w.admitted_cycle = self.stats.cycles
-        w.state = WorkloadState.ADMITTED
-        q.start(w)
-        self.tree.admit(leaf, w.demand)
-        self._note_borrowing(leaf)
-        if leaf.name in self._borrowing:
-            self._borrow_admissions += 1
-        unit.take(w.demand, w.pods)
-        w.state = WorkloadState.ADMITTED
-        w.unit = unit.name
-        w.admitted_at = now
-        w.failures = 0
-        if w.waiting_for:
-            w.waiting_for = set()
-        borrowing = self._leaf_borrowed.get(leaf.name)  # a snapshot: the engine replaces, never mutates it
-        w.reason = Reason(
-            ReasonCode.ADMITTED,
-            lambda: f"admitted to {leaf.path} on unit {unit.name}" + (f", borrowing {describe(borrowing)}" if borrowing else ""),
-        )
-        placement = self._placements.get(unit.name)
-        if placement is None:
-            placement = self._placements[unit.name] = Placement(
-                unit.name, unit.resource, unit.node_selector, unit.pod_labels, unit.tolerations
-            )
-        return Admit(w, placement)
+    @property
+    def tree(self) -> QuotaTree:
+        return self._s.tree
 
-    # ================================================================ internals: preemption
+    @property
+    def units(self) -> Units:
+        return self._s.units
 
-    def _plan_preemption(self, w: Workload, q: LeafQueue, leaf: QuotaNode, now: float, outcome: _Outcome) -> list[Preempt]:
-        if w.waiting_for and any(
-            (v := self.workloads.get(uid)) is not None and v.state == WorkloadState.PREEMPTING for uid in w.waiting_for
-        ):
-            waiting = ", ".join(sorted(w.waiting_for))
-            inner = outcome.reason
-            outcome.reason = Reason(ReasonCode.WAITING_FOR_RECLAIM, lambda: f"waiting for {waiting} to stop; then {inner}")
-            return []
-        if self.config.reclaim and self.tree.within_guarantee(leaf, w.demand) and self._reclaim_could_help(w, outcome):
-            # A reclaim that failed can only succeed once new borrowed work exists or the shortfall shrank.
-            shortfall = self._shortfall(w, outcome)
-            memo = w.reclaim_memo
-            if memo is None or memo[0] != self._borrow_admissions or shortfall < memo[1]:
-                victims = self._choose_victims(w, leaf, now, self._reclaim_candidates(leaf, outcome))
-                if victims:
-                    w.reclaim_memo = None
-                    return self._preempt(w, victims, outcome, ReasonCode.RECLAIMED, leaf)
-                w.reclaim_memo = (self._borrow_admissions, shortfall)
-        if q.preemption == "LowerPriority":
-            candidates = itertools.takewhile(lambda v: v.priority < w.priority, q.victims())
-            victims = self._choose_victims(w, leaf, now, candidates)
-            if victims:
-                return self._preempt(w, victims, outcome, ReasonCode.PREEMPTED_BY_PRIORITY, leaf)
-        return []
+    @property
+    def config(self) -> EngineConfig:
+        return self._s.config
 
-    def _reclaim_candidates(self, leaf: QuotaNode, outcome: _Outcome) -> Iterator[Workload]:
-        """Borrowed work elsewhere that could unblock ``leaf``: nearest in the tree first, then lowest
-        priority, then newest. Generated level by level (siblings, then cousins, ...), so a reclaim that
-        succeeds among siblings never looks at the rest of the tree."""
-        blocking_depths = [self.tree.nodes[key[1]].depth for key, _ in outcome.blockers if key[0] == "node"]
-        blocking_units = {key[1] for key, _ in outcome.blockers if key[0] in ("unit", "pods")}
-        order = self._leaf_order
-        below = self._leaf_span[leaf.name]
-        counts = self._victim_leaf_count
-        lineage = leaf.lineage
-        for level in range(1, len(lineage)):
-            ancestor = lineage[level]
-            # A victim in this level frees quota on a blocking node only if that node is this ancestor or above.
-            frees_quota = any(d <= ancestor.depth for d in blocking_depths)
-            span = self._leaf_span[ancestor.name]
-            if (not frees_quota and not blocking_units) or counts.get(ancestor.name, 0) <= counts.get(
-                lineage[level - 1].name, 0
-            ):
-                below = span  # nothing to take in this level
-                continue
-            lo, hi = span
-            names = [*order[lo : below[0]], *order[below[1] : hi]]
-            below = span
-            # Each lane is in victim order: merge them lazily (the search usually needs the first few).
-            lanes: list[Iterator[VictimKey]] = []
-            heads: list[tuple[VictimKey, int]] = []
-            for name in names:
-                borrowed = self._leaf_borrowed.get(name)
-                if borrowed is None or name not in self._victim_leaves:
-                    continue
-                lane = self._victim_lane(name, borrowed, frees_quota, blocking_units)
-                first = next(lane, None)
-                if first is not None:
-                    heads.append((first, len(lanes)))
-                    lanes.append(lane)
-            heapq.heapify(heads)
-            while heads:
-                key, i = heads[0]
-                yield self.workloads[key[-1]]
-                following = next(lanes[i], None)
-                if following is None:
-                    heapq.heappop(heads)
-                else:
-                    heapq.heapreplace(heads, (following, i))
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._s.clock
 
-    def _victim_lane(
-        self, name: str, borrowed: Resources, frees_quota: bool, blocking_units: set[str]
-    ) -> Iterator[VictimKey]:
-        """One leaf's jobs that it could lose without dropping below its min, in victim order (lazily:
-        the merge across leaves usually needs only the first few). Re-checked cumulatively when chosen."""
-        admitted = self.queues[name].admitted
-        guaranteed = self.tree.guaranteed
-        for key in self.queues[name].victim_order:
-            v = admitted[key[-1]]
-            if (frees_quota or v.unit in blocking_units) and _takeable(v, borrowed, guaranteed):
-                yield key
+    @property
+    def stats(self) -> EngineStats:
+        return self._s.stats
 
-    def _choose_victims(self, w: Workload, leaf: QuotaNode, now: float, candidates: Iterable[Workload]) -> list[Workload]:
-        """A small set of candidates whose removal lets ``w`` fit; empty if none does."""
-        guaranteed = self.tree.guaranteed
-        removed: list[Workload] = []
-        fits = False
-        try:
-            for v in candidates:
-                v_leaf = self.tree.leaves[v.queue]
-                # Never push a victim's queue below its own guarantee.
-                if v_leaf is not leaf and any(
-                    v_leaf.used_of(r) - x < v_leaf.min.get(r, 0) for r, x in v.request.items() if r in guaranteed
-                ):
-                    continue
-                self._unaccount(v)
-                removed.append(v)
-                if isinstance(self._try_admit(w, leaf, now), Unit):
-                    fits = True
-                    break
-            if not fits:
-                return []
-            # Give back every victim that is not needed, newest choice first.
-            needed: list[Workload] = []
-            for v in reversed(removed[:-1]):
-                self._account(v)
-                if isinstance(self._try_admit(w, leaf, now), Unit):
-                    removed.remove(v)
-                else:
-                    self._unaccount(v)
-                    needed.append(v)
-            return [removed[-1], *reversed(needed)]
-        finally:
-            for v in removed:
-                self._account(v)
+    @property
+    def workloads(self) -> dict[str, Workload]:
+        return self._s.workloads
 
-    def _preempt(
-        self, w: Workload, victims: list[Workload], outcome: _Outcome, code: ReasonCode, leaf: QuotaNode
-    ) -> list[Preempt]:
-        decisions: list[Preempt] = []
-        cycle = self.stats.cycles
-        fresh = [v for v in victims if v.admitted_cycle == cycle]
-        if fresh:
-            # Admitted in this cycle, so no front end has acted on it yet: take the admission back
-            # instead of starting the job only to stop it.
-            victims = [v for v in victims if v.admitted_cycle != cycle]
-            for v in fresh:
-                self._withdraw(v, w, code, leaf)
-            if not victims:
-                return decisions
-        for v in victims:
-            v.state = WorkloadState.PREEMPTING
-            v.preempted_by = w.uid
-            if code == ReasonCode.RECLAIMED:
-                message = (
-                    f"preempted to return {leaf.path} its guarantee for {w.display_name} "
-                    f"({self.tree.leaves[v.queue].path} is borrowing {describe(self.tree.borrowed(self.tree.leaves[v.queue]))})"
-                )
-            else:
-                message = f"preempted by higher-priority {w.display_name} (priority {w.priority} > {v.priority}) in {leaf.path}"
-            v.reason = Reason(code, message)
-            decisions.append(Preempt(v, v.reason, w.uid))
-        for v in victims:
-            self._note_victims(self.tree.leaves[v.queue])
-        w.waiting_for = {v.uid for v in victims}
-        wait_code = ReasonCode.WAITING_FOR_RECLAIM if code == ReasonCode.RECLAIMED else ReasonCode.WAITING_FOR_PREEMPTION
-        names = ", ".join(v.display_name for v in victims)
-        inner = outcome.reason
-        outcome.reason = Reason(wait_code, lambda: f"preempting {names} to make room; {inner}")
-        return decisions
-
-    def _withdraw(self, v: Workload, w: Workload, code: ReasonCode, leaf: QuotaNode) -> None:
-        """Undo ``v``'s admission of this cycle: pending again, at its old place in its queue."""
-        self._release(v)
-        v.state = WorkloadState.PENDING
-        v.unit = None
-        v.admitted_at = None
-        v.admitted_cycle = -1
-        v.failures = 0
-        why = "its guarantee" if code == ReasonCode.RECLAIMED else "room"
-        v.reason = Reason(
-            ReasonCode.QUEUED,
-            f"admission withdrawn in the cycle that made it: {leaf.path} needed {why} for {w.display_name}",
-        )
-        q = self.queues[v.queue]
-        q.add(v)
-        self._offer(q)
-        self.stats.withdrawn += 1
-        self._withdrawn[v.uid] = self._withdrawn.get(v.uid, 0) + 1
-
-    def _account(self, v: Workload) -> None:
-        self.tree.admit(self.tree.leaves[v.queue], v.demand)
-        self.units.by_name[v.unit or ""].take(v.demand, v.pods)
-
-    def _unaccount(self, v: Workload) -> None:
-        self.tree.release(self.tree.leaves[v.queue], v.demand)
-        self.units.by_name[v.unit or ""].give_back(v.demand, v.pods)
-
-    # ================================================================ internals: parking and waking
-
-    def _park(self, w: Workload, q: LeafQueue, outcome: _Outcome, now: float, backoff: bool) -> None:
-        q.park(w)
-        w.reason = outcome.reason
-        w.park_token += 1
-        token = w.park_token
-        delay = 0.0
-        if backoff:
-            w.failures += 1
-            if w.failures > 1 and self.config.backoff_base_s > 0:
-                delay = min(self.config.backoff_base_s * 2 ** (w.failures - 2), self.config.backoff_max_s)
-            w.retry_after = now + delay
-        else:
-            w.failures = 0
-            w.retry_after = 0.0
-        # Jobs within their guarantee wake first, as they go first across queues.
-        within = 0 if self.tree.within_guarantee(self.tree.leaves[w.queue], w.demand) else 1
-        order: WakeOrder = (within, -w.priority, w.submitted_at, w.display_name, w.seq)
-        blockers = outcome.blockers
-        if not blockers and outcome.retry_at is None:
-            blockers = [(ANY, 0)]  # nothing a release would signal: retry after any release
-        if outcome.retry_at is not None:
-            heapq.heappush(self._timers, (outcome.retry_at, w.seq, w.uid, token, _RETRY))
-        self._parked[w.uid] = ([] if outcome.alternatives else blockers, order)
-        if delay > 0:
-            # Backing off: out of the wake-up index until the delay ends, so releases meanwhile neither
-            # wake it nor count it against the room they free.
-            heapq.heappush(self._timers, (w.retry_after, w.seq, w.uid, token, _REINDEX))
-            return
-        if outcome.alternatives:
-            for key, need in blockers:  # any of them freeing may be enough
-                self._index.add(key, need, order, token, w)
-        elif blockers:
-            # One live entry, under the first blocker; when that one frees, the others are checked first.
-            key, need = blockers[0]
-            self._index.add(key, need, order, token, w)
-
-    def _wake(self, w: Workload) -> None:
-        q = self.queues.get(w.queue)
-        if q is None or w.state != WorkloadState.PENDING or w.uid not in q.parked:
-            return
-        w.park_token += 1  # every other index entry of this parking is now stale
-        self._parked.pop(w.uid, None)
-        q.unpark(w)
-        self._offer(q)
-
-    def _room(self, key: BlockerKey) -> float:
-        kind, name, r = key
-        if kind == "node":
-            node = self.tree.nodes.get(name)
-            i = SLOTS.index.get(r)
-            if node is None or i is None or i >= len(node.used) or node.max_by_slot[i] == NO_LIMIT:
-                return float("inf")
-            return node.max_by_slot[i] - node.used[i]
-        if kind == "unit":
-            unit = self.units.by_name.get(name)
-            if unit is None or unit.capacity is None or r not in unit.capacity:
-                return float("inf")
-            return unit.capacity[r] - unit.used_of(r)
-        if kind == "pods":
-            unit = self.units.by_name.get(name)
-            if unit is None or unit.max_pods is None:
-                return float("inf")
-            return unit.max_pods - unit.pods
-        return float("inf")
-
-    def _wake_dirty(self) -> None:
-        if self._dirty_nodes:
-            nodes, self._dirty_nodes = self._dirty_nodes, set()
-            index, dirty = self._index, self._dirty
-            for name in nodes:
-                keys = index.node_keys(name)
-                if keys is not None:
-                    dirty.update(keys)
-        dirty, self._dirty = self._dirty, set()
-        for key in dirty:
-            self._wake_blocker(key)
-
-    def _wake_blocker(self, key: BlockerKey) -> None:
-        if key not in self._index:
-            return
-        woken = self._index.pop_fitting(key, self._room(key))
-        if woken and key != ANY:
-            self._dirty.add(key)
-        for w, token in woken:
-            self._wake_or_move(w, token, key)
-
-    def _end_backoff(self, w: Workload, token: int) -> None:
-        """Back into the wake-up index; the blockers are looked at once this cycle, within their room."""
-        parked = self._parked.get(w.uid)
-        if parked is None or not parked[0]:  # unit alternatives (or nothing recorded): simply try again
-            self._wake(w)
-            return
-        blockers, order = parked
-        key, need = blockers[0]
-        self._index.add(key, need, order, token, w)
-        self._dirty.add(key)
-
-    def _wake_or_move(self, w: Workload, token: int, skip: BlockerKey | None = None) -> None:
-        """Wake a parked job if every blocker it recorded has room; else move its one index entry to
-        a blocker that still lacks room, without an attempt."""
-        parked = self._parked.get(w.uid)
-        if parked is None:
-            self._wake(w)
-            return
-        blockers, order = parked
-        for key, need in blockers:
-            if key != skip and key != ANY and self._room(key) < need:
-                self._index.add(key, need, order, token, w)
-                self.stats.moved += 1
-                return
-        self._wake(w)
-
-    def _fire_timers(self, now: float) -> None:
-        self._now = now
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            _, _, uid, token, kind = heapq.heappop(timers)
-            w = self.workloads.get(uid)
-            if w is None or w.park_token != token:
-                continue
-            if kind == _RETRY:
-                self._wake(w)
-            else:  # the backoff is over: woken now if its blockers have room, else back into the index
-                self._end_backoff(w, token)
-
-    def _release(self, w: Workload) -> None:
-        leaf = self.tree.leaves[w.queue]
-        unit = self.units.by_name[w.unit or ""]
-        self.tree.release(leaf, w.demand)
-        self._note_borrowing(leaf)
-        unit.give_back(w.demand, w.pods)
-        self.queues[w.queue].stop(w)
-        # What this release could unblock (its quota path, then its unit) is woken at the next cycle,
-        # once per blocker and within the room left then, however many releases came before it.
-        dirty = self._dirty
-        dirty_nodes = self._dirty_nodes
-        for node in leaf.lineage:
-            dirty_nodes.add(node.name)
-        if unit.capacity is not None:
-            for r in w.request:
-                if r in unit.capacity:
-                    dirty.add(("unit", unit.name, r))
-        if unit.max_pods is not None:
-            dirty.add(("pods", unit.name, ""))
-        dirty.add(ANY)
-        # The leaf's usage fell, so its queue's order across queues may improve.
-        self._offer(self.queues[w.queue])
-
-    def _note_borrowing(self, leaf: QuotaNode) -> None:
-        """Keep the set of borrowing leaves and, per node, how much its leaves borrow in all."""
-        now = self.tree.borrowed(leaf)
-        before = self._leaf_borrowed.get(leaf.name)
-        if before is None:
-            before = {}
-        if now == before:
-            self._note_victims(leaf)
-            return
-        self._borrow_changed.add(leaf.name)
-        if now:
-            self._borrowing.add(leaf.name)
-            self._leaf_borrowed[leaf.name] = now
-        else:
-            self._borrowing.discard(leaf.name)
-            self._leaf_borrowed.pop(leaf.name, None)
-        self._note_victims(leaf)
-
-    def _note_victims(self, leaf: QuotaNode) -> None:
-        """Keep, per node, how many leaves below it hold a job a reclaim could take whole."""
-        borrowed = self._leaf_borrowed.get(leaf.name)
-        has = False
-        if borrowed:
-            guaranteed = self.tree.guaranteed
-            for v in self.queues[leaf.name].admitted.values():
-                if _takeable(v, borrowed, guaranteed):
-                    has = True
-                    break
-        if has == (leaf.name in self._victim_leaves):
-            return
-        delta = 1 if has else -1
-        if has:
-            self._victim_leaves.add(leaf.name)
-        else:
-            self._victim_leaves.discard(leaf.name)
-        for node in leaf.lineage:
-            self._victim_leaf_count[node.name] = self._victim_leaf_count.get(node.name, 0) + delta
-
-    def _count_borrowing(self) -> None:
-        """Bring the per-node borrowing sums up to date with the leaves that changed since."""
-        reclaimable, counted = self._reclaimable, self._borrow_counted
-        guaranteed = self.tree.guaranteed
-        for name in self._borrow_changed:
-            leaf = self.tree.leaves.get(name)
-            if leaf is None:
-                continue
-            now = self._leaf_borrowed.get(name) or {}
-            before = counted.get(name) or {}
-            for r in guaranteed:
-                delta = now.get(r, 0) - before.get(r, 0)
-                if delta:
-                    for node in leaf.lineage:
-                        sums = reclaimable.get(node.name)
-                        if sums is None:
-                            sums = reclaimable[node.name] = {}
-                        sums[r] = sums.get(r, 0) + delta
-            if now:
-                counted[name] = now
-            else:
-                counted.pop(name, None)
-        self._borrow_changed = set()
-
-    def _shortfall(self, w: Workload, outcome: _Outcome) -> int:
-        """How much is missing at the tightest blocker (0 when unknown)."""
-        best: int | None = None
-        for (kind, name, r), _need in outcome.blockers:
-            if kind == "node":
-                node = self.tree.nodes[name]
-                short = node.used_of(r) + w.request.get(r, 0) - node.max[r]
-            elif kind == "unit":
-                unit = self.units.by_name[name]
-                short = unit.used_of(r) + w.request.get(r, 0) - (unit.capacity or {}).get(r, 0)
-            else:
-                unit = self.units.by_name[name]
-                short = unit.pods + w.pods - (unit.max_pods or 0)
-            best = short if best is None else min(best, short)
-        return best or 0
-
-    def _reclaim_could_help(self, w: Workload, outcome: _Outcome) -> bool:
-        """False when no leaf holds a job a reclaim could take, or all the borrowing that a reclaim could
-        take back is less than the shortfall (both kept up to date, so this costs O(blockers) plus the
-        leaves whose borrowing changed since the last reclaim asked)."""
-        if not self._victim_leaf_count.get(self.tree.root.name, 0):
-            return False
-        if self._borrow_changed:
-            self._count_borrowing()
-        root_sums = self._reclaimable.get(self.tree.root.name, {})
-        for (kind, name, r), _need in outcome.blockers:
-            if r not in self.tree.guaranteed:
-                return True  # no bound known for a resource nobody guarantees
-            if kind == "node":
-                node = self.tree.nodes[name]
-                short = node.used_of(r) + w.request.get(r, 0) - node.max[r]
-                if self._victim_leaf_count.get(name, 0) and self._reclaimable.get(name, {}).get(r, 0) >= short:
-                    return True
-            elif kind == "unit":
-                unit = self.units.by_name[name]
-                cap = unit.capacity or {}
-                short = unit.used_of(r) + w.request.get(r, 0) - cap.get(r, 0)
-                if root_sums.get(r, 0) >= short:
-                    return True
-            else:
-                return True
-        return False
-
-    def _wake_all(self) -> None:
-        self._epoch += 1
-        self._index.clear()
-        self._timers.clear()
-        self._parked.clear()
-        for q in self.queues.values():
-            for uid in list(q.parked):
-                w = self.workloads[uid]
-                w.failures = 0
-                w.retry_after = 0.0
-                self._wake(w)
-            self._offer(q)
-
-    def _offer(self, q: LeafQueue) -> None:
-        """(Re)place the queue in the cross-queue heap under its current candidate's key; a queue whose
-        live entry already has that key stays as it is (most releases do not change it)."""
-        w = q.candidate()
-        if w is None:
-            q.heap_version += 1
-            q.heap_key = None
-            return
-        leaf = self.tree.leaves[q.name]
-        within = 0 if self.tree.within_guarantee(leaf, w.demand) else 1
-        share = self.tree.fair_share(leaf) if q.name in self._borrowing else 0.0
-        key = (within, -w.priority, share, w.submitted_at, w.seq)
-        if key == q.heap_key:
-            return
-        q.heap_version += 1
-        q.heap_key = key
-        # Built field by field: a starred tuple goes through a list in compiled code.
-        heapq.heappush(self._heap, (within, -w.priority, share, w.submitted_at, w.seq, q.heap_version, q.name))
-
-    # ================================================================ internals: bookkeeping
-
-    def _get(self, uid: str) -> Workload:
-        try:
-            return self.workloads[uid]
-        except KeyError:
-            raise KeyError(f"no job {uid!r} is pending or running") from None
-
-    def _dequeue(self, w: Workload) -> None:
-        q = self.queues[w.queue]
-        q.remove(w)
-        self._parked.pop(w.uid, None)
-        w.park_token += 1
-        self._offer(q)
-
-    def _unknown_queue_message(self, name: str) -> str:
-        leaves = sorted(self.tree.leaves)
-        shown = ", ".join(leaves[:10]) + (" ..." if len(leaves) > 10 else "")
-        if name in self.tree.nodes:
-            return f"queue {name!r} is not a leaf of the quota tree; jobs queue at leaves ({shown})"
-        return f"unknown queue {name!r}: no leaf of the quota tree has that name (leaves: {shown})"
-
-    def _strategy(self, leaf: QuotaNode) -> tuple[QueueingStrategy, PreemptionPolicy]:
-        strategy = leaf.attributes.get(QUEUEING_ATTRIBUTE, self.config.default_queueing)
-        preemption = leaf.attributes.get(PREEMPTION_ATTRIBUTE, self.config.default_preemption)
-        return strategy, preemption
-
-    def _sync_queues(self) -> None:
-        """One queue per leaf of the current tree; existing queues keep their jobs."""
-        # Leaves in depth-first order: every subtree's leaves are one contiguous span of this list.
-        self._leaf_order: list[str] = []
-        self._leaf_span: dict[str, tuple[int, int]] = {}
-        stack: list[tuple[QuotaNode, bool]] = [(self.tree.root, False)]
-        starts: dict[str, int] = {}
-        while stack:
-            node, done = stack.pop()
-            if done:
-                self._leaf_span[node.name] = (starts[node.name], len(self._leaf_order))
-                continue
-            starts[node.name] = len(self._leaf_order)
-            if node.is_leaf:
-                self._leaf_order.append(node.name)
-                self._leaf_span[node.name] = (starts[node.name], len(self._leaf_order))
-                continue
-            stack.append((node, True))
-            stack.extend((child, False) for child in reversed(node.children))
-        for name, leaf in self.tree.leaves.items():
-            strategy, preemption = self._strategy(leaf)
-            q = self.queues.get(name)
-            if q is None:
-                self.queues[name] = LeafQueue(name, strategy, preemption)
-            else:
-                q.strategy, q.preemption = strategy, preemption
-        for name in list(self.queues):
-            if name not in self.tree.leaves:
-                del self.queues[name]
-
-    def _tree_effects(self, tree: QuotaTree) -> list[str]:
-        lost = [w for w in self.workloads.values() if w.queue not in tree.leaves]
-        if lost:
-            by_queue: dict[str, list[str]] = {}
-            for w in lost:
-                by_queue.setdefault(w.queue, []).append(w.display_name)
-            problems = [
-                f"leaf {name} would be removed (or stop being a leaf) but holds {len(jobs)} job(s): "
-                f"{', '.join(sorted(jobs)[:5])}{' ...' if len(jobs) > 5 else ''}"
-                for name, jobs in sorted(by_queue.items())
-            ]
-            raise QuotaTreeError(problems, f"ElasticQuotaTree {tree.name}")
-        tree.reset_usage()
-        for w in self.admitted():
-            tree.admit(tree.leaves[w.queue], w.demand)
-        effects = diff_trees(self.tree, tree) or ["no change to the tree"]
-        for node in tree:
-            for r, m in node.max.items():
-                used = node.used_of(r)
-                if used > m:
-                    effects.append(
-                        f"! {node.path} uses {format_quantity(used, r)} {r}, over its new max "
-                        f"{format_quantity(m, r)}: running jobs keep running, nothing more is admitted there"
-                    )
-            old = self.tree.nodes.get(node.name)
-            now_borrowed = tree.borrowed(node)
-            was_borrowed = self.tree.borrowed(old) if old is not None else {}
-            if now_borrowed and now_borrowed != was_borrowed:
-                effects.append(f"! {node.path} would be borrowing {describe(now_borrowed)} (reclaimable)")
-        for w in self.pending():
-            leaf = tree.leaves[w.queue]
-            violation = tree.never_fits(leaf, w.request)
-            if violation is not None:
-                effects.append(f"! pending job {w.display_name} would never fit: {violation.sentence()}")
-        return effects
-
-
-def _engine_request(request: Resources) -> Resources:
-    """The request as the engine counts it: every job counts one against ``kube-queue/max-jobs``, and
-    resource names are interned (see ``quota.quantity``)."""
-    out = {sys.intern(r): v for r, v in request.items()}
-    if MAX_JOBS not in out:
-        out[MAX_JOBS] = MILLI
-    return out
-
-
-def _takeable(v: Workload, borrowed: Resources, guaranteed: frozenset[str]) -> bool:
-    """A reclaim may take ``v`` whole: it is running, holds some guaranteed resource, and holds no
-    more of any than its leaf borrows."""
-    if v.state != WorkloadState.ADMITTED:
-        return False
-    holds = False
-    for r, x in v.request.items():
-        if r in guaranteed and x:
-            if x > borrowed.get(r, 0):
-                return False
-            holds = True
-    return holds
-
-
-def _violation_message(node: QuotaNode, r: str, used: int, requested: int) -> Callable[[], str]:
-    limit = node.max[r]
-    return lambda: QuotaViolation(node.path, r, used, requested, limit).sentence()
-
-
-def _pods_message(unit: str, max_pods: int, in_use: int, requested: int) -> Callable[[], str]:
-    return lambda: f"{unit} at max {max_pods} pods ({in_use} in use, {requested} requested)"
-
-
-def _full_message(unit: str, r: str, used: int, cap: int, requested: int) -> Callable[[], str]:
-    return lambda: (
-        f"{unit} full ({format_quantity(used, r)}/{format_quantity(cap, r)} {r} in use, "
-        f"{format_quantity(requested, r)} requested)"
-    )
-
-
-def _visible(request: Resources) -> Resources:
-    return {r: v for r, v in request.items() if r != MAX_JOBS}
-
+    @property
+    def queues(self) -> dict[str, LeafQueue]:
+        return self._s.queues

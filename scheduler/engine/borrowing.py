@@ -1,0 +1,96 @@
+"""The borrowing ledger: what reclaim may look at, kept up to date so that a hopeless reclaim
+costs O(changed leaves).
+"""
+
+from __future__ import annotations
+
+from rayqueue.queue.workload import Workload, WorkloadState
+from rayqueue.quota.quantity import Resources
+from rayqueue.quota.tree import QuotaNode
+from rayqueue.scheduler.engine.state import EngineState
+
+
+class BorrowLedger:
+    """Which leaves borrow (use more than their min), how much per node, and how many leaves
+    below each node hold a job a reclaim could take whole: kept up to date on every admission and release."""
+
+    __slots__ = ("s",)
+
+    def __init__(self, s: EngineState) -> None:
+        self.s = s
+
+    def note_borrowing(self, leaf: QuotaNode) -> None:
+        """Keep the set of borrowing leaves and, per node, how much its leaves borrow in all."""
+        now = self.s.tree.borrowed(leaf)
+        before = self.s.leaf_borrowed.get(leaf.name)
+        if before is None:
+            before = {}
+        if now == before:
+            self.note_victims(leaf)
+            return
+        self.s.borrow_changed.add(leaf.name)
+        if now:
+            self.s.borrowing.add(leaf.name)
+            self.s.leaf_borrowed[leaf.name] = now
+        else:
+            self.s.borrowing.discard(leaf.name)
+            self.s.leaf_borrowed.pop(leaf.name, None)
+        self.note_victims(leaf)
+
+    def note_victims(self, leaf: QuotaNode) -> None:
+        """Keep, per node, how many leaves below it hold a job a reclaim could take whole."""
+        borrowed = self.s.leaf_borrowed.get(leaf.name)
+        has = False
+        if borrowed:
+            guaranteed = self.s.tree.guaranteed
+            for v in self.s.queues[leaf.name].admitted.values():
+                if takeable(v, borrowed, guaranteed):
+                    has = True
+                    break
+        if has == (leaf.name in self.s.victim_leaves):
+            return
+        delta = 1 if has else -1
+        if has:
+            self.s.victim_leaves.add(leaf.name)
+        else:
+            self.s.victim_leaves.discard(leaf.name)
+        for node in leaf.lineage:
+            self.s.victim_leaf_count[node.name] = self.s.victim_leaf_count.get(node.name, 0) + delta
+
+    def count_borrowing(self) -> None:
+        """Bring the per-node borrowing sums up to date with the leaves that changed since."""
+        reclaimable, counted = self.s.reclaimable, self.s.borrow_counted
+        guaranteed = self.s.tree.guaranteed
+        for name in self.s.borrow_changed:
+            leaf = self.s.tree.leaves.get(name)
+            if leaf is None:
+                continue
+            now = self.s.leaf_borrowed.get(name) or {}
+            before = counted.get(name) or {}
+            for r in guaranteed:
+                delta = now.get(r, 0) - before.get(r, 0)
+                if delta:
+                    for node in leaf.lineage:
+                        sums = reclaimable.get(node.name)
+                        if sums is None:
+                            sums = reclaimable[node.name] = {}
+                        sums[r] = sums.get(r, 0) + delta
+            if now:
+                counted[name] = now
+            else:
+                counted.pop(name, None)
+        self.s.borrow_changed = set()
+
+
+def takeable(v: Workload, borrowed: Resources, guaranteed: frozenset[str]) -> bool:
+    """A reclaim may take ``v`` whole: it is running, holds some guaranteed resource, and holds no
+    more of any than its leaf borrows."""
+    if v.state != WorkloadState.ADMITTED:
+        return False
+    holds = False
+    for r, x in v.request.items():
+        if r in guaranteed and x:
+            if x > borrowed.get(r, 0):
+                return False
+            holds = True
+    return holds

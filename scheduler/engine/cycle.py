@@ -1,0 +1,159 @@
+"""The admission cycle: which queue's head goes next, and admitting it, preempting for it or parking it.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from rayqueue.queue.queues import LeafQueue
+from rayqueue.queue.workload import Reason, ReasonCode, Workload, WorkloadState
+from rayqueue.quota.quantity import describe
+from rayqueue.quota.tree import QuotaNode
+from rayqueue.scheduler.engine.borrowing import BorrowLedger
+from rayqueue.scheduler.engine.decisions import Admit, Decision, Placement, Reject
+from rayqueue.scheduler.engine.parking import Parking
+from rayqueue.scheduler.engine.placement import Placer
+from rayqueue.scheduler.engine.preemption import Preemption
+from rayqueue.scheduler.engine.state import EngineState
+from rayqueue.scheduler.engine.units import Unit
+
+# Wake-up rounds in one cycle after the first: what is left waits for the next cycle (see next_wakeup).
+ROUNDS = 3
+
+
+class Cycle:
+    """One admission cycle: queue heads in order across queues, each tried once."""
+
+    __slots__ = ("s", "placer", "parking", "ledger", "preemption")
+
+    def __init__(self, s: EngineState, placer: Placer, parking: Parking, ledger: BorrowLedger, preemption: Preemption) -> None:
+        self.s = s
+        self.placer = placer
+        self.parking = parking
+        self.ledger = ledger
+        self.preemption = preemption
+
+    def schedule(self, now: float | None = None) -> list[Decision]:
+        """One admission cycle: try queues in order until none has a job that could be admitted now."""
+        now = self.s.clock() if now is None else now
+        self.parking.fire_timers(now)
+        self.s.stats.cycles += 1
+        decisions: list[Decision] = []
+        self.parking.wake_dirty()
+        heap = self.s.heap
+        queues = self.s.queues
+        rounds = 0
+        while True:
+            while heap:
+                entry = heapq.heappop(heap)
+                version, name = entry[5], entry[6]
+                q = queues.get(name)
+                if q is None or version != q.heap_version:
+                    continue
+                q.heap_key = None  # its live entry is out of the heap
+                w = q.candidate()
+                if w is None:
+                    continue
+                decision = self.attempt(w, q, now)
+                if decision is not None:
+                    decisions.extend(decision)
+                self.s.offer(q)
+            # Jobs woken may have failed elsewhere, leaving room unused: wake the next ones.
+            rounds += 1
+            if rounds > ROUNDS:
+                break
+            self.parking.wake_dirty()
+            if not heap:
+                break
+        if self.s.withdrawn:
+            decisions = self.drop_withdrawn(decisions)
+        return decisions
+
+    def drop_withdrawn(self, decisions: list[Decision]) -> list[Decision]:
+        """Drop the Admits this cycle withdrew: each withdrawal takes back that job's earliest Admit."""
+        left = self.s.withdrawn
+        self.s.withdrawn = {}
+        kept: list[Decision] = []
+        for d in decisions:
+            if isinstance(d, Admit):
+                uid = d.workload.uid
+                n = left.get(uid, 0)
+                if n:
+                    left[uid] = n - 1
+                    continue
+            kept.append(d)
+        return kept
+
+    def next_wakeup(self) -> float | None:
+        if self.s.dirty or self.s.dirty_nodes:
+            return self.s.now  # room freed that this cycle did not finish handing out
+        timers = self.s.timers
+        while timers:
+            at, _, uid, token, _kind = timers[0]
+            w = self.s.workloads.get(uid)
+            if w is not None and w.park_token == token and w.uid in self.s.queues[w.queue].parked:
+                return at
+            heapq.heappop(timers)
+        return None
+
+    def attempt(self, w: Workload, q: LeafQueue, now: float) -> list[Decision] | None:
+        stats = self.s.stats
+        stats.attempts += 1
+        never = None
+        if w.checked_epoch != self.s.epoch:  # can-ever-fit only changes with the tree or the units
+            never = self.placer.never_fits(w)
+            w.checked_epoch = self.s.epoch
+        if never is not None:
+            stats.rejected += 1
+            q.remove(w)
+            self.s.workloads.pop(w.uid, None)
+            w.state = WorkloadState.REJECTED
+            w.reason = never
+            return [Reject(w, never)]
+        leaf = self.s.tree.leaves[w.queue]
+        outcome = self.placer.try_admit(w, leaf, now)
+        if isinstance(outcome, Unit):
+            stats.admitted += 1
+            return [self.admit(w, q, leaf, outcome, now)]
+        withdrawn = stats.withdrawn
+        preemptions = self.preemption.plan(w, q, leaf, now, outcome)
+        if stats.withdrawn != withdrawn and not preemptions:
+            # Its victims were admitted in this very cycle and are pending again: their quota is free now.
+            outcome = self.placer.try_admit(w, leaf, now)
+            if isinstance(outcome, Unit):
+                w.waiting_for = set()
+                stats.admitted += 1
+                return [self.admit(w, q, leaf, outcome, now)]
+        stats.parked += 1
+        stats.preempted += len(preemptions)
+        self.parking.park(w, q, outcome, now, backoff=not preemptions)
+        return list(preemptions) if preemptions else None
+
+    def admit(self, w: Workload, q: LeafQueue, leaf: QuotaNode, unit: Unit, now: float) -> Admit:
+        q.remove(w)
+        w.admitted_at = now
+        w.admitted_cycle = self.s.stats.cycles
+        w.state = WorkloadState.ADMITTED
+        q.start(w)
+        self.s.tree.admit(leaf, w.demand)
+        self.ledger.note_borrowing(leaf)
+        if leaf.name in self.s.borrowing:
+            self.s.borrow_admissions += 1
+        unit.take(w.demand, w.pods)
+        w.state = WorkloadState.ADMITTED
+        w.unit = unit.name
+        w.admitted_at = now
+        w.failures = 0
+        if w.waiting_for:
+            w.waiting_for = set()
+        borrowing = self.s.leaf_borrowed.get(leaf.name)  # a snapshot: the engine replaces, never mutates it
+        w.reason = Reason(
+            ReasonCode.ADMITTED,
+            lambda: f"admitted to {leaf.path} on unit {unit.name}" + (f", borrowing {describe(borrowing)}" if borrowing else ""),
+        )
+        placement = self.s.placements.get(unit.name)
+        if placement is None:
+            placement = self.s.placements[unit.name] = Placement(
+                unit.name, unit.resource, unit.node_selector, unit.pod_labels, unit.tolerations
+            )
+        return Admit(w, placement)
