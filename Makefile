@@ -9,7 +9,9 @@ STAMP := $(VENV)/.installed
 NATIVE := $(VENV)/.native
 # The engine's hot path, compiled with mypyc (setup.py); edited sources are compiled again.
 NATIVE_SRC := quota/quantity.py quota/tree.py queue/workload.py queue/queues.py \
-	scheduler/engine/units.py scheduler/engine/decisions.py scheduler/engine/wakeup.py scheduler/engine/facade.py
+	scheduler/engine/units.py scheduler/engine/decisions.py scheduler/engine/wakeup.py \
+	scheduler/engine/state.py scheduler/engine/placement.py scheduler/engine/parking.py scheduler/engine/borrowing.py scheduler/engine/events.py scheduler/engine/preemption.py \
+	scheduler/engine/cycle.py scheduler/engine/preview.py scheduler/engine/changes.py scheduler/engine/views.py scheduler/engine/facade.py
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)

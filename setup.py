@@ -29,6 +29,16 @@ NATIVE = [
     "scheduler/engine/units.py",
     "scheduler/engine/decisions.py",
     "scheduler/engine/wakeup.py",
+    "scheduler/engine/state.py",
+    "scheduler/engine/placement.py",
+    "scheduler/engine/parking.py",
+    "scheduler/engine/borrowing.py",
+    "scheduler/engine/events.py",
+    "scheduler/engine/preemption.py",
+    "scheduler/engine/cycle.py",
+    "scheduler/engine/preview.py",
+    "scheduler/engine/changes.py",
+    "scheduler/engine/views.py",
     "scheduler/engine/facade.py",
 ]
 # One shared library for all of them (calls between them stay native), inside the package so that
