@@ -8,8 +8,10 @@ from engine_helpers import Clock, admitted, engine, gpus, job, node, preempted, 
 from rayqueue.queue.priority import PriorityClasses, UnknownPriorityClass
 from rayqueue.queue.workload import ReasonCode, WorkloadState
 from rayqueue.quota.quantity import CPU, GPU, MAX_JOBS
-from rayqueue.quota.tree import QuotaTreeError
+from rayqueue.quota.tree import QuotaTree, QuotaTreeError
 from rayqueue.scheduler.engine import DuplicateJob, UnknownQueue
+from rayqueue.scheduler.engine.preview import OverNewMax, TreeDiff
+from rayqueue.scheduler.presentation import tree_effect_lines
 from rayqueue.scheduler.workloads.resourcepolicy import (
     ResourcePolicyError,
     Unit,
@@ -401,9 +403,13 @@ def test_tree_edit_preview_and_apply_while_jobs_run() -> None:
             children=[node("a", min={GPU: 4}, max={GPU: 4}), node("b", min={GPU: 4}, max={GPU: 8})],
         )
     )
-    effects = e.preview_tree(smaller)
-    assert "~ root/a max.nvidia.com/gpu: 8 -> 4" in effects
-    assert any("root/a uses 6 nvidia.com/gpu, over its new max 4" in line for line in effects)
+    effects = e.preview_tree(smaller)  # data; the front ends word it (scheduler.presentation)
+    assert TreeDiff("~ root/a max.nvidia.com/gpu: 8 -> 4") in effects
+    assert OverNewMax("root/a", GPU, 6000, 4000) in effects
+    lines = tree_effect_lines(effects)
+    assert lines[0] == "~ root/a max.nvidia.com/gpu: 8 -> 4"
+    assert any("root/a uses 6 nvidia.com/gpu, over its new max 4" in line for line in lines)
+    assert tree_effect_lines(e.preview_tree(QuotaTree.from_dict(e.tree.to_dict()))) == ["no change to the tree"]
     assert e.tree is not smaller and e.tree.nodes["a"].max[GPU] == 8000  # a preview changes nothing
     e.set_tree(smaller)
     assert e.tree.nodes["a"].usage[GPU] == 6000
@@ -446,3 +452,32 @@ def test_a_capacity_change_wakes_only_the_jobs_waiting_on_that_unit() -> None:
     e.set_unit_capacity("ecs", gpus(1))  # they left: running jobs keep running; 2 GPUs can never fit now
     reject = e.submit(job("too-big-now", "q", gpu=2, at=9))
     assert reject is not None and reject.reason.code == ReasonCode.NEVER_FITS
+
+
+def test_views_show_jobs_queues_nodes_and_units_as_snapshots() -> None:
+    e = engine(two_teams())
+    e.submit(job("big", "a", gpu=6))
+    e.submit(job("next", "a", gpu=4, at=1))
+    e.submit(job("low", "a", gpu=4, at=2, priority=-1))
+    e.schedule()
+    big = e.job("big")
+    assert big is not None and big.state == WorkloadState.ADMITTED and big.unit is not None
+    assert big.request[GPU] == 6000 and big.request[MAX_JOBS] == 1000  # as the engine counts it
+    waiting = e.job("next")
+    assert waiting is not None and waiting.state == WorkloadState.PENDING
+    assert waiting.reason is not None and waiting.reason.code == ReasonCode.QUOTA_MAX_EXCEEDED
+    assert e.job("nobody") is None
+    queue_a = next(q for q in e.queue_views() if q.name == "a")
+    assert queue_a.pending == ("next", "low") and queue_a.admitted == ("big",)
+    nodes = {n.name: n for n in e.node_views()}
+    assert nodes["a"].used[GPU] == 6000 and nodes["a"].borrowed == {GPU: 2000} and nodes["a"].parent == "root"
+    assert nodes["root"].parent is None and not nodes["root"].is_leaf and nodes["root"].max == {GPU: 8000}
+    assert [u.pods for u in e.unit_views()] == [1]
+    assert e.counts() == {WorkloadState.ADMITTED: 1, WorkloadState.PENDING: 2}
+    assert [j.uid for j in e.jobs(WorkloadState.PENDING)] and {j.uid for j in e.jobs()} == {"big", "next", "low"}
+    # A view is a snapshot: the engine moving on does not change it; current_state follows the job itself.
+    held = e.workloads["big"]
+    e.finish("big")
+    assert big.state == WorkloadState.ADMITTED and nodes["a"].used[GPU] == 6000
+    assert not e.has_job("big") and e.current_state(held) is None
+    assert e.current_state(e.workloads["next"]) == WorkloadState.PENDING

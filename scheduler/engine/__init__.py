@@ -7,8 +7,9 @@ beside it are (see ``setup.py``), and calls between them stay native.
 from rayqueue.scheduler.engine.decisions import Admit, Decision, Placement, Preempt, Reject
 from rayqueue.scheduler.engine.errors import DuplicateJob, UnknownQueue
 from rayqueue.scheduler.engine.facade import Engine
+from rayqueue.scheduler.engine.preview import TreeEffect
 from rayqueue.scheduler.engine.state import EngineConfig, EngineStats
-from rayqueue.scheduler.engine.views import Explanation
+from rayqueue.scheduler.engine.views import Explanation, JobView, NodeView, QueueView, UnitView
 
 __all__ = [
     "Admit",
@@ -18,8 +19,13 @@ __all__ = [
     "EngineConfig",
     "EngineStats",
     "Explanation",
+    "JobView",
+    "NodeView",
     "Placement",
     "Preempt",
+    "QueueView",
     "Reject",
+    "TreeEffect",
+    "UnitView",
     "UnknownQueue",
 ]

@@ -9,7 +9,7 @@ from rayqueue.quota.quantity import Resources
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.engine.borrowing import BorrowLedger
 from rayqueue.scheduler.engine.parking import Parking
-from rayqueue.scheduler.engine.preview import tree_effects
+from rayqueue.scheduler.engine.preview import TreeEffect, tree_effects
 from rayqueue.scheduler.engine.state import EngineState
 from rayqueue.scheduler.engine.units import Units
 from rayqueue.scheduler.engine.views import admitted
@@ -50,7 +50,7 @@ class Changes:
         self.s.placements = {}
         self.parking.wake_all()
 
-    def set_tree(self, tree: QuotaTree) -> list[str]:
+    def set_tree(self, tree: QuotaTree) -> list[TreeEffect]:
         effects = tree_effects(self.s, tree)  # leaves ``tree`` accounting every admitted job
         self.s.tree = tree
         self.s.sync_queues()

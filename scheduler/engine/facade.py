@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from rayqueue.queue.queues import LeafQueue
-from rayqueue.queue.workload import Workload
+from rayqueue.queue.workload import Workload, WorkloadState
 from rayqueue.quota.quantity import Resources
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.engine import views
@@ -41,10 +41,10 @@ from rayqueue.scheduler.engine.events import Events
 from rayqueue.scheduler.engine.parking import Parking
 from rayqueue.scheduler.engine.placement import Placer
 from rayqueue.scheduler.engine.preemption import Preemption
-from rayqueue.scheduler.engine.preview import preview_tree
+from rayqueue.scheduler.engine.preview import TreeEffect, preview_tree
 from rayqueue.scheduler.engine.state import EngineConfig, EngineState, EngineStats
 from rayqueue.scheduler.engine.units import Units
-from rayqueue.scheduler.engine.views import Explanation
+from rayqueue.scheduler.engine.views import Explanation, JobView, NodeView, QueueView, UnitView
 
 
 class Engine:
@@ -106,12 +106,14 @@ class Engine:
         """Swap the ResourcePolicy; running jobs keep their unit when it still exists."""
         self._changes.set_units(units)
 
-    def preview_tree(self, tree: QuotaTree, also: Callable[[QuotaTree], list[str]] | None = None) -> list[str]:
-        """What applying ``tree`` would change; raises ``QuotaTreeError`` if it would lose a job. ``also``
-        adds a front end's own effects, computed while ``tree`` accounts every admitted job."""
+    def preview_tree(self, tree: QuotaTree, also: Callable[[QuotaTree], None] | None = None) -> list[TreeEffect]:
+        """What applying ``tree`` would change, as data (``scheduler.presentation`` words it); raises
+        ``QuotaTreeError`` if it would lose a job. ``also`` runs while ``tree`` accounts every admitted job,
+        for a front end's own effects."""
         return preview_tree(self._s, tree, also)
 
-    def set_tree(self, tree: QuotaTree) -> list[str]:
+    def set_tree(self, tree: QuotaTree) -> list[TreeEffect]:
+        """Apply ``tree`` while jobs run; returns what changed (as ``preview_tree``)."""
         return self._changes.set_tree(tree)
 
     # ================================================================ views
@@ -125,6 +127,33 @@ class Engine:
 
     def admitted(self) -> Iterable[Workload]:
         return views.admitted(self._s)
+
+    def has_job(self, uid: str) -> bool:
+        """The engine holds ``uid`` (pending, admitted or preempting)."""
+        return uid in self._s.workloads
+
+    def current_state(self, w: Workload) -> WorkloadState | None:
+        """The state of this very job if the engine still holds it; None once it finished, was
+        cancelled or rejected, or another job took its uid."""
+        return w.state if self._s.workloads.get(w.uid) is w else None
+
+    def job(self, uid: str) -> JobView | None:
+        return views.job(self._s, uid)
+
+    def jobs(self, state: WorkloadState | None = None) -> list[JobView]:
+        return views.jobs(self._s, state)
+
+    def counts(self) -> dict[WorkloadState, int]:
+        return views.counts(self._s)
+
+    def queue_views(self) -> list[QueueView]:
+        return views.queue_views(self._s)
+
+    def node_views(self) -> list[NodeView]:
+        return views.node_views(self._s)
+
+    def unit_views(self) -> list[UnitView]:
+        return views.unit_views(self._s)
 
     # The engine's live state, for the engine's own tests and the simulator's checks; front ends read
     # the views above instead, so that what they may rely on stays small.

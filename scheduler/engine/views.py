@@ -1,4 +1,8 @@
 """Read-only views of the engine for front ends: what they may read, as plain data.
+
+Front ends read jobs, queues, quota nodes and units through these (frozen snapshots, copied out), never
+the engine's live ``workloads``, ``queues`` or a workload's mutable fields, so that what they rely on
+stays small and the engine may change how it keeps its state.
 """
 
 from __future__ import annotations
@@ -7,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rayqueue.queue.workload import Reason, ReasonCode, Workload, WorkloadState
+from rayqueue.quota.quantity import Resources
 from rayqueue.scheduler.engine.state import EngineState
 
 
@@ -61,3 +66,144 @@ def pending(s: EngineState, queue: str | None = None) -> Iterable[Workload]:
 def admitted(s: EngineState) -> Iterable[Workload]:
     for q in s.queues.values():
         yield from q.admitted.values()
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """One job the engine holds (pending, admitted or preempting)."""
+
+    uid: str
+    name: str
+    queue: str
+    state: WorkloadState
+    reason: Reason | None
+    priority: int
+    submitted_at: float
+    request: Resources  # as the engine counts it (``kube-queue/max-jobs`` included)
+    pods: int
+    unit: str | None
+    admitted_at: float | None
+    preempted_by: str | None
+    preemptions: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueView:
+    """One leaf's queue: its pending jobs in queue order and its admitted (or preempting) jobs."""
+
+    name: str
+    strategy: str
+    preemption: str
+    pending: tuple[str, ...]
+    admitted: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """One quota node: its limits, what its jobs use and what it borrows (usage above ``min``)."""
+
+    name: str
+    path: str
+    parent: str | None
+    is_leaf: bool
+    min: Resources
+    max: Resources
+    used: Resources
+    borrowed: Resources
+
+
+@dataclass(frozen=True, slots=True)
+class UnitView:
+    """One capacity unit of the ResourcePolicy (or the default pool)."""
+
+    name: str
+    resource: str
+    capacity: Resources | None  # None: elastic, bounded only by ``max_pods``
+    max_pods: int | None
+    used: Resources
+    pods: int
+    description: str  # the capacity in words, as the engine's reasons name it
+
+
+def job_view(w: Workload) -> JobView:
+    return JobView(
+        uid=w.uid,
+        name=w.display_name,
+        queue=w.queue,
+        state=w.state,
+        reason=w.reason,
+        priority=w.priority,
+        submitted_at=w.submitted_at,
+        request=dict(w.request),
+        pods=w.pods,
+        unit=w.unit,
+        admitted_at=w.admitted_at,
+        preempted_by=w.preempted_by,
+        preemptions=w.preemptions,
+    )
+
+
+def job(s: EngineState, uid: str) -> JobView | None:
+    """The job ``uid`` if the engine holds it (pending, admitted or preempting), else None."""
+    w = s.workloads.get(uid)
+    return job_view(w) if w is not None else None
+
+
+def jobs(s: EngineState, state: WorkloadState | None = None) -> list[JobView]:
+    """Every job the engine holds (or those in ``state``)."""
+    return [job_view(w) for w in s.workloads.values() if state is None or w.state == state]
+
+
+def counts(s: EngineState) -> dict[WorkloadState, int]:
+    """How many jobs the engine holds in each state (pending, admitted, preempting)."""
+    out: dict[WorkloadState, int] = {}
+    for w in s.workloads.values():
+        out[w.state] = out.get(w.state, 0) + 1
+    return out
+
+
+def queue_views(s: EngineState) -> list[QueueView]:
+    """Every leaf's queue, in the tree's leaf order."""
+    out: list[QueueView] = []
+    for name, q in s.queues.items():
+        out.append(QueueView(
+            name=name,
+            strategy=q.strategy,
+            preemption=q.preemption,
+            pending=tuple(q.jobs[key].uid for key in q.pending),
+            admitted=tuple(q.admitted),
+        ))
+    return out
+
+
+def node_views(s: EngineState) -> list[NodeView]:
+    """Every quota node, root first (the tree's own order)."""
+    out: list[NodeView] = []
+    for node in s.tree:
+        out.append(NodeView(
+            name=node.name,
+            path=node.path,
+            parent=node.parent.name if node.parent is not None else None,
+            is_leaf=node.is_leaf,
+            min=dict(node.min),
+            max=dict(node.max),
+            used=node.usage,
+            borrowed=s.tree.borrowed(node),
+        ))
+    return out
+
+
+def unit_views(s: EngineState) -> list[UnitView]:
+    """Every unit, in the ResourcePolicy's order."""
+    return [
+        UnitView(
+            name=u.name,
+            resource=u.resource,
+            capacity=dict(u.capacity) if u.capacity is not None else None,
+            max_pods=u.max_pods,
+            used=u.usage,
+            pods=u.pods,
+            description=u.describe_capacity(),
+        )
+        for u in s.units.units
+    ]

@@ -53,6 +53,7 @@ from rayqueue.scheduler.operator.rayjobs import (
     preempt_patch,
     workload_for,
 )
+from rayqueue.scheduler.presentation import tree_effect_lines
 from rayqueue.scheduler.workloads.resourcepolicy import ResourcePolicyError, Units, units_from_manifest
 
 log = logging.getLogger("rayqueue.operator")
@@ -354,7 +355,7 @@ class Controller:
         self.tree_error = None
         self.metrics.tree_valid.set(1)
         if self.engine is not None and rebuild:
-            effects = self.engine.set_tree(QuotaTree.from_dict(body, source=ref))
+            effects = tree_effect_lines(self.engine.set_tree(QuotaTree.from_dict(body, source=ref)))
             for uid in list(self.jobs):
                 self._sync_job(self.jobs[uid])
         elif rebuild:

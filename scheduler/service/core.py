@@ -37,6 +37,7 @@ from rayqueue.quota.tree import QuotaTree, QuotaTreeError
 from rayqueue.scheduler.engine import Engine, EngineConfig
 from rayqueue.scheduler.engine.decisions import Admit, Preempt, Reject
 from rayqueue.scheduler.engine.errors import DuplicateJob, UnknownQueue
+from rayqueue.scheduler.presentation import tree_effect_lines
 from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.metrics import ServiceMetrics
 from rayqueue.scheduler.service.raycluster import alive_nodes, capacity_for
@@ -803,10 +804,11 @@ class Service:
         old = self.engine.tree
         if dry_run:
             # QuotaTreeError if a leaf holding jobs would go
-            effects = self.engine.preview_tree(tree, also=lambda t: self._running_job_effects(old, t))
-            return {"applied": False, "effects": effects}
-        effects = self.engine.set_tree(tree)  # the new tree now accounts every admitted job
-        effects += self._running_job_effects(old, tree)
+            running: list[str] = []
+            found = self.engine.preview_tree(tree, also=lambda t: running.extend(self._running_job_effects(old, t)))
+            return {"applied": False, "effects": tree_effect_lines(found) + running}
+        # The new tree now accounts every admitted job.
+        effects = tree_effect_lines(self.engine.set_tree(tree)) + self._running_job_effects(old, tree)
         self.store.set_setting(TREE_SETTING, text)
         self.store.record("(quota)", "QuotaApplied", f"tree {tree.name}: " + "; ".join(effects))
         self._run_cycle()
