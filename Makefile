@@ -35,6 +35,7 @@ demo: $(NATIVE)
 lint: $(STAMP)
 	$(BIN)/ruff check quota queue scheduler simulations tests benchmarks
 	$(BIN)/mypy quota queue scheduler simulations
+	$(BIN)/lint-imports
 
 test: $(NATIVE) lint
 	$(BIN)/python -m pytest -q
