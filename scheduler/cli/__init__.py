@@ -43,7 +43,3 @@ _register_front_ends()
 def main() -> None:
     tune_gc()
     app()
-
-
-if __name__ == "__main__":
-    main()

@@ -193,7 +193,7 @@ class Controller:
                 self.jobs.pop(uid, None)
                 self.rejected.pop(uid, None)
                 self.announced.pop(uid, None)
-                if self.engine is not None and uid in self.engine.workloads:
+                if self.engine is not None and self.engine.has_job(uid):
                     self.engine.finish(uid)
                     self._status_dirty = True
             else:
@@ -240,7 +240,7 @@ class Controller:
                     self.engine.set_units(self._units())
                     self._apply_capacities()
                     self.events.post(body, "ResourcePolicy", "PolicyApplied",
-                                     "units: " + "; ".join(u.describe_capacity() for u in self.engine.units.units))
+                                     "units: " + "; ".join(u.description for u in self.engine.unit_views()))
         self.wake.set()
 
     async def on_priority_class(self, event_type: str, body: Mapping[str, Any]) -> None:
@@ -273,7 +273,7 @@ class Controller:
         assert engine is not None
         obs = observe(body, self.tree)
         uid = obs.uid
-        w = engine.workloads.get(uid)
+        w = engine.job(uid)
         record_epoch = float(obs.record.get("admittedAtEpoch", 0)) if obs.record else 0.0
         if obs.state is JobState.UNMANAGED:
             if w is not None:
@@ -524,9 +524,9 @@ class Controller:
     def _give_back(self, uid: str, why: str) -> None:
         """A decision that could not be applied: undo it in the engine and try again later."""
         engine = self.engine
-        if engine is None or uid not in engine.workloads:
+        w = engine.job(uid) if engine is not None else None
+        if engine is None or w is None:
             return
-        w = engine.workloads[uid]
         if w.state == WorkloadState.ADMITTED:
             engine.cancel(uid)
             loop = asyncio.get_running_loop()
@@ -535,7 +535,7 @@ class Controller:
 
     def _retry_later(self, uid: str) -> None:
         body = self.jobs.get(uid)
-        if body is not None and self.engine is not None and uid not in self.engine.workloads:
+        if body is not None and self.engine is not None and not self.engine.has_job(uid):
             self._sync_job(body)
             self.wake.set()
 
@@ -545,7 +545,7 @@ class Controller:
         admitted_at = w.admitted_at or self.clock()
         body = self.jobs.get(uid)
         for attempt in range(6):
-            if self.engine is None or self.engine.workloads.get(uid) is not w or w.state != WorkloadState.ADMITTED:
+            if self.engine is None or self.engine.current_state(w) != WorkloadState.ADMITTED:
                 return  # deleted, finished or rebuilt while we were writing: nothing to admit any more
             if body is None or attempt > 0:
                 try:
@@ -586,11 +586,11 @@ class Controller:
 
     async def _apply_preempt(self, d: Preempt) -> None:
         w = d.workload
-        if self.engine is None or self.engine.workloads.get(w.uid) is not w or w.state != WorkloadState.PREEMPTING:
+        if self.engine is None or self.engine.current_state(w) != WorkloadState.PREEMPTING:
             return
         ns, name = self._ns_name(w.name)
-        preemptor = self.engine.workloads.get(d.preemptor) if self.engine else None
-        by = preemptor.display_name if preemptor is not None else d.preemptor
+        preemptor = self.engine.job(d.preemptor) if self.engine else None
+        by = preemptor.name if preemptor is not None else d.preemptor
         message = f"{d.reason.message} (to make room for {by}); quota is held until the job is Suspended"
         try:
             body = await self.client.patch(RAYJOBS, ns, name, preempt_patch(d.reason.code.value, message))
@@ -602,7 +602,7 @@ class Controller:
         self.events.post(body, "RayJob", "Preempted", f"{d.reason.code.value}: {message}", "Warning")
 
     def _gone(self, uid: str) -> None:
-        if self.engine is not None and uid in self.engine.workloads:
+        if self.engine is not None and self.engine.has_job(uid):
             self.engine.finish(uid)
         self.jobs.pop(uid, None)
 
@@ -693,7 +693,7 @@ class Controller:
             body = self.jobs.get(uid)
             if body is None:
                 return
-            w = self.engine.workloads.get(uid) if self.engine else None
+            w = self.engine.job(uid) if self.engine else None
             if type_ == "Queued" and (w is None or w.state != WorkloadState.PENDING):
                 return  # overtaken by an admission: its own patch wrote the condition
             meta = body["metadata"]
@@ -726,7 +726,7 @@ class Controller:
         requested: dict[str, Resources] = {}
         pending_jobs: dict[str, int] = {}
         admitted_jobs: dict[str, int] = {}
-        for w in engine.workloads.values():
+        for w in engine.jobs():
             leaf = engine.tree.leaves.get(w.queue)
             if leaf is None:
                 continue
@@ -783,13 +783,9 @@ class Controller:
         engine = self.engine
         if engine is None:
             return
-        pending: dict[str, int] = dict.fromkeys(engine.queues, 0)
-        admitted: dict[str, int] = dict.fromkeys(engine.queues, 0)
-        for w in engine.workloads.values():
-            if w.state == WorkloadState.PENDING:
-                pending[w.queue] = pending.get(w.queue, 0) + 1
-            elif w.state in (WorkloadState.ADMITTED, WorkloadState.PREEMPTING):
-                admitted[w.queue] = admitted.get(w.queue, 0) + 1
+        queues = engine.queue_views()
+        pending = {q.name: len(q.pending) for q in queues}
+        admitted = {q.name: len(q.admitted) for q in queues}  # preempting jobs still hold their quota
         for q, n in pending.items():
             self.metrics.pending.labels(q).set(n)
         for q, n in admitted.items():
@@ -858,10 +854,11 @@ class Controller:
         engine = self.engine
         if engine is None:
             return {"tree": None}
+        counts = engine.counts()
         return {
-            "pending": sum(1 for w in engine.workloads.values() if w.state == WorkloadState.PENDING),
-            "admitted": sum(1 for w in engine.workloads.values() if w.state == WorkloadState.ADMITTED),
-            "preempting": sum(1 for w in engine.workloads.values() if w.state == WorkloadState.PREEMPTING),
+            "pending": counts.get(WorkloadState.PENDING, 0),
+            "admitted": counts.get(WorkloadState.ADMITTED, 0),
+            "preempting": counts.get(WorkloadState.PREEMPTING, 0),
             "cycles": self.cycles,
             "tree_error": self.tree_error,
         }

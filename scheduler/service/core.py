@@ -340,7 +340,7 @@ class Service:
         out = []
         for w, _req, _doc, notes in workloads:
             row = self.store.get(w.uid)
-            info = self.engine.explain(w.uid) if w.uid in self.engine.workloads else None
+            info = self.engine.explain(w.uid) if self.engine.has_job(w.uid) else None
             out.append(
                 Accepted(
                     id=w.uid,
@@ -379,7 +379,7 @@ class Service:
         if row.state not in st.LIVE_STATES:
             raise ServiceError(f"job {row.id} already ended ({row.state}); nothing to cancel")
         was = row.state
-        if row.id in self.engine.workloads:
+        if self.engine.has_job(row.id):
             self.engine.cancel(row.id)
         sid = self._active.pop(row.id, None) or row.submission_id
         self._preempting.discard(row.id)
@@ -639,7 +639,7 @@ class Service:
         )
         self._active.pop(job_id, None)
         self._preempting.discard(job_id)
-        if job_id in self.engine.workloads:
+        if self.engine.has_job(job_id):
             self.engine.finish(job_id)
         self.metrics.finished.labels(queue=row.queue, state=state).inc()
         self.wake()
@@ -651,7 +651,7 @@ class Service:
         self._active.pop(job_id, None)
         self._preempting.discard(job_id)
         self._requeue_row(row, kind, message, preempted)
-        if job_id in self.engine.workloads:
+        if self.engine.has_job(job_id):
             self.engine.suspended(job_id, self.clock())
         self.wake()
 
@@ -752,7 +752,7 @@ class Service:
         for row in self.store.unsettled_cancelled():
             self._spawn(self._settle_cancelled(row.id, row.submission_id or ""))
         for row in self.store.jobs([st.PENDING]):
-            if row.id in self.engine.workloads:
+            if self.engine.has_job(row.id):
                 continue
             w = self._workload(row)
             rejected = self.engine.submit(w)
@@ -880,7 +880,7 @@ class Service:
             ray_message=row.ray_message,
             pods=row.pods,
         )
-        if row.id in self.engine.workloads:
+        if self.engine.has_job(row.id):
             info = self.engine.explain(row.id)
             out["position"] = info.position
             out["pending_in_queue"] = info.pending_in_queue
@@ -923,7 +923,7 @@ class Service:
         out = []
         for row in rows:
             position = None
-            if row.state == st.PENDING and row.id in self.engine.workloads:
+            if row.state == st.PENDING and self.engine.has_job(row.id):
                 position = self.engine.explain(row.id).position
             out.append(self._job_view(row, position))
         return out, total
@@ -932,9 +932,9 @@ class Service:
         tree = self.engine.tree
         pending: dict[str, int] = {}
         running: dict[str, int] = {}
-        for name, q in self.engine.queues.items():
-            pending[name] = len(q)
-            running[name] = len(q.admitted)
+        for q in self.engine.queue_views():
+            pending[q.name] = len(q.pending)
+            running[q.name] = len(q.admitted)
         nodes: list[dict[str, Any]] = []
 
         def visit(node: Any) -> tuple[int, int]:

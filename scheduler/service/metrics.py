@@ -61,7 +61,7 @@ class ServiceMetrics:
         counts: dict[tuple[str, str], int] = {}
         for row in service.store.jobs(st.LIVE_STATES):
             counts[(row.queue, row.state)] = counts.get((row.queue, row.state), 0) + 1
-        for q in engine.queues:
+        for q in engine.tree.leaves:  # one queue per leaf
             for state in st.LIVE_STATES:
                 self.jobs.labels(queue=q, state=state).set(counts.get((q, state), 0))
         tree = engine.tree
