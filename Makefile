@@ -14,7 +14,7 @@ NATIVE_SRC := quota/quantity.py quota/tree.py queue/workload.py queue/queues.py 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	RAYQUEUE_PURE_PYTHON=1 $(BIN)/python -m pip install -q -e '.[dev]'
+	RAYQUEUE_PURE_PYTHON=1 $(BIN)/python -m pip install -q -e '.[all,dev]'
 	@touch $(STAMP)
 
 # Stale extensions are removed first, so a failed compile leaves the interpreted engine, never an old one.

@@ -375,7 +375,7 @@ def load_scenario(path: str | Path) -> Scenario:
     base = p.parent
 
     def rel(value: str) -> Path:
-        # normpath: the reports name the trace as ../shared/.../philly_jobs.csv, not a/b/../../../..
+        # normpath: the reports name the trace as data/traces/philly/philly_jobs.csv, not a/b/c/../../../..
         q = Path(value).expanduser()
         return Path(os.path.normpath(q if q.is_absolute() else base / q))
 

@@ -360,7 +360,7 @@ class Api:
 
 # ------------------------------------------------------------------------------------------ the real CRD
 
-KUBERAY_CRD = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "kuberay" / "ray.io_rayjobs.yaml"
+KUBERAY_CRD = Path(__file__).resolve().parents[2] / "data" / "kuberay" / "ray.io_rayjobs.yaml"
 
 
 def _close_schema(schema: Any) -> Any:
