@@ -49,9 +49,16 @@ def operator(
     import logging
 
     from rayqueue.scheduler.engine import EngineConfig
-    from rayqueue.scheduler.operator.controller import OperatorConfig
-    from rayqueue.scheduler.operator.handlers import Operator, WebhookConfig
-    from rayqueue.scheduler.operator.kube import Connection
+    from rayqueue.scheduler.extras import MissingExtra, requires_extra
+
+    try:
+        with requires_extra("operator", "rayqueue operator"):
+            from rayqueue.scheduler.operator.controller import OperatorConfig
+            from rayqueue.scheduler.operator.handlers import Operator, WebhookConfig
+            from rayqueue.scheduler.operator.kube import Connection
+    except MissingExtra as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
 
     if queueing not in ("BestEffortFIFO", "StrictFIFO"):
         raise typer.BadParameter(f"--queueing must be BestEffortFIFO or StrictFIFO, got {queueing!r}")

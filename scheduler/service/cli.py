@@ -8,9 +8,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +211,21 @@ def _page_params(limit: int, offset: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ commands
 
 
+@contextlib.contextmanager
+def _needs_ray(command: str) -> Iterator[None]:
+    """The service's modules come with the [ray] extra; without it, one line says so (exit 1)."""
+    from rayqueue.scheduler.extras import MissingExtra, ensure_extra, requires_extra
+
+    try:
+        with requires_extra("ray", command):
+            yield
+        # Ray itself runs as `ray start` and is imported only when a job is submitted: check it up front.
+        ensure_extra("ray", command, "ray")
+    except MissingExtra as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+
+
 def serve(
     tree: Path | None = typer.Option(None, "--tree", help="ElasticQuotaTree YAML (default: the last applied tree, "
                                      "else one leaf 'default')."),
@@ -238,9 +255,11 @@ def serve(
     """Run the standalone service: queue RayJobs under the quota tree and run them on Ray."""
     from rayqueue.quota.tree import QuotaTreeError
     from rayqueue.scheduler.resourcepolicy import ResourcePolicyError
-    from rayqueue.scheduler.service.core import ServiceConfig, ServiceError
-    from rayqueue.scheduler.service.raycluster import RayClusterError
-    from rayqueue.scheduler.service.server import Runner, ServeOptions
+
+    with _needs_ray("rayqueue serve"):
+        from rayqueue.scheduler.service.core import ServiceConfig, ServiceError
+        from rayqueue.scheduler.service.raycluster import RayClusterError
+        from rayqueue.scheduler.service.server import Runner, ServeOptions
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     console = _console()
@@ -437,7 +456,8 @@ def demo_command(
     keep: bool = typer.Option(False, "--keep-state", help="Keep .rayqueue/demo.db afterwards."),
 ) -> None:
     """Start the service on a local Ray cluster with two teams sharing 4 GPUs, run sample RayJobs, stop."""
-    from rayqueue.scheduler.service.demo import run_demo
+    with _needs_ray("rayqueue demo"):
+        from rayqueue.scheduler.service.demo import run_demo
 
     raise typer.Exit(run_demo(keep_state=keep))
 
