@@ -12,14 +12,16 @@ import contextlib
 import datetime as dt
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from rayqueue.quota.quantity import MAX_JOBS, MILLI, format_quantity, is_byte_resource
 
@@ -117,7 +119,34 @@ def _state(state: str) -> str:
 # ------------------------------------------------------------------------------ renderers
 
 
-def status_tables(status: dict[str, Any]) -> list[Table]:
+def _natural_width(table: Table) -> int:
+    return Console(width=100_000).measure(table).maximum
+
+
+def _fitted(wide: Table, narrow: Callable[[], Table], width: int | None) -> Table:
+    """The wide table where it fits ``width`` (None: always), else the narrow one.
+
+    Every column folds (never an ellipsis), and name columns are kept at their longest name, so a name
+    is only ever broken when it is wider than the terminal itself.
+    """
+    if width is None or _natural_width(wide) <= width:
+        return wide
+    return narrow()
+
+
+def _table(title: str, narrow: bool = False) -> Table:
+    if narrow:  # no vertical rules: two columns more fit in 80
+        return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    return Table(title=title, title_justify="left")
+
+
+def _name_column(table: Table, header: str, names: list[str], wrap: bool = False) -> None:
+    """A column at least as wide as its longest name; ``wrap``: other lines of its cells may wrap."""
+    table.add_column(header, no_wrap=not wrap, overflow="fold", min_width=max((len(n) for n in names), default=0))
+
+
+def status_tables(status: dict[str, Any], width: int | None = None) -> list[Table]:
+    """The quota tree and the capacity units; ``width``: the terminal's, to fit (None: natural width)."""
     nodes = status["nodes"]
     resources: list[str] = []
     for n in nodes:
@@ -125,14 +154,16 @@ def status_tables(status: dict[str, Any]) -> list[Table]:
             if r not in resources:
                 resources.append(r)
     resources.sort(key=lambda r: (r == MAX_JOBS, r))
-    table = Table(title=f"quota tree {status['tree']}  (usage / min / max)", title_justify="left")
-    table.add_column("node")
+    title = f"quota tree {status['tree']}  (usage / min / max)"
+    names = ["  " * n["depth"] + n["name"] for n in nodes]
+    table = _table(title)
+    _name_column(table, "node", names)
     for r in resources:
-        table.add_column(r, justify="right")
-    table.add_column("borrowed")
+        table.add_column(r, justify="right", overflow="fold")
+    table.add_column("borrowed", overflow="fold")
     table.add_column("pending", justify="right")
     table.add_column("running", justify="right")
-    for n in nodes:
+    for n, name in zip(nodes, names, strict=True):
         cells = []
         for r in resources:
             if r not in n["resources"]:
@@ -141,35 +172,63 @@ def status_tables(status: dict[str, Any]) -> list[Table]:
             used = display_quantity(n["usage"].get(r, 0), r)
             cells.append(f"{used} / {_res(n['min'], r)} / {_res(n['max'], r)}")
         borrowed = ", ".join(f"{r}={display_quantity(v, r)}" for r, v in sorted(n["borrowed"].items()))
-        name = "  " * n["depth"] + n["name"]
         table.add_row(
             name, *cells, f"[magenta]{borrowed}[/]" if borrowed else "", str(n["pending"]), str(n["running"])
         )
-    units = Table(title=f"capacity units (Ray at {status['ray']})", title_justify="left")
-    for col in ("unit", "kind", "capacity", "in use", "pods", "nodeSelector"):
-        units.add_column(col)
-    for u in status["units"]:
-        # Ray's resources that no node has (0 TPUs...) are left out: they only add noise here
-        cap = "elastic" if u["capacity"] is None else ", ".join(
-            f"{r}={display_quantity(v, r)}" for r, v in sorted(u["capacity"].items()) if v
-        ) or "none"
-        use = ", ".join(f"{r}={display_quantity(v, r)}" for r, v in sorted(u["usage"].items())) or "-"
-        pods = f"{u['pods']}" + (f" / {u['max_pods']}" if u["max_pods"] is not None else "")
-        sel = ", ".join(f"{k}={v}" for k, v in u["node_selector"].items()) or "(any node)"
-        units.add_row(u["name"], u["resource"], cap, use, pods, sel)
-    return [table, units]
+
+    def by_resource() -> Table:
+        # One line per node and per resource under it: the width no longer grows with the resources.
+        narrow = _table(title.replace("(usage / min / max)", ""), narrow=True)
+        labels = names + ["  " * n["depth"] + "  " + r for n in nodes for r in n["resources"]]
+        _name_column(narrow, "node / resource", labels)
+        for col in ("usage", "min", "max", "borrowed", "pend", "run"):
+            narrow.add_column(col, justify="right", overflow="fold")
+        for n, name in zip(nodes, names, strict=True):
+            narrow.add_row(name, "", "", "", "", str(n["pending"]), str(n["running"]))
+            for r in n["resources"]:
+                borrowed = n["borrowed"].get(r)
+                narrow.add_row(
+                    "  " * n["depth"] + "  " + r, display_quantity(n["usage"].get(r, 0), r), _res(n["min"], r),
+                    _res(n["max"], r), f"[magenta]{display_quantity(borrowed, r)}[/]" if borrowed else "", "", "",
+                )
+        return narrow
+
+    def units_table(narrow: bool) -> Table:
+        units = _table(f"capacity units (Ray at {status['ray']})", narrow=narrow)
+        _name_column(units, "unit", [u["name"] for u in status["units"]])
+        for col in ("kind", "capacity", "in use", "pods", "nodeSelector"):
+            units.add_column(col, overflow="fold")
+        sep = "\n" if narrow else ", "  # narrow: one resource a line
+        for u in status["units"]:
+            # Ray's resources that no node has (0 TPUs...) are left out: they only add noise here
+            cap = "elastic" if u["capacity"] is None else sep.join(
+                f"{r}={display_quantity(v, r)}" for r, v in sorted(u["capacity"].items()) if v
+            ) or "none"
+            use = sep.join(f"{r}={display_quantity(v, r)}" for r, v in sorted(u["usage"].items())) or "-"
+            pods = f"{u['pods']}" + (f" / {u['max_pods']}" if u["max_pods"] is not None else "")
+            sel = sep.join(f"{k}={v}" for k, v in u["node_selector"].items()) or "(any node)"
+            units.add_row(u["name"], u["resource"], cap, use, pods, sel)
+        return units
+
+    return [_fitted(table, by_resource, width), _fitted(units_table(False), lambda: units_table(True), width)]
 
 
-def jobs_table(jobs: list[dict[str, Any]], title: str = "jobs") -> Table:
-    table = Table(title=title, title_justify="left")
-    for col in ("id", "queue", "prio", "state", "pos", "unit", "request", "submitted", "running", "finished"):
-        table.add_column(col, no_wrap=col in ("id", "state"))
+def _prio(j: dict[str, Any]) -> str:
+    return f"{j['priority_class']}({j['priority']})" if j["priority_class"] else str(j["priority"])
+
+
+def jobs_table(jobs: list[dict[str, Any]], title: str = "jobs", width: int | None = None) -> Table:
+    """The jobs; ``width``: the terminal's, to fit (None: natural width)."""
+    table = _table(title)
+    _name_column(table, "id", [j["id"] for j in jobs])
+    _name_column(table, "queue", [j["queue"] for j in jobs])
+    for col in ("prio", "state", "pos", "unit", "request", "submitted", "running", "finished"):
+        table.add_column(col, no_wrap=col == "state", overflow="fold")
     for j in jobs:
-        prio = f"{j['priority_class']}({j['priority']})" if j["priority_class"] else str(j["priority"])
         table.add_row(
             j["id"],
             j["queue"],
-            prio,
+            _prio(j),
             _state(j["state"]),
             "" if j["position"] is None else str(j["position"]),
             j["unit"] or "",
@@ -178,16 +237,48 @@ def jobs_table(jobs: list[dict[str, Any]], title: str = "jobs") -> Table:
             _when(j["running_at"]),
             _when(j["finished_at"]),
         )
-    return table
+
+    def narrow() -> Table:
+        # The queue under the id, the position beside the state, the priority class alone, one time (of
+        # the latest step) instead of three; the request and the unit are left to `rayqueue explain JOB`.
+        small = _table(title, narrow=True)
+        _name_column(small, "id / queue", [j["id"] for j in jobs])
+        for col in ("state", "prio", "since"):
+            small.add_column(col, no_wrap=col == "state", overflow="fold")
+        for j in jobs:
+            since = j["finished_at"] or j["running_at"] or j["submitted_at"]
+            pos = "" if j["position"] is None else f" #{j['position']}"
+            small.add_row(f"{j['id']}\n  [dim]{j['queue']}[/]", _state(j["state"]) + pos,
+                          j["priority_class"] or str(j["priority"]), _when(since)[:8] if since else "-")
+        return small
+
+    return _fitted(table, narrow, width)
 
 
-def history_table(events: list[dict[str, Any]], title: str = "history") -> Table:
-    table = Table(title=title, title_justify="left")
-    for col in ("time", "job", "event", "state", "unit", "message"):
+def history_table(events: list[dict[str, Any]], title: str = "history", width: int | None = None) -> Table:
+    """The events; ``width``: the terminal's, to fit (None: natural width)."""
+    table = _table(title)
+    table.add_column("time", overflow="fold")
+    _name_column(table, "job", [e["job"] for e in events])
+    for col in ("event", "state", "unit", "message"):
         table.add_column(col, overflow="fold")
     for e in events:
         table.add_row(_when(e["at"]), e["job"], e["kind"], e["state"] or "", e["unit"] or "", e["message"])
-    return table
+
+    def narrow() -> Table:
+        # The message under the job, wrapped to its width; the state follows from the event, and the
+        # message names the unit where it matters.
+        small = _table(title, narrow=True)
+        small.add_column("time", no_wrap=True)
+        _name_column(small, "job / message", [e["job"] for e in events], wrap=True)
+        small.add_column("event", no_wrap=True, overflow="fold")
+        for e in events:
+            message = Text(e["job"] + "\n")
+            message.append(e["message"], style="dim")
+            small.add_row(_when(e["at"]), message, e["kind"])
+        return small
+
+    return _fitted(table, narrow, width)
 
 
 def page_note(what: str, shown: int, total: int, offset: int) -> str | None:
@@ -346,7 +437,7 @@ def status(url: str = UrlOption, token: str | None = TokenOption) -> None:
     """The quota tree: usage / min / max per resource, borrowed, pending and running counts; the units."""
     data = Client(url, token).call("GET", "/v1/status")
     console = _console()
-    for table in status_tables(data):
+    for table in status_tables(data, width=console.width):
         console.print(table)
 
 
@@ -367,7 +458,7 @@ def jobs(
         params["queue"] = queue
     data = Client(url, token).call("GET", "/v1/jobs", params=params)
     console = _console()
-    console.print(jobs_table(data["jobs"]))
+    console.print(jobs_table(data["jobs"], width=console.width))
     note = page_note("jobs", len(data["jobs"]), data["total"], offset)
     if note:
         console.print(note, markup=False, soft_wrap=True)
@@ -431,7 +522,7 @@ def history(
         params["job"] = job
     data = Client(url, token).call("GET", "/v1/history", params=params)
     console = _console()
-    console.print(history_table(data["events"]))
+    console.print(history_table(data["events"], width=console.width))
     note = page_note("events", len(data["events"]), data["total"], offset)
     if note:
         console.print(note, markup=False, soft_wrap=True)
