@@ -11,13 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kmock
-
-from rayqueue.scheduler.engine import EngineConfig
-from rayqueue.scheduler.operator.controller import OperatorConfig
-from rayqueue.scheduler.operator.handlers import Operator, WebhookConfig
-from rayqueue.scheduler.operator.kube import Connection, RetryPolicy
-from rayqueue.scheduler.operator.rayjobs import ADMISSION_ANNOTATION, CONDITION_ANNOTATION
-from rayqueue.scheduler.operator.testing import (
+from kmock_cluster import (
     EVENTS,
     NODES,
     POLICIES,
@@ -29,6 +23,12 @@ from rayqueue.scheduler.operator.testing import (
     FakeApiServer,
     FakeKubeRay,
 )
+
+from rayqueue.scheduler.engine import EngineConfig
+from rayqueue.scheduler.operator.controller import OperatorConfig
+from rayqueue.scheduler.operator.handlers import Operator, WebhookConfig
+from rayqueue.scheduler.operator.kube import Connection, RetryPolicy
+from rayqueue.scheduler.operator.rayjobs import ADMISSION_ANNOTATION, CONDITION_ANNOTATION
 from rayqueue.scheduler.rayjob import PRIORITY_LABEL, QUEUE_LABEL
 
 

@@ -1,7 +1,7 @@
 """Test doubles for the operator: a Kubernetes API on kmock and a small fake KubeRay.
 
-Used by the tests and by ``benchmarks/operator_kmock.py``; needs the ``dev`` extra (kmock). Nothing in the
-operator itself imports this module.
+Test code, kept out of the package: used by the tests and by ``benchmarks/operator_kmock.py`` (which puts
+``tests/`` on its path); needs the ``dev`` extra (kmock).
 
 ``FakeApiServer`` is kmock's in-memory Kubernetes emulator plus what the operator relies on in a real API
 server: ``metadata.uid``, ``creationTimestamp`` and an increasing ``resourceVersion`` on every write, a 409
@@ -360,7 +360,7 @@ class Api:
 
 # ------------------------------------------------------------------------------------------ the real CRD
 
-KUBERAY_CRD = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "kuberay" / "ray.io_rayjobs.yaml"
+KUBERAY_CRD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "kuberay" / "ray.io_rayjobs.yaml"
 
 
 def _close_schema(schema: Any) -> Any:
