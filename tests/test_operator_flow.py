@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from kmock_cluster import FINAL_ANNOTATION
 from operator_env import (
     POLICIES,
     PRIORITY_CLASSES,
@@ -14,8 +15,6 @@ from operator_env import (
     rayjob,
     tree_manifest,
 )
-
-from rayqueue.scheduler.operator.testing import FINAL_ANNOTATION
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 

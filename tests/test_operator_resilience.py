@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from kmock_cluster import PEERINGS, RAYJOBS
 from operator_env import (
     PRIORITY_CLASSES,
     TREES,
@@ -13,8 +14,6 @@ from operator_env import (
     rayjob,
     tree_manifest,
 )
-
-from rayqueue.scheduler.operator.testing import PEERINGS, RAYJOBS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 

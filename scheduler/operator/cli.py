@@ -70,8 +70,6 @@ def operator(
         import random
 
         priority = random.randint(1, 2**31 - 1)
-    connection = Connection(server=server.rstrip("/"), token=token) if server else \
-        Connection.from_environment(context)
     config = OperatorConfig(
         tree_name=tree_name, tree_namespace=tree_namespace,
         policy_name=policy_name, policy_namespace=policy_namespace,
@@ -86,8 +84,15 @@ def operator(
     if webhook_port:
         webhook = WebhookConfig(port=webhook_port, host=webhook_host, certfile=webhook_cert,
                                 pkeyfile=webhook_key)
-    op = Operator(connection, config, webhook=webhook, metrics_port=metrics_port or None)
-    typer.echo(f"rayqueue operator {config.identity}: API {connection.server}, "
-               f"{'standalone' if standalone else f'peering {peering!r} priority {priority}'}, "
-               f"metrics :{metrics_port or 'off'}, webhooks :{webhook_port or 'off'}")
-    asyncio.run(op.run())
+
+    async def main() -> None:
+        # kubernetes_asyncio loads a kubeconfig (exec plugins included) asynchronously: in the operator's loop
+        connection = Connection(server=server, token=token) if server else \
+            await Connection.from_environment(context)
+        op = Operator(connection, config, webhook=webhook, metrics_port=metrics_port or None)
+        typer.echo(f"rayqueue operator {config.identity}: API {connection.server} ({connection.source}), "
+                   f"{'standalone' if standalone else f'peering {peering!r} priority {priority}'}, "
+                   f"metrics :{metrics_port or 'off'}, webhooks :{webhook_port or 'off'}")
+        await op.run()
+
+    asyncio.run(main())

@@ -1,7 +1,7 @@
 """Test doubles for the operator: a Kubernetes API on kmock and a small fake KubeRay.
 
-Used by the tests and by ``benchmarks/operator_kmock.py``; needs the ``dev`` extra (kmock). Nothing in the
-operator itself imports this module.
+Test code, kept out of the package: used by the tests and by ``benchmarks/operator_kmock.py`` (which puts
+``tests/`` on its path); needs the ``dev`` extra (kmock).
 
 ``FakeApiServer`` is kmock's in-memory Kubernetes emulator plus what the operator relies on in a real API
 server: ``metadata.uid``, ``creationTimestamp`` and an increasing ``resourceVersion`` on every write, a 409
@@ -19,8 +19,10 @@ import asyncio
 import contextlib
 import datetime
 import functools
+import ipaddress
 import itertools
 import os
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -28,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp.test_utils
 import aiohttp.web
 import attrs
 import kmock
-from kmock._internal import enums, rendering
 
 RAYJOBS = "ray.io/v1/rayjobs"
 TREES = "scheduling.sigs.k8s.io/v1beta1/elasticquotatrees"
@@ -90,9 +92,10 @@ class Fault:
     timeout: float = 0.0  # > 0: hang this long before answering (the client times out first)
     subresource: str | None = "*"  # "*" any, None only the main resource, "status" only /status
     after: bool = False  # apply the request, then hang ``timeout`` seconds and fail (a lost answer)
+    retry_after: str | None = None  # a Retry-After header on the answer (as API Priority and Fairness sends)
     hits: int = 0
 
-    def matches(self, request: rendering.Request) -> bool:
+    def matches(self, request: kmock.Request) -> bool:
         if self.hits >= self.times:
             return False
         if self.method != "*" and request.method.value.upper() != self.method.upper():
@@ -112,6 +115,35 @@ def _now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+#: the token the tests' own clients (``Api``, ``FakeKubeRay``) send; always accepted
+ADMIN_TOKEN = "kmock-admin"
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A request as the API server saw it (``FakeApiServer.record``)."""
+
+    at: float  # time.monotonic() when it arrived (a watch is listed when it ends)
+    method: str
+    path: str
+    token: str | None  # the bearer token it carried
+    agent: str  # User-Agent: kopf's watches and the operator's own client differ
+    status: int  # the answer's HTTP status
+
+
+def _bearer(request: kmock.Request) -> str | None:
+    header = next((v for k, v in request.headers.items() if k.lower() == "authorization"), "")
+    scheme, _, token = header.partition(" ")
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def _status_response(status: int, reason: str, message: str,
+                     headers: dict[str, str] | None = None) -> aiohttp.web.Response:
+    body = {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": status, "reason": reason,
+            "message": message}
+    return aiohttp.web.json_response(body, status=status, headers=headers)
+
+
 @attrs.define(kw_only=True)
 class _DirectRouting(kmock.RawHandler):
     """Route Kubernetes requests straight to the emulator's handlers while no test reaction is set.
@@ -124,21 +156,21 @@ class _DirectRouting(kmock.RawHandler):
     kmock's full matching.
     """
 
-    async def _handle(self, request: rendering.Request) -> Any:
+    async def _handle(self, request: kmock.Request) -> Any:
         # (no attrs field here: a slot in both bases of FakeApiServer would be a layout conflict)
         if request.resource is not None and request.resource.plural and \
                 len(self._payloads) == getattr(self, "_builtin_payloads", -1):  # not discovery (/apis/g/v)
             serve = _ROUTES.get(request.action) if request.action is not None else None
             if serve is not None:
                 if serve == "_serve_watch":
-                    return await rendering.Response(payload=getattr(self, serve)(request))(request)
+                    return await kmock.Response(payload=getattr(self, serve)(request))(request)
                 return aiohttp.web.json_response(await getattr(self, serve)(request))
         return await super()._handle(request)
 
 
-_ROUTES = {enums.action.FETCH: "_serve_fetch", enums.action.CREATE: "_serve_create",
-           enums.action.UPDATE: "_serve_update", enums.action.DELETE: "_serve_delete",
-           enums.action.LIST: "_serve_list", enums.action.WATCH: "_serve_watch"}
+_ROUTES = {kmock.action.FETCH: "_serve_fetch", kmock.action.CREATE: "_serve_create",
+           kmock.action.UPDATE: "_serve_update", kmock.action.DELETE: "_serve_delete",
+           kmock.action.LIST: "_serve_list", kmock.action.WATCH: "_serve_watch"}
 
 
 @attrs.define(kw_only=True)
@@ -151,6 +183,12 @@ class FakeApiServer(kmock.KubernetesEmulator, _DirectRouting):
     #: kmock matches each request against every request served so far (quadratic); by default forget a
     #: request once answered so that thousands of RayJobs stay fast. True keeps ``kmock.requests``.
     keep_requests: bool = False
+    #: None: no authentication. Else the bearer tokens accepted (plus ``ADMIN_TOKEN``, the tests' own);
+    #: any other request is answered 401, as an API server does once a service-account token has expired.
+    tokens: set[str] | None = None
+    #: every request as (monotonic time, method, path, bearer token, user agent, status), when ``record``
+    record: bool = False
+    seen: list[Seen] = attrs.field(factory=list)
     _rv: Any = attrs.field(factory=lambda: itertools.count(1000), init=False)
     _watch_epoch: int = attrs.field(default=0, init=False)
     _background: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
@@ -164,9 +202,10 @@ class FakeApiServer(kmock.KubernetesEmulator, _DirectRouting):
 
     # ---- fault injection
     def inject(self, method: str, plural: str | None = None, *, status: int = 500, times: int = 1,
-               timeout: float = 0.0, subresource: str | None = "*", after: bool = False) -> Fault:
+               timeout: float = 0.0, subresource: str | None = "*", after: bool = False,
+               retry_after: str | None = None) -> Fault:
         fault = Fault(method=method, plural=plural, status=status, times=times, timeout=timeout,
-                      subresource=subresource, after=after)
+                      subresource=subresource, after=after, retry_after=retry_after)
         self.faults.append(fault)
         return fault
 
@@ -179,7 +218,7 @@ class FakeApiServer(kmock.KubernetesEmulator, _DirectRouting):
             task.add_done_callback(self._background.discard)
 
     # ---- request handling
-    async def _handle(self, request: rendering.Request) -> Any:
+    async def _handle(self, request: kmock.Request) -> Any:
         try:
             return await self._handle_tracked(request)
         finally:
@@ -189,7 +228,29 @@ class FakeApiServer(kmock.KubernetesEmulator, _DirectRouting):
                         del self._requests[i]
                         break
 
-    async def _handle_tracked(self, request: rendering.Request) -> Any:
+    async def _handle_tracked(self, request: kmock.Request) -> Any:
+        if not self.record and self.tokens is None:
+            return await self._handle_authorized(request)
+        token = _bearer(request)
+        started = time.monotonic()
+        status = 200
+        try:
+            if self.tokens is not None and token != ADMIN_TOKEN and token not in self.tokens:
+                status = 401
+                return _status_response(401, "Unauthorized", "Unauthorized")
+            response = await self._handle_authorized(request)
+            status = getattr(response, "status", 200)
+            return response
+        except kmock.KubernetesError as exc:
+            status = int(getattr(exc, "status", 500) or 500)
+            raise
+        finally:
+            if self.record:
+                agent = next((v for k, v in request.headers.items() if k.lower() == "user-agent"), "")
+                self.seen.append(Seen(started, request.method.value.upper(), request.url.path, token,
+                                      agent, status))
+
+    async def _handle_authorized(self, request: kmock.Request) -> Any:
         late: Fault | None = None
         for fault in self.faults:
             if fault.matches(request) and fault.after:
@@ -200,10 +261,13 @@ class FakeApiServer(kmock.KubernetesEmulator, _DirectRouting):
                 fault.hits += 1
                 if fault.timeout:
                     await asyncio.sleep(fault.timeout)
+                if fault.retry_after is not None:
+                    return _status_response(fault.status, "Injected", f"injected fault {fault.status}",
+                                            {"Retry-After": fault.retry_after})
                 raise kmock.KubernetesError(status=fault.status, reason="Injected",
                                             message=f"injected fault {fault.status}")
         if request.resource is not None and isinstance(request.data, dict):
-            if request.action == enums.action.CREATE:
+            if request.action == kmock.action.CREATE:
                 meta = request.data.setdefault("metadata", {})
                 if not meta.get("name") and meta.get("generateName"):
                     meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
@@ -211,7 +275,7 @@ class FakeApiServer(kmock.KubernetesEmulator, _DirectRouting):
                 meta.setdefault("creationTimestamp", _now_iso())
                 meta["resourceVersion"] = str(next(self._rv))
                 meta.setdefault("generation", 1)
-            elif request.action == enums.action.UPDATE and request.name is not None:
+            elif request.action == kmock.action.UPDATE and request.name is not None:
                 key = (request.resource, request.namespace, request.name)
                 current = self.objects[key] if key in self.objects else None
                 if current is not None and not current.deleted:
@@ -227,7 +291,7 @@ class FakeApiServer(kmock.KubernetesEmulator, _DirectRouting):
                         meta["generation"] = int((current.get("metadata") or {}).get("generation", 1)) + 1
         response = await super()._handle(request)
         if request.resource is not None and request.action in (
-                enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE) and self.listeners:
+                kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE) and self.listeners:
             data = request.data if isinstance(request.data, dict) else {}
             name = request.name or (data.get("metadata") or {}).get("name")
             namespace = request.namespace or (data.get("metadata") or {}).get("namespace")
@@ -240,28 +304,28 @@ class FakeApiServer(kmock.KubernetesEmulator, _DirectRouting):
         return response
 
     # kmock finds an object by scanning all of them; with thousands of RayJobs, look it up by key.
-    def _lookup(self, request: rendering.Request) -> Any:
+    def _lookup(self, request: kmock.Request) -> Any:
         data = request.data if isinstance(request.data, dict) else {}
         key = (request.resource, request.namespace or (data.get("metadata") or {}).get("namespace"),
                request.name or (data.get("metadata") or {}).get("name"))
         return self.objects[key] if key in self.objects else None  # type: ignore[index,operator]
 
-    async def _serve_fetch(self, request: rendering.Request) -> Any:
+    async def _serve_fetch(self, request: kmock.Request) -> Any:
         obj = self._lookup(request)
         if obj is None or obj.deleted:
             raise kmock.KubernetesObjectNotFoundError()
         return obj.raw
 
-    async def _serve_create(self, request: rendering.Request) -> Any:
+    async def _serve_create(self, request: kmock.Request) -> Any:
         return self._lookup(request).last.raw
 
-    async def _serve_update(self, request: rendering.Request) -> Any:
+    async def _serve_update(self, request: kmock.Request) -> Any:
         return self._lookup(request).last.raw
 
-    async def _serve_delete(self, request: rendering.Request) -> Any:
+    async def _serve_delete(self, request: kmock.Request) -> Any:
         return self._lookup(request).last.raw
 
-    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:  # type: ignore[override]
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:  # type: ignore[override]
         """A watch: the current objects as ``ADDED``, then every later event, until :meth:`drop_watches`.
 
         Not kmock's own watch, for two reasons measured under the operator benchmark's load:
@@ -314,6 +378,61 @@ class FakeApiServer(kmock.KubernetesEmulator, _DirectRouting):
         return [obj.raw for (r, _, _), obj in self.objects.items() if r == res and not obj.deleted]
 
 
+# ------------------------------------------------------------------------------------------ TLS
+
+
+def tls_files(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (and its key): the API server's, and the CA that a pod's
+    ``ca.crt`` would hold."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kmock-apiserver")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                    x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "apiserver.crt", directory / "apiserver.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+class _TlsTestServer(aiohttp.test_utils.RawTestServer):
+    def __init__(self, *args: Any, ssl_context: ssl.SSLContext, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tls = ssl_context
+
+    async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
+        await super().start_server(loop=loop, ssl=self._tls, **kwargs)
+
+
+def tls_server(handler: FakeApiServer, cert_path: Path, key_path: Path) -> kmock.Server:
+    """A kmock server speaking HTTPS, as a real API server does; kmock's own client trusts its CA."""
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert_path, key_path)
+    client_ctx = ssl.create_default_context(cafile=str(cert_path))
+    return kmock.Server(
+        handler,
+        server_cls=functools.partial(_TlsTestServer, ssl_context=server_ctx),  # type: ignore[arg-type]
+        client_fct=lambda url: aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(ssl=client_ctx)),
+    )
+
+
 # ------------------------------------------------------------------------------------------ API client
 
 
@@ -322,6 +441,7 @@ class Api:
 
     def __init__(self, server: FakeApiServer) -> None:
         self.server = server
+        self.headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
     @staticmethod
     def path(plural_key: str, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
@@ -337,7 +457,7 @@ class Api:
 
     async def create(self, plural_key: str, body: dict[str, Any]) -> dict[str, Any]:
         ns = body.get("metadata", {}).get("namespace")
-        async with self.server.post(self.path(plural_key, ns), json=body) as rsp:
+        async with self.server.post(self.path(plural_key, ns), json=body, headers=self.headers) as rsp:
             data: dict[str, Any] = await rsp.json()
             if rsp.status >= 400:
                 raise RuntimeError(f"create {plural_key} failed: {rsp.status} {data}")
@@ -346,21 +466,22 @@ class Api:
     async def patch(self, plural_key: str, namespace: str | None, name: str, patch: dict[str, Any],
                     sub: str | None = None) -> dict[str, Any]:
         async with self.server.patch(self.path(plural_key, namespace, name, sub), json=patch,
-                                     headers={"Content-Type": "application/merge-patch+json"}) as rsp:
+                                     headers={**self.headers, "Content-Type": "application/merge-patch+json"}
+                                     ) as rsp:
             data: dict[str, Any] = await rsp.json()
             if rsp.status >= 400:
                 raise RuntimeError(f"patch {plural_key} {namespace}/{name} failed: {rsp.status} {data}")
             return data
 
     async def delete(self, plural_key: str, namespace: str | None, name: str) -> None:
-        async with self.server.delete(self.path(plural_key, namespace, name)) as rsp:
+        async with self.server.delete(self.path(plural_key, namespace, name), headers=self.headers) as rsp:
             if rsp.status >= 400 and rsp.status != 404:
                 raise RuntimeError(f"delete {plural_key} {namespace}/{name} failed: {rsp.status}")
 
 
 # ------------------------------------------------------------------------------------------ the real CRD
 
-KUBERAY_CRD = Path(__file__).resolve().parents[2] / "data" / "kuberay" / "ray.io_rayjobs.yaml"
+KUBERAY_CRD = Path(__file__).resolve().parents[1] / "data" / "kuberay" / "ray.io_rayjobs.yaml"
 
 
 def _close_schema(schema: Any) -> Any:
