@@ -65,12 +65,19 @@ DEFAULT_LIMITS: Final = Limits()
 
 
 class DocumentError(ValueError):
-    """An input that cannot be loaded; ``problem`` is one line naming the document, the field and the limit."""
+    """An input that cannot be loaded: one line naming the source, the document, the field and the limit.
 
-    def __init__(self, source: str, problem: str) -> None:
+    ``problem`` is that line without the source (for errors that name the source themselves);
+    ``document`` the 0-based index of the document in a multi-document stream, when past the first.
+    """
+
+    def __init__(self, source: str, problem: str, document: int | None = None) -> None:
         self.source = source
-        self.problem = " ".join(problem.split())  # one line, whatever the parser said
-        super().__init__(f"{source}: {self.problem}")
+        self.document = document or None
+        one_line = " ".join(problem.split())  # whatever the parser said
+        self.problem = f"document {document}: {one_line}" if document else one_line
+        where = f"{source} (document {document})" if document else source
+        super().__init__(f"{where}: {one_line}")
 
 
 # ------------------------------------------------------------------------------------ bytes and text
@@ -129,10 +136,11 @@ def load_documents(data: bytes | str, source: str = "input", limits: Limits = DE
     """Every document of a YAML (or JSON) text, in order; empty documents come back as ``None``."""
     text = decode(data, source, limits)
     loader = _LOADER(text)
+    composer = _Composer(loader, source, limits)
     try:
-        return _Composer(loader, source, limits).documents()
+        return composer.documents()
     except yaml.YAMLError as exc:
-        raise DocumentError(source, _yaml_problem(exc)) from exc
+        raise DocumentError(source, _yaml_problem(exc), composer.index) from exc
     finally:
         loader.dispose()
 
@@ -148,8 +156,8 @@ def load_document(data: bytes | str, source: str = "input", limits: Limits = DEF
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    return f"malformed YAML: {where}{problem}"
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"malformed YAML{where}: {problem}"
 
 
 class _Frame:
@@ -176,31 +184,35 @@ class _Composer:
         self.loader = loader
         self.source = source
         self.limits = limits
+        self.index = 0  # the document being read
+
+    def error(self, problem: str) -> DocumentError:
+        return DocumentError(self.source, problem, self.index)
 
     def documents(self) -> list[Any]:
         loader = self.loader
         out: list[Any] = []
         event = loader.get_event()
         if not isinstance(event, StreamStartEvent):
-            raise DocumentError(self.source, "not a YAML stream")
+            raise self.error("not a YAML stream")
         while True:
             event = loader.get_event()
             if isinstance(event, StreamEndEvent):
                 return out
             if not isinstance(event, DocumentStartEvent):
-                raise DocumentError(self.source, f"unexpected {type(event).__name__}")
+                raise self.error(f"unexpected {type(event).__name__}")
             if len(out) >= self.limits.max_documents:
-                raise DocumentError(self.source, f"more than {self.limits.max_documents} documents (the limit)")
+                raise self.error(f"more than {self.limits.max_documents} documents (the limit)")
+            self.index = len(out)
             node = self._document(len(out))
             end = loader.get_event()
             if not isinstance(end, DocumentEndEvent):
-                raise DocumentError(self.source, f"unexpected {type(end).__name__}")
+                raise self.error(f"unexpected {type(end).__name__}")
             out.append(loader.construct_document(node))
 
     def _where(self, index: int, stack: list[_Frame], line: int) -> str:
-        doc = f"document {index}, " if index else ""
         path = _path(stack)
-        return f"{doc}line {line + 1}" + (f", {path}" if path else "")
+        return f"line {line + 1}" + (f", {path}" if path else "")
 
     def _document(self, index: int) -> Node:
         loader, limits = self.loader, self.limits
@@ -219,18 +231,16 @@ class _Composer:
             if isinstance(event, AliasEvent):
                 name = event.anchor
                 if name in open_anchors:
-                    raise DocumentError(
-                        self.source,
+                    raise self.error(
                         f"{self._where(index, stack, line)}: alias *{name} refers back to itself "
                         "(it names a node that contains it; a recursive structure cannot be loaded)",
                     )
                 if name not in anchors:
-                    raise DocumentError(self.source, f"{self._where(index, stack, line)}: alias *{name} names no anchor")
+                    raise self.error(f"{self._where(index, stack, line)}: alias *{name} names no anchor")
                 node, size, depth = anchors[name]
                 alias_nodes += size
                 if alias_nodes > limits.max_alias_nodes:
-                    raise DocumentError(
-                        self.source,
+                    raise self.error(
                         f"{self._where(index, stack, line)}: aliases expand to more than {limits.max_alias_nodes:,} "
                         "nodes (the limit; a YAML alias bomb?)",
                     )
@@ -242,8 +252,7 @@ class _Composer:
                 anchor = event.anchor
             elif isinstance(event, (SequenceStartEvent, MappingStartEvent)):
                 if len(stack) >= limits.max_depth:
-                    raise DocumentError(
-                        self.source,
+                    raise self.error(
                         f"{self._where(index, stack, line)}: nested deeper than {limits.max_depth} levels (the limit)",
                     )
                 tag = event.tag
@@ -269,13 +278,12 @@ class _Composer:
                     open_anchors.discard(anchor)
                 if depth + len(stack) > limits.max_depth:
                     # Only aliases can make a subtree deeper than the stack that composed it.
-                    raise DocumentError(
-                        self.source,
+                    raise self.error(
                         f"{self._where(index, stack, frame.line)}: nested deeper than {limits.max_depth} levels "
                         "once its aliases are expanded (the limit)",
                     )
             else:
-                raise DocumentError(self.source, f"unexpected {type(event).__name__}")
+                raise self.error(f"unexpected {type(event).__name__}")
             if anchor is not None:
                 anchors[anchor] = (node, size, depth)
             if not stack:
@@ -297,8 +305,7 @@ class _Composer:
         if isinstance(key, ScalarNode) and key.tag != _MERGE_TAG:
             ident = (key.tag, key.value)
             if ident in parent.keys:
-                raise DocumentError(
-                    self.source,
+                raise self.error(
                     f"{self._where(index, stack, key.start_mark.line if key.start_mark else line)}: "
                     f"duplicate key {key.value!r} (each key may appear once in a mapping)",
                 )
