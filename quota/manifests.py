@@ -140,7 +140,7 @@ def load_documents(data: bytes | str, source: str = "input", limits: Limits = DE
     try:
         return composer.documents()
     except yaml.YAMLError as exc:
-        raise DocumentError(source, _yaml_problem(exc), composer.index) from exc
+        raise DocumentError(source, _yaml_problem(exc, limits), composer.index) from exc
     finally:
         loader.dispose()
 
@@ -153,9 +153,12 @@ def load_document(data: bytes | str, source: str = "input", limits: Limits = DEF
     return docs[0] if docs else None
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
+def _yaml_problem(exc: yaml.YAMLError, limits: Limits) -> str:
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
+    if "maximum nesting depth" in problem:
+        # libyaml's own guard (1000 flow levels) can fire while scanning ahead of our composer's count.
+        problem = f"nested deeper than {limits.max_depth} levels (the limit)"
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     return f"malformed YAML{where}: {problem}"
 

@@ -6,6 +6,7 @@ nothing of queues or jobs: it accounts resource vectors against named leaves.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -491,7 +492,7 @@ def _build(spec: QuotaNodeSpec, problems: list[str]) -> QuotaTree | None:
         if WEIGHT_ATTRIBUTE in attributes:
             try:
                 weight = float(attributes[WEIGHT_ATTRIBUTE])
-                if weight <= 0:
+                if not math.isfinite(weight) or weight <= 0:
                     raise ValueError
             except (TypeError, ValueError):
                 problems.append(

@@ -33,7 +33,7 @@ class UnitSpec(BaseModel):
 
     resource: Literal["ecs", "acs", "eci"]
     nodeSelector: dict[str, str] = Field(default_factory=dict)
-    max: int | None = Field(default=None, ge=0)
+    max: int | None = Field(default=None, ge=0, le=2**31 - 1)  # int32, as in ACK's CRD
     podLabels: dict[str, str] = Field(default_factory=dict)
     podAnnotations: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
