@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from rayqueue.quota.manifests import DocumentError, check_structure, load_documents, read_documents
+from rayqueue.quota.manifests import DocumentError, check_structure, load_documents, paused_gc, read_documents
 from rayqueue.quota.model import API_VERSION, KIND, ElasticQuotaTreeManifest, QuotaNodeSpec
 from rayqueue.quota.quantity import (
     MAX_JOBS,
@@ -206,6 +206,11 @@ class QuotaTree:
 
     @classmethod
     def from_dict(cls, manifest: Mapping[str, Any], source: str = "ElasticQuotaTree") -> QuotaTree:
+        with paused_gc():  # thousands of nodes, none of them garbage yet (see paused_gc)
+            return cls._from_dict(manifest, source)
+
+    @classmethod
+    def _from_dict(cls, manifest: Mapping[str, Any], source: str) -> QuotaTree:
         if not isinstance(manifest, Mapping):
             raise QuotaTreeError([f"expected a mapping, got {type(manifest).__name__}"], source)
         try:
