@@ -42,6 +42,10 @@ def _load_tree(path: Path, console: Console) -> QuotaTree:
     try:
         return QuotaTree.from_yaml(path)
     except QuotaTreeError as exc:
+        if len(exc.violations) == 1:  # one problem, one line
+            console.print("[bold red]INVALID[/] ", end="")
+            console.print(f"{path}: {exc.violations[0]}", markup=False, soft_wrap=True)
+            raise typer.Exit(code=1) from None
         console.print(f"[bold red]INVALID[/] {path}: {len(exc.violations)} problem(s)", markup=True)
         for violation in exc.violations:
             console.print(f"  - {violation}", markup=False, soft_wrap=True)

@@ -426,10 +426,13 @@ def submit(
 
 
 def _read(path: Path) -> str:
+    """The file as text, bounded and UTF-8 like every manifest (the service checks the rest)."""
+    from rayqueue.quota.manifests import DocumentError, decode, read_bytes
+
     try:
-        return path.read_text()
-    except OSError as exc:
-        Console(stderr=True).print(f"[red]cannot read {path}:[/] {exc.strerror}")
+        return decode(read_bytes(path), str(path))
+    except DocumentError as exc:
+        Console(stderr=True, highlight=False).print(str(exc), markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 

@@ -42,7 +42,7 @@ from rayqueue.scheduler.rayjob import (
     RayJobRejected,
     RayJobRequest,
     expected_duration,
-    load_rayjob_documents,
+    load_submission_documents,
     rayjob_request,
 )
 from rayqueue.scheduler.resourcepolicy import Units
@@ -220,19 +220,18 @@ class Service:
         """Accept every RayJob of a (multi-document) YAML text, or none of them."""
         problems: list[str] = []
         try:
-            load_rayjob_documents(text, source)  # syntax, with the document and line of an error
-            docs = list(yaml.safe_load_all(text))
+            # Bounded (size, UTF-8, nesting, aliases), each document an object with a kind.
+            docs = load_submission_documents(text, source)
         except RayJobRejected as exc:
             raise SubmitError([exc.message]) from exc
         jobs: list[tuple[int, dict[str, Any]]] = []
-        for index, doc in enumerate(docs):
-            if doc is None:
-                continue
-            kind = doc.get("kind") if isinstance(doc, dict) else None
+        for index, doc in docs:
+            kind = doc.get("kind")
             if kind != KIND:
-                if ignore_other_kinds and kind:
+                if ignore_other_kinds:
                     continue
-                name = ((doc.get("metadata") or {}).get("name") if isinstance(doc, dict) else None) or "<unnamed>"
+                meta = doc.get("metadata")
+                name = (meta.get("name") if isinstance(meta, dict) else None) or "<unnamed>"
                 problems.append(
                     f"{source} (document {index}): kind {kind!r} ({name}) is not a RayJob; standalone mode "
                     "queues ray.io/v1 RayJobs only (remove the document, or pass --ignore-other-kinds)"

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from rayqueue.queue.priority import PriorityClasses
+from rayqueue.quota.manifests import DocumentError, read_documents
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.resourcepolicy import Units, load_resource_policy
 from rayqueue.scheduler.service.core import (
@@ -71,9 +70,9 @@ def load_priority_classes(path: Path | None) -> PriorityClasses:
         return PriorityClasses(DEFAULT_PRIORITY_CLASSES)
     classes: dict[str, int] = {}
     try:
-        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-    except (OSError, yaml.YAMLError) as exc:
-        raise ServiceError(f"{path}: cannot read priority classes: {exc}") from exc
+        docs = [d for d in read_documents(path) if d is not None]
+    except DocumentError as exc:
+        raise ServiceError(f"cannot read priority classes: {exc}") from exc
     for i, doc in enumerate(docs):
         if not isinstance(doc, dict):
             raise ServiceError(f"{path} (document {i}): expected a mapping")
