@@ -356,10 +356,15 @@ async def test_serve_refuses_to_start_when_ray_does_not_answer(tmp_path: Path) -
     from rayqueue.scheduler.service.raycluster import free_ports
 
     port = free_ports(1)[0]
+    said: list[str] = []
     runner = Runner(ServeOptions(ray_address=f"127.0.0.1:{port}", db=f"sqlite:///{tmp_path}/r.db",
-                                 port=free_ports(1)[0], state_dir=tmp_path))
-    with pytest.raises(ServiceError, match="no alive node"):
+                                 port=free_ports(1)[0], state_dir=tmp_path, ray_wait_s=8, say=said.append))
+    with pytest.raises(ServiceError, match="no alive node after 8s: its dashboard does not answer") as err:
         await runner.start()
+    assert "check the address and port" in str(err.value) and "--ray-wait" in str(err.value)
+    # it waited, and said what for, before giving up
+    assert said and said[0].startswith(f"waiting for Ray at http://127.0.0.1:{port} to have an alive node (")
+    assert said[0].endswith(" of 8s)")
     await runner.shutdown()
 
 
