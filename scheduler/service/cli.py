@@ -252,6 +252,9 @@ def serve(
                                       "(413 beyond it)."),
     ray_wait: float = typer.Option(180.0, "--ray-wait", min=1.0, help="Seconds to wait for the Ray head (the "
                                    "local one it starts, or --ray-address) to have an alive node."),
+    reattach_wait: float = typer.Option(60.0, "--ray-reattach-wait", min=1.0, help="Seconds to wait for the local "
+                                        "Ray head a crashed run left to answer before stopping it and starting "
+                                        "a new one."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the standalone service: queue RayJobs under the quota tree and run them on Ray."""
@@ -275,7 +278,7 @@ def serve(
         num_gpus=num_gpus,
         num_cpus=num_cpus, unit_gpus=parsed, db=db, state_dir=state_dir, host=host, port=port, token=token,
         config=ServiceConfig(poll_interval_s=poll_interval, max_body_bytes=int(max_body_mb * 2**20)),
-        ray_wait_s=ray_wait, say=lambda line: console.print(line, markup=False, soft_wrap=True),
+        ray_wait_s=ray_wait, reattach_wait_s=reattach_wait, say=lambda line: console.print(line, markup=False, soft_wrap=True),
     )
     runner = Runner(opts)
 

@@ -1,7 +1,10 @@
 """The standalone service: one admission engine, its SQL store, and a Ray cluster it releases jobs to.
 
-Everything that touches the engine runs on one asyncio event loop (the HTTP handlers are ``async``),
-so the engine is never entered from two threads. Blocking Ray calls run in worker threads.
+The service lives on one asyncio event loop, which must stay free to answer (``/healthz`` during a big
+submission). Parsing runs in worker threads without the engine; slow engine work (a submission, a tree, an
+admission cycle, a forecast) runs in a worker thread holding ``engine_lock``, which every other user of the
+engine on the loop takes too, so the engine is used by one thread at a time. Blocking Ray calls run in
+worker threads.
 
 Order of writes, which is what makes a crash at any moment safe:
 

@@ -65,6 +65,8 @@ class ServeOptions:
     config: ServiceConfig = field(default_factory=ServiceConfig)
     #: how long to wait for Ray (a local head starting, or --ray-address) to have an alive node
     ray_wait_s: float = 180.0
+    #: how long the head a crashed run left may take to answer before it is stopped and replaced
+    reattach_wait_s: float = 60.0
     #: where progress lines go (waiting for Ray, re-using or stopping a head a crashed run left)
     say: Callable[[str], None] = log.warning
 
@@ -212,14 +214,14 @@ class Runner:
         if saved:
             info = LocalRayInfo.from_json(saved)
             left = head_processes(info.temp_dir)
-            found = LocalRayCluster.reattach(info, self.opts.ray_wait_s, say) if left else None
+            found = LocalRayCluster.reattach(info, self.opts.reattach_wait_s, say) if left else None
             if found is not None:
                 say(f"re-using the local Ray head a previous run left at {info.dashboard_url} "
                     f"({len(left)} processes, temp dir {info.temp_dir}): its jobs keep running")
                 return found
             if left:
                 say(f"stopped the local Ray head a previous run left at {info.dashboard_url}: it did not answer "
-                    f"within {self.opts.ray_wait_s:.0f}s ({len(left)} processes); starting a new one")
+                    f"within {self.opts.reattach_wait_s:.0f}s ({len(left)} processes); starting a new one")
             else:
                 say(f"the local Ray head a previous run left at {info.dashboard_url} is gone; starting a new one "
                     "(jobs that ran on it are run again)")
