@@ -418,8 +418,6 @@ BUSY_MACHINE_SETTINGS = {
     "RAY_health_check_timeout_ms": "30000",
     "RAY_worker_register_timeout_seconds": "300",
     "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "300",
-    # the raylet waits this long for its agents' port files, and aborts past it (seen at load 13 on 2 cores)
-    "RAY_agent_register_timeout_ms": "300000",
 }
 
 
