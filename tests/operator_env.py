@@ -188,7 +188,11 @@ class Env:
         return await self.api.create(RAYJOBS, body)
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+#: A hang guard, not a time budget: a busy machine is slow, and every wait ends as soon as its event happens.
+EVENTUALLY_S = 120.0
+
+
+async def eventually(check: Callable[[], Any], timeout: float = EVENTUALLY_S, interval: float = 0.02,
                      what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from standalone_env import Gates, rayjob, tree, wait_until
+from standalone_env import HANG_GUARD_S, Gates, rayjob, tree, wait_until
 
 from rayqueue.quota.quantity import GPU
 from rayqueue.quota.tree import QuotaTree
@@ -25,7 +25,8 @@ from rayqueue.scheduler.service.raycluster import LocalRayCluster, alive_nodes
 from rayqueue.scheduler.service.rayjobs import RayJobs, submission_for
 from rayqueue.scheduler.service.store import Store
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
+# a hang guard only: the module fixture starts Ray (minutes on a busy machine) inside the first test's time
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 TWO_TEAMS = tree(("team-a", 1, 2), ("team-b", 1, 2), root_min=2, root_max=2)
 
@@ -63,7 +64,7 @@ class Harness:
         assert row is not None
         return row.state
 
-    async def until_state(self, job_id: str, *states: str, timeout: float = 60) -> None:
+    async def until_state(self, job_id: str, *states: str, timeout: float = HANG_GUARD_S) -> None:
         await wait_until(lambda: self.state(job_id) in states, timeout, f"{job_id} to be {'/'.join(states)}")
 
     def gpu_usage(self, node: str = "root") -> int:
@@ -151,14 +152,16 @@ async def test_higher_priority_is_admitted_first_and_cancel_frees_quota(harness:
     # cancel: the pending job leaves its queue; the running one is stopped in Ray and frees its quota
     assert h.svc.cancel(low).state == st.CANCELLED
     await h.until_state(high, st.RUNNING)
+    # Ray says RUNNING before the driver has printed anything: wait for the line the log check below needs
+    await wait_until(lambda: "started high" in (h.svc.ray.logs(high) or ""), what="high's driver to start")
     resp = await h.http.post(f"/v1/jobs/{high}/cancel")
     assert resp.status_code == 200 and resp.json()["state"] == st.CANCELLED
     assert h.gpu_usage() == 0
     sid = h.svc.store.get(high).submission_id  # type: ignore[union-attr]
-    await wait_until(lambda: h.svc.ray.status(sid).status == "STOPPED", 30, "Ray to stop the cancelled job")
+    await wait_until(lambda: h.svc.ray.status(sid).status == "STOPPED", what="Ray to stop the cancelled job")
     assert (await h.http.post(f"/v1/jobs/{high}/cancel")).status_code == 409
     # Ray's end and the driver's log are kept for the post-mortem
-    await wait_until(lambda: h.svc.store.get(high).ray_status == "STOPPED", 30, "the stop to be recorded")  # type: ignore[union-attr]
+    await wait_until(lambda: h.svc.store.get(high).ray_status == "STOPPED", what="the stop to be recorded")  # type: ignore[union-attr]
     logs = (await h.http.get(f"/v1/jobs/{high}/logs")).json()
     assert logs["source"] == "store" and "started high" in logs["logs"]
     assert h.events(high)[-2:] == ["Cancelled", "RayStopped"]

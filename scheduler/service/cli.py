@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import typer
@@ -65,9 +66,23 @@ class Client:
             for problem in body.get("problems") or []:
                 console.print(f"  - {problem}", markup=False, soft_wrap=True)
             raise typer.Exit(2 if resp.status_code == 422 else 1)
+        if resp.status_code >= 300:  # a redirect or the like: not an answer of the API
+            console.print(f"[bold red]error[/] ({resp.status_code}): unexpected answer from {self.url}{path}",
+                          markup=True)
+            raise typer.Exit(1)
         if resp.headers.get("content-type", "").startswith("application/json"):
             return resp.json()
         return resp.text
+
+
+def job_path(job: str, suffix: str = "") -> str:
+    """``/v1/jobs/<job>``, the reference quoted (a ``/`` or ``?`` in it must not change the route); an
+    empty reference is a one-line usage error."""
+    if not job.strip():
+        Console(stderr=True, highlight=False).print("[bold red]error:[/] JOB is empty: give a job id or name "
+                                                    "(see `rayqueue jobs`)")
+        raise typer.Exit(2)
+    return f"/v1/jobs/{quote(job, safe='')}{suffix}"
 
 
 def _when(ts: float | None) -> str:
@@ -341,6 +356,13 @@ def serve(
     port: int = typer.Option(8266, "--port"),
     token: str | None = typer.Option(None, "--token", envvar="RAYQUEUE_TOKEN", help="API token (Bearer)."),
     poll_interval: float = typer.Option(0.2, "--poll-interval", help="Seconds between Ray status checks."),
+    max_body_mb: float = typer.Option(4.0, "--max-body-mb", min=0.001, help="Largest HTTP request body in MiB "
+                                      "(413 beyond it)."),
+    ray_wait: float = typer.Option(180.0, "--ray-wait", min=1.0, help="Seconds to wait for the Ray head (the "
+                                   "local one it starts, or --ray-address) to have an alive node."),
+    reattach_wait: float = typer.Option(60.0, "--ray-reattach-wait", min=1.0, help="Seconds to wait for the local "
+                                        "Ray head a crashed run left to answer before stopping it and starting "
+                                        "a new one."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the standalone service: queue RayJobs under the quota tree and run them on Ray."""
@@ -365,7 +387,8 @@ def serve(
         tree=tree, policy=policy, priority_classes=priority_classes, ray_address=ray_address, ray_token=ray_token,
         num_gpus=num_gpus,
         num_cpus=num_cpus, unit_gpus=parsed, db=db, state_dir=state_dir, host=host, port=port, token=token,
-        config=ServiceConfig(poll_interval_s=poll_interval),
+        config=ServiceConfig(poll_interval_s=poll_interval, max_body_bytes=int(max_body_mb * 2**20)),
+        ray_wait_s=ray_wait, reattach_wait_s=reattach_wait, say=lambda line: console.print(line, markup=False, soft_wrap=True),
     )
     runner = Runner(opts)
 
@@ -403,26 +426,25 @@ def submit(
     url: str = UrlOption,
     token: str | None = TokenOption,
 ) -> None:
-    """Queue RayJobs; prints each job's id and its position in its queue."""
+    """Queue RayJobs; prints each job's id and its position in its queue. Every file goes in one request:
+    all their RayJobs are queued, or none (the error names each refused document)."""
     client = Client(url, token)
     console = _console()
-    for path in files:
-        text = sys.stdin.read() if str(path) == "-" else _read(path)
-        body = {"yaml": text, "queue": queue, "priority": priority, "ignore_other_kinds": ignore_other_kinds,
-                "source": str(path)}
-        result = client.call("POST", "/v1/jobs", json=body)
-        for job in result["jobs"]:
-            where = (
-                f"position {job['position']} in queue {job['queue']}" if job["position"] is not None
-                else f"queue {job['queue']}"
-            )
-            why = job["reason"] or ""
-            if job["state"] == "Pending" and job.get("reason_code"):
-                why = f"{job['reason_code']}: {why}"  # the code is what `explain` and alerts name
-            console.print(f"[bold]{job['id']}[/] {_state(job['state'])}, {where}" + (f" - {why}" if why else ""),
-                          soft_wrap=True)
-            for note in job.get("notes") or []:
-                console.print(f"  note: {note}", markup=False)
+    sent = [{"source": str(path), "yaml": sys.stdin.read() if str(path) == "-" else _read(path)} for path in files]
+    body = {"files": sent, "queue": queue, "priority": priority, "ignore_other_kinds": ignore_other_kinds}
+    result = client.call("POST", "/v1/jobs", json=body)
+    for job in result["jobs"]:
+        where = (
+            f"position {job['position']} in queue {job['queue']}" if job["position"] is not None
+            else f"queue {job['queue']}"
+        )
+        why = job["reason"] or ""
+        if job["state"] == "Pending" and job.get("reason_code"):
+            why = f"{job['reason_code']}: {why}"  # the code is what `explain` and alerts name
+        console.print(f"[bold]{job['id']}[/] {_state(job['state'])}, {where}" + (f" - {why}" if why else ""),
+                      soft_wrap=True)
+        for note in job.get("notes") or []:
+            console.print(f"  note: {note}", markup=False)
 
 
 def _read(path: Path) -> str:
@@ -470,7 +492,7 @@ def jobs(
 def explain(job: str = typer.Argument(..., help="Job id (or name)."), url: str = UrlOption,
             token: str | None = TokenOption) -> None:
     """Why a job waits (reason code and sentence), its position, unit and times."""
-    e = Client(url, token).call("GET", f"/v1/jobs/{job}")
+    e = Client(url, token).call("GET", job_path(job))
     console = _console()
     console.print(f"[bold]{e['id']}[/] ({e['name']}) in queue [bold]{e['queue']}[/]: {_state(e['state'])}")
     prio = f"{e['priority_class']} ({e['priority']})" if e["priority_class"] else str(e["priority"])
@@ -499,7 +521,7 @@ def explain(job: str = typer.Argument(..., help="Job id (or name)."), url: str =
 
 def logs(job: str = typer.Argument(...), url: str = UrlOption, token: str | None = TokenOption) -> None:
     """The driver's log: live from Ray while it runs, from the store once it ended."""
-    data = Client(url, token).call("GET", f"/v1/jobs/{job}/logs")
+    data = Client(url, token).call("GET", job_path(job, "/logs"))
     if not data["logs"]:
         Console(stderr=True).print(f"no logs for {data['id']} ({data['state']})")
         return
@@ -508,7 +530,7 @@ def logs(job: str = typer.Argument(...), url: str = UrlOption, token: str | None
 
 def cancel(job: str = typer.Argument(...), url: str = UrlOption, token: str | None = TokenOption) -> None:
     """Remove a pending job, or stop a running one and release its quota."""
-    data = Client(url, token).call("POST", f"/v1/jobs/{job}/cancel")
+    data = Client(url, token).call("POST", job_path(job, "/cancel"))
     _console().print(f"{data['id']} {_state(data['state'])}")
 
 

@@ -1,7 +1,10 @@
 """The standalone service: one admission engine, its SQL store, and a Ray cluster it releases jobs to.
 
-Everything that touches the engine runs on one asyncio event loop (the HTTP handlers are ``async``),
-so the engine is never entered from two threads. Blocking Ray calls run in worker threads.
+The service lives on one asyncio event loop, which must stay free to answer (``/healthz`` during a big
+submission). Parsing runs in worker threads without the engine; slow engine work (a submission, a tree, an
+admission cycle, a forecast) runs in a worker thread holding ``engine_lock``, which every other user of the
+engine on the loop takes too, so the engine is used by one thread at a time. Blocking Ray calls run in
+worker threads.
 
 Order of writes, which is what makes a crash at any moment safe:
 
@@ -23,10 +26,11 @@ import functools
 import json
 import logging
 import secrets
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -61,6 +65,7 @@ from rayqueue.scheduler.service.store import JobRecord, Store, submission_id
 from rayqueue.simulations.forecast import forecast_starts
 
 log = logging.getLogger("rayqueue.service")
+T = TypeVar("T")
 
 #: Priority classes known without configuration (a Kubernetes cluster would have PriorityClasses).
 DEFAULT_PRIORITY_CLASSES = {"low": 100, "normal": 500, "high": 1000}
@@ -73,11 +78,48 @@ TREE_SETTING = "quota_tree_yaml"
 
 
 class SubmitError(ValueError):
-    """A submission refused as a whole; ``problems`` name the document and the field."""
+    """A submission refused as a whole; ``problems`` name the document and the field, ``refused`` the
+    documents (``file (document n)``, or a whole file that could not be read as YAML)."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], refused: list[str] | None = None) -> None:
         self.problems = problems
+        self.refused = refused or []
         super().__init__("\n".join(problems))
+
+    @property
+    def summary(self) -> str:
+        """One line: which documents were refused, and that none was queued (all or nothing)."""
+        where = ", ".join(self.refused) if self.refused else "the input"
+        return f"submission refused ({where}); none of its documents was queued: a submission is all or nothing"
+
+
+@dataclass
+class PreparedJob:
+    """One RayJob document checked without the engine: where it came from, its request, its priority."""
+
+    where: str
+    request: RayJobRequest
+    manifest: dict[str, Any]
+    priority: int
+    priority_class: str | None
+
+
+@dataclass
+class Prepared:
+    """A parsed submission on its way to the engine, with every problem found so far."""
+
+    queue: str | None
+    jobs: list[PreparedJob] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def refuse(self, where: str, problem: str) -> None:
+        if where not in self.refused:
+            self.refused.append(where)
+        self.problems.append(problem)
+
+    def error(self) -> SubmitError:
+        return SubmitError(self.problems, self.refused)
 
 
 class ServiceError(RuntimeError):
@@ -97,6 +139,8 @@ class ServiceConfig:
     retry_max_s: float = 10.0
     log_tail_chars: int = 64_000  # how much of a finished driver's log is kept in SQL
     cancel_settle_s: float = 60.0  # how long a cancelled job's end is awaited in Ray (for its status and log)
+    #: the largest HTTP request body read (413 beyond); a KubeRay sample is a few KiB, a batch of them far less
+    max_body_bytes: int = 4 * 2**20
     # No backoff: a parked job is only retried when a release leaves room for it (the engine's wake-up
     # index), and a backoff would let a newly requeued lower-priority job overtake it.
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(backoff_base_s=0.0))
@@ -162,6 +206,9 @@ class Service:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
+        #: Held by whoever uses the engine: the loops and the API on the event loop, and the worker threads
+        #: that run slow engine work for them (a big submission, a tree, a forecast), one at a time.
+        self.engine_lock = asyncio.Lock()
         self._requests: dict[str, RayJobRequest] = {}
         self.started = False
 
@@ -172,17 +219,18 @@ class Service:
         nodes = await asyncio.to_thread(self._nodes, self.ray.address)
         if not nodes:
             raise ServiceError(f"Ray at {self.ray.address} has no alive node (is the cluster up?)")
-        self._apply_capacity(nodes)
-        if self._tree_yaml is not None:
-            self.store.set_setting(TREE_SETTING, self._tree_yaml)
-        await self._recover()
+        async with self.engine_lock:
+            self._apply_capacity(nodes)
+            if self._tree_yaml is not None:
+                self.store.set_setting(TREE_SETTING, self._tree_yaml)
+            await self._recover()
+            self._run_cycle()
         self._tasks = [
             asyncio.create_task(self._schedule_loop(), name="rayqueue-schedule"),
             asyncio.create_task(self._poll_loop(), name="rayqueue-poll"),
             asyncio.create_task(self._capacity_loop(), name="rayqueue-capacity"),
         ]
         self.started = True
-        self._run_cycle()
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         tasks = self._tasks + list(self._releasing.values()) + list(self._background)
@@ -206,6 +254,11 @@ class Service:
     def wake(self) -> None:
         self._wake.set()
 
+    async def locked(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker thread holding the engine lock: engine work off the event loop."""
+        async with self.engine_lock:
+            return await asyncio.to_thread(fn, *args)
+
     # ================================================================ submissions
 
     def submit_text(
@@ -217,39 +270,106 @@ class Service:
         ignore_other_kinds: bool = False,
         source: str = "input",
     ) -> list[Accepted]:
-        """Accept every RayJob of a (multi-document) YAML text, or none of them."""
-        problems: list[str] = []
-        try:
-            # Bounded (size, UTF-8, nesting, aliases), each document an object with a kind.
-            docs = load_submission_documents(text, source)
-        except RayJobRejected as exc:
-            raise SubmitError([exc.message]) from exc
-        jobs: list[tuple[int, dict[str, Any]]] = []
-        for index, doc in docs:
-            kind = doc.get("kind")
-            if kind != KIND:
-                if ignore_other_kinds:
-                    continue
-                meta = doc.get("metadata")
-                name = (meta.get("name") if isinstance(meta, dict) else None) or "<unnamed>"
-                problems.append(
-                    f"{source} (document {index}): kind {kind!r} ({name}) is not a RayJob; standalone mode "
-                    "queues ray.io/v1 RayJobs only (remove the document, or pass --ignore-other-kinds)"
-                )
+        """Accept every RayJob of a (multi-document) YAML text, or none of them (on the event loop)."""
+        return self.submit_files([(source, text)], queue=queue, priority=priority,
+                                 ignore_other_kinds=ignore_other_kinds)
+
+    def submit_files(
+        self,
+        files: Sequence[tuple[str, str]],
+        *,
+        queue: str | None = None,
+        priority: str | None = None,
+        ignore_other_kinds: bool = False,
+    ) -> list[Accepted]:
+        """Every RayJob of every ``(source, text)``, or none of them, in one go on the calling thread; the
+        HTTP API uses :meth:`submit`, which does the same off the event loop."""
+        prepared = self.prepare_submission(files, queue=queue, priority=priority,
+                                           ignore_other_kinds=ignore_other_kinds)
+        workloads = self._accept(prepared)
+        self._run_cycle()
+        return self._answers(workloads)
+
+    async def submit(
+        self,
+        files: Sequence[tuple[str, str]],
+        *,
+        queue: str | None = None,
+        priority: str | None = None,
+        ignore_other_kinds: bool = False,
+    ) -> list[Accepted]:
+        """:meth:`submit_files` for the event loop: parsing runs in a worker thread without the engine lock
+        (a big or hostile body only costs that thread), the engine's part in a worker thread under it."""
+        prepared = await asyncio.to_thread(self.prepare_submission, files, queue=queue, priority=priority,
+                                           ignore_other_kinds=ignore_other_kinds)
+        async with self.engine_lock:
+            workloads = await asyncio.to_thread(self._accept, prepared)
+            await self._cycle()
+            return await asyncio.to_thread(self._answers, workloads)
+
+    def prepare_submission(
+        self,
+        files: Sequence[tuple[str, str]],
+        *,
+        queue: str | None = None,
+        priority: str | None = None,
+        ignore_other_kinds: bool = False,
+    ) -> Prepared:
+        """Parse and check every document; touches neither the engine nor the store (any thread may run it)."""
+        out = Prepared(queue=queue)
+        for source, text in files:
+            try:
+                # Bounded (size, UTF-8, nesting, aliases), each document an object with a kind.
+                docs = load_submission_documents(text, source)
+            except RayJobRejected as exc:
+                out.refuse(source, exc.message)
                 continue
-            jobs.append((index, doc))
-        if not jobs and not problems:
-            problems.append(f"{source}: no RayJob document found")
+            found = False
+            for index, doc in docs:
+                where = f"{source} (document {index})"
+                kind = doc.get("kind")
+                if kind != KIND:
+                    if ignore_other_kinds:
+                        continue
+                    meta = doc.get("metadata")
+                    name = (meta.get("name") if isinstance(meta, dict) else None) or "<unnamed>"
+                    out.refuse(where, f"{where}: kind {kind!r} ({name}) is not a RayJob; standalone mode "
+                                      "queues ray.io/v1 RayJobs only (remove the document, or pass --ignore-other-kinds)")
+                    continue
+                found = True
+                try:
+                    req = rayjob_request(doc)
+                    check_runnable(req, f"RayJob {req.name}")
+                except RayJobRejected as exc:
+                    out.refuse(where, f"{where}: {exc.message}")
+                    continue
+                try:
+                    prio, prio_class = self.priorities.resolve(priority if priority is not None else req.priority_class)
+                except UnknownPriorityClass as exc:
+                    label = "--priority" if priority is not None else "label rayqueue.io/priority-class"
+                    out.refuse(where, f"{where}: RayJob {req.name}: {label}: {exc}")
+                    continue
+                out.jobs.append(PreparedJob(where, req, doc, prio, prio_class))
+            if not found and not any(r == source or r.startswith(f"{source} (") for r in out.refused):
+                out.refuse(source, f"{source}: no RayJob document found")
+        return out
+
+    def _accept(self, prepared: Prepared) -> list[tuple[Workload, RayJobRequest, dict[str, Any], list[str]]]:
+        """The engine's and the store's part of a submission, all or nothing (call it holding the engine
+        lock, on any thread: it touches no asyncio object)."""
+        queue = prepared.queue
         workloads: list[tuple[Workload, RayJobRequest, dict[str, Any], list[str]]] = []
         where_of: dict[str, str] = {}  # job id -> "file (document n)", for the engine's refusals
         taken: set[str] = set()  # ids given out in this submission; the store is asked about the rest
-        for index, doc in jobs:
-            where = f"{source} (document {index})"
+        for job in prepared.jobs:
+            where, req, doc = job.where, job.request, job.manifest
             try:
-                req = rayjob_request(doc)
-                check_runnable(req, f"RayJob {req.name}")
-            except RayJobRejected as exc:
-                problems.append(f"{where}: {exc.message}")
+                # like kubectl: no metadata.namespace means the namespace "default"
+                leaf = self.engine.tree.leaf_for(namespace=req.namespace or "default", quota=queue or req.queue)
+            except KeyError as exc:
+                label = "--queue" if queue else ("label rayqueue.io/queue" if req.queue else "metadata.namespace")
+                leaves = ", ".join(sorted(self.engine.tree.leaves))
+                prepared.refuse(where, f"{where}: RayJob {req.name}: {label}: {exc.args[0]} (leaves: {leaves})")
                 continue
             generated: str | None = None
             if req.generate_name:
@@ -259,20 +379,6 @@ class Service:
                 doc = {**doc, "metadata": {**(doc.get("metadata") or {}), "name": generated}}
                 req = dataclasses.replace(req, name=generated, generate_name=False)
                 taken.add(generated)
-            try:
-                # like kubectl: no metadata.namespace means the namespace "default"
-                leaf = self.engine.tree.leaf_for(namespace=req.namespace or "default", quota=queue or req.queue)
-            except KeyError as exc:
-                label = "--queue" if queue else ("label rayqueue.io/queue" if req.queue else "metadata.namespace")
-                leaves = ", ".join(sorted(self.engine.tree.leaves))
-                problems.append(f"{where}: RayJob {req.name}: {label}: {exc.args[0]} (leaves: {leaves})")
-                continue
-            try:
-                prio, prio_class = self.priorities.resolve(priority if priority is not None else req.priority_class)
-            except UnknownPriorityClass as exc:
-                label = "--priority" if priority is not None else "label rayqueue.io/priority-class"
-                problems.append(f"{where}: RayJob {req.name}: {label}: {exc}")
-                continue
             # A generated name is unique already: it is the id too (`cpu-sample-x7k2p`).
             job_id = generated or self._new_id(req.name, taken)
             taken.add(job_id)
@@ -281,34 +387,35 @@ class Service:
                 queue=leaf.name,
                 request=dict(req.total),
                 pods=req.pods,
-                priority=prio,
-                priority_class=prio_class,
+                priority=job.priority,
+                priority_class=job.priority_class,
                 submitted_at=self.clock(),
                 expected_duration=req.expected_duration,
                 name=req.name,
             )
             workloads.append((w, req, doc, list(req.notes)))
             where_of[job_id] = where
-        if problems:
-            raise SubmitError(problems)
+        if prepared.refused:
+            raise prepared.error()
         # The engine decides what can never fit; all or nothing.
         added: list[Workload] = []
         for w, _req, _doc, _notes in workloads:
             try:
                 rejected = self.engine.submit(w)
             except (UnknownQueue, DuplicateJob) as exc:
-                problems.append(f"{where_of[w.uid]}: RayJob {w.name}: {exc}")
+                prepared.refuse(where_of[w.uid], f"{where_of[w.uid]}: RayJob {w.name}: {exc}")
                 continue
             if rejected is not None:
-                problems.append(
-                    f"{where_of[w.uid]}: RayJob {w.name}: can never run in queue {w.queue}: {rejected.reason.message}"
+                prepared.refuse(
+                    where_of[w.uid],
+                    f"{where_of[w.uid]}: RayJob {w.name}: can never run in queue {w.queue}: {rejected.reason.message}",
                 )
             else:
                 added.append(w)
-        if problems:
+        if prepared.refused:
             for w in added:
                 self.engine.cancel(w.uid)
-            raise SubmitError(problems)
+            raise prepared.error()
         rows = [
             JobRecord(
                 id=w.uid,
@@ -334,7 +441,9 @@ class Service:
         for w, req, _doc, _notes in workloads:
             self._requests[w.uid] = req
             self.metrics.submitted.labels(queue=w.queue).inc()
-        self._run_cycle()
+        return workloads
+
+    def _answers(self, workloads: list[tuple[Workload, RayJobRequest, dict[str, Any], list[str]]]) -> list[Accepted]:
         out = []
         for w, _req, _doc, notes in workloads:
             row = self.store.get(w.uid)
@@ -393,8 +502,20 @@ class Service:
     # ================================================================ the admission cycle
 
     def _run_cycle(self) -> None:
+        """One admission cycle on the calling thread (the event loop's, holding the engine lock)."""
         started = time.perf_counter()
-        decisions = self.engine.schedule(self.clock())
+        self._apply_decisions(self.engine.schedule(self.clock()))
+        self.metrics.cycle_seconds.observe(time.perf_counter() - started)
+
+    async def _cycle(self) -> None:
+        """One admission cycle, the engine's part in a worker thread (call it holding the engine lock):
+        a cycle over thousands of pending jobs must not stall the event loop."""
+        started = time.perf_counter()
+        decisions = await asyncio.to_thread(self.engine.schedule, self.clock())
+        self._apply_decisions(decisions)  # creates release tasks: on the event loop
+        self.metrics.cycle_seconds.observe(time.perf_counter() - started)
+
+    def _apply_decisions(self, decisions: Sequence[Admit | Preempt | Reject]) -> None:
         for d in decisions:
             try:
                 if isinstance(d, Admit):
@@ -405,7 +526,6 @@ class Service:
                     self._on_reject(d)
             except Exception:  # one bad decision must not stop the others
                 log.exception("applying %s failed", type(d).__name__)
-        self.metrics.cycle_seconds.observe(time.perf_counter() - started)
 
     def _on_admit(self, d: Admit) -> None:
         w = d.workload
@@ -493,7 +613,8 @@ class Service:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.config.retry_max_s)
                 except RaySubmitRefused as exc:
-                    self._finalize(job_id, RayStatus("FAILED", f"Ray refused the job: {exc}"), logs=None)
+                    async with self.engine_lock:
+                        self._finalize(job_id, RayStatus("FAILED", f"Ray refused the job: {exc}"), logs=None)
                     return
             self.metrics.release_seconds.observe(time.perf_counter() - started)
             if job_id in self._cancelled:  # cancelled while Ray was being asked: stop what Ray started
@@ -591,14 +712,16 @@ class Service:
                 continue  # cancelled or requeued meanwhile
             changed |= await self._observe(job_id, sid, result)
         if changed:
-            self._run_cycle()
+            async with self.engine_lock:
+                await self._cycle()
 
     async def _observe(self, job_id: str, sid: str, status: RayStatus | None) -> bool:
         if status is None:
             if job_id in self._releasing:
                 return False
             # Released, yet Ray does not know it: the Ray cluster was replaced. Run it again.
-            self._requeue(job_id, "Lost", f"Ray no longer knows submission {sid} (cluster restarted?)")
+            async with self.engine_lock:
+                self._requeue(job_id, "Lost", f"Ray no longer knows submission {sid} (cluster restarted?)")
             return True
         if status.status == "RUNNING":
             row = self.store.get(job_id)
@@ -610,16 +733,18 @@ class Service:
         if not status.terminal:
             return False
         if job_id in self._preempting and status.status == "STOPPED":
-            self._requeue(job_id, "Requeued", f"Ray stopped {sid}; back in the queue", preempted=True)
+            async with self.engine_lock:
+                self._requeue(job_id, "Requeued", f"Ray stopped {sid}; back in the queue", preempted=True)
             return True
         logs = None
         try:
             logs = await asyncio.to_thread(self.ray.logs, sid)
         except RayUnavailable:
             pass
-        if self._active.get(job_id) != sid:
-            return False
-        self._finalize(job_id, status, logs)
+        async with self.engine_lock:
+            if self._active.get(job_id) != sid:
+                return False
+            self._finalize(job_id, status, logs)
         return True
 
     def _finalize(self, job_id: str, status: RayStatus, logs: str | None) -> None:
@@ -657,7 +782,8 @@ class Service:
 
     async def _schedule_loop(self) -> None:
         while True:
-            wakeup = self.engine.next_wakeup()
+            async with self.engine_lock:
+                wakeup = self.engine.next_wakeup()
             timeout = 5.0 if wakeup is None else min(5.0, max(0.0, wakeup - self.clock()))
             # asyncio.wait, not wait_for: Python 3.11's wait_for can swallow a cancellation that
             # arrives as the event is set, and the loop would then never stop.
@@ -668,7 +794,8 @@ class Service:
                 waiter.cancel()
             self._wake.clear()
             try:
-                self._run_cycle()
+                async with self.engine_lock:
+                    await self._cycle()
             except Exception:
                 log.exception("admission cycle failed")
 
@@ -679,8 +806,11 @@ class Service:
                 nodes = await asyncio.to_thread(self._nodes, self.ray.address)
             except Exception:
                 continue
-            if nodes and self._apply_capacity(nodes):
-                self._run_cycle()
+            if not nodes:
+                continue
+            async with self.engine_lock:
+                if self._apply_capacity(nodes):
+                    await self._cycle()
 
     def _apply_capacity(self, nodes: list[dict[str, Any]]) -> bool:
         """Each unit's capacity = the alive Ray nodes matching its nodeSelector; True if any changed."""
@@ -797,8 +927,25 @@ class Service:
     # ================================================================ the quota tree
 
     def apply_tree(self, text: str, dry_run: bool = False, source: str = "ElasticQuotaTree") -> dict[str, Any]:
-        """Validate a new tree and apply it (or only say what it would change)."""
-        tree = QuotaTree.from_yaml_text(text, source)  # QuotaTreeError names node and field
+        """Validate a new tree and apply it (or only say what it would change), on the calling thread."""
+        result = self._set_tree(parse_tree(text, source), text, dry_run)
+        if result["applied"]:
+            self._run_cycle()
+        return result
+
+    async def apply_tree_async(
+        self, text: str, dry_run: bool = False, source: str = "ElasticQuotaTree"
+    ) -> dict[str, Any]:
+        """:meth:`apply_tree` for the event loop: the tree is parsed in a worker thread without the engine
+        lock, then set (or previewed) in a worker thread under it."""
+        tree = await asyncio.to_thread(parse_tree, text, source)
+        async with self.engine_lock:
+            result = await asyncio.to_thread(self._set_tree, tree, text, dry_run)
+            if result["applied"]:
+                await self._cycle()
+        return result
+
+    def _set_tree(self, tree: QuotaTree, text: str, dry_run: bool) -> dict[str, Any]:
         old = self.engine.tree
         if dry_run:
             # QuotaTreeError if a leaf holding jobs would go
@@ -808,7 +955,6 @@ class Service:
         effects += self._running_job_effects(old, tree)
         self.store.set_setting(TREE_SETTING, text)
         self.store.record("(quota)", "QuotaApplied", f"tree {tree.name}: " + "; ".join(effects))
-        self._run_cycle()
         return {"applied": True, "effects": effects}
 
     def _running_job_effects(self, old: QuotaTree, new: QuotaTree, shown: int = 10) -> list[str]:
@@ -1003,6 +1149,12 @@ class Service:
 
     def refresh_metrics(self) -> None:
         self.metrics.refresh(self)
+
+
+def parse_tree(text: str, source: str = "ElasticQuotaTree") -> QuotaTree:
+    """A tree from YAML text; every refusal is a :class:`QuotaTreeError` naming node and field (the
+    bounded loader refuses size, nesting and alias bombs before anything is built)."""
+    return QuotaTree.from_yaml_text(text, source)
 
 
 def _visible(request: Resources) -> Resources:
