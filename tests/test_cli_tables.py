@@ -130,3 +130,17 @@ async def test_history_fits_and_names_every_job_whole(service_url: str, width: i
     text = "\n".join(lines)
     for name, _, _, _ in JOBS:
         assert name in text, name
+
+
+def test_request_fits_80_columns_and_names_every_rayjob_and_group_whole() -> None:
+    samples = sorted((ROOT / "data" / "kuberay" / "samples").glob("ray-job.*.yaml"))
+    result = CliRunner().invoke(cli_app, ["request", "--pods", *map(str, samples)],
+                                env={"COLUMNS": "80", "NO_COLOR": "1"})
+    assert result.exit_code in (0, 1), result.output  # 1: a sample on an existing cluster is not queued
+    lines = [line for line in result.output.splitlines() if not line.startswith(("note: ", "REJECTED "))]  # prose
+    assert_fits(lines, 80)
+    text = result.output
+    for name in ("pytorch-text-classifier-*", "rayjob-sample-*", "v6e-16-job", "rayjob-pytorch-mnist"):
+        assert name in text, name
+    for group in ("small-group", "tpu-group"):
+        assert group in text, group
