@@ -101,7 +101,7 @@ async def test_healthz_and_status_answer_while_a_submission_is_being_parsed(
     they can only come first if the parse runs off the event loop (on the loop, the parse would hold it
     until the gate's own time-out, and the submission would return before any answer)."""
     entered, gate = threading.Event(), threading.Event()
-    parse: Any = core.load_rayjob_documents if route == "/v1/jobs" else QuotaTree.from_yaml_text
+    parse: Any = core.load_submission_documents if route == "/v1/jobs" else QuotaTree.from_yaml_text
 
     def held(text: str, source: str = "input") -> Any:
         entered.set()
@@ -109,7 +109,7 @@ async def test_healthz_and_status_answer_while_a_submission_is_being_parsed(
         return parse(text, source)
 
     if route == "/v1/jobs":
-        monkeypatch.setattr(core, "load_rayjob_documents", held)
+        monkeypatch.setattr(core, "load_submission_documents", held)
         body = {"yaml": rayjob("big", "python x.py")}
     else:
         monkeypatch.setattr(QuotaTree, "from_yaml_text", staticmethod(held))
