@@ -26,7 +26,6 @@ import functools
 import json
 import logging
 import secrets
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
