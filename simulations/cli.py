@@ -42,7 +42,7 @@ def simulate(
     from rayqueue.quota.tree import QuotaTreeError
     from rayqueue.scheduler.resourcepolicy import ResourcePolicyError
     from rayqueue.simulations.config import ConfigError, TraceRef
-    from rayqueue.simulations.simulator import SimulationError
+    from rayqueue.simulations.driver import SimulationError
     from rayqueue.simulations.trace import TraceError
 
     console = Console(stderr=True)
