@@ -21,11 +21,13 @@ decision before the driver acts on it (a ``Preempt``'s workload still names its 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from rayqueue.queue.workload import Workload
 from rayqueue.scheduler.decisions import Admit, Decision, Preempt
 from rayqueue.scheduler.engine import Engine
+
+_NONE: list[str] = []  # returned, never changed: most instants finish nothing
 
 #: Safety net: admission cycles at one instant (each preemption round, each hand-out round needs one).
 MAX_CYCLES_PER_INSTANT = 10_000
@@ -67,6 +69,10 @@ class Driver:
         self._finishes: list[tuple[float, int, str, int]] = []
         self._run: dict[str, int] = {}
         self.cycles = 0
+        # The engine's wake-up as the last cycle left it: valid until the next ``advance`` (the loop feeds
+        # the engine nothing between a settle and the next ``next_instant``), so it is asked once an instant.
+        self._wake: float | None = None
+        self._wake_known = False
 
     # ------------------------------------------------------------------ runs
 
@@ -94,45 +100,57 @@ class Driver:
             heapq.heappop(heap)
         return None
 
-    def due_finishes(self, now: float) -> Iterator[str]:
+    def due_finishes(self, now: float) -> list[str]:
         """The jobs whose current run ends at or before ``now``, in finish order."""
         heap = self._finishes
+        if not heap or heap[0][0] > now:
+            return _NONE
+        runs = self._run
+        due = []
         while heap and heap[0][0] <= now:
             _, _, uid, run = heapq.heappop(heap)
-            if self._run.get(uid) == run:
-                self._run[uid] = run + 1  # finished: nothing of this run is pending any more
-                yield uid
+            if runs.get(uid) == run:
+                runs[uid] = run + 1  # finished: nothing of this run is pending any more
+                due.append(uid)
+        return due
 
     # ------------------------------------------------------------------ time
 
-    def next_instant(self, *others: float | None) -> float | None:
-        """The next instant anything happens: the earliest of ``others`` (the caller's next arrival),
-        the next finish and the engine's own wake-up; None when nothing will happen any more. Never
-        earlier than the current instant (the engine may ask for the current one again)."""
+    def next_instant(self, arrival: float | None = None) -> float | None:
+        """The next instant anything happens: the earliest of ``arrival`` (the caller's next one), the
+        next finish and the engine's own wake-up; None when nothing will happen any more. Never earlier
+        than the current instant (the engine may ask for the current one again)."""
         best = self.next_finish()
-        wake = self.engine.next_wakeup()
-        for t in (wake, *others):
-            if t is not None and (best is None or t < best):
-                best = t
+        wake = self._wake if self._wake_known else self.engine.next_wakeup()
+        if wake is not None and (best is None or wake < best):
+            best = wake
+        if arrival is not None and (best is None or arrival < best):
+            best = arrival
         if best is None:
             return None
-        return max(best, self.clock.now)
+        now = self.clock.now
+        return best if best > now else now
 
     def advance(self, now: float) -> None:
         self.clock.now = now
+        self._wake_known = False
 
     # ------------------------------------------------------------------ cycles
 
     def settle(self, now: float, on_decision: Callable[[Decision, float], None]) -> int:
         """Admission cycles at ``now`` until the engine asks for none at this instant; the cycles run."""
-        engine = self.engine
+        engine, runs, finishes = self.engine, self._run, self._finishes
         for n in range(1, MAX_CYCLES_PER_INSTANT + 1):
             self.cycles += 1
             confirmed = False
             for d in engine.schedule(now):
                 on_decision(d, now)
                 if type(d) is Admit:
-                    self.started(d.workload, now)
+                    w = d.workload  # inline ``started``: this runs once per admission
+                    run = runs.get(w.uid, 0) + 1
+                    runs[w.uid] = run
+                    if w.expected_duration is not None:
+                        heapq.heappush(finishes, (now + w.expected_duration, w.seq, w.uid, run))
                 elif type(d) is Preempt:
                     uid = d.workload.uid
                     self.stopped(uid)
@@ -142,5 +160,6 @@ class Driver:
                 continue  # a confirmed suspension is an event: it gets its cycle
             wake = engine.next_wakeup()
             if wake is None or wake > now:
+                self._wake, self._wake_known = wake, True
                 return n
         raise SimulationError(f"more than {MAX_CYCLES_PER_INSTANT} admission cycles at t={now}")

@@ -265,7 +265,7 @@ class Simulator:
                 break
             now = now_or_none
             driver.advance(now)
-            events += 1  # an arrival, a finish or one of the engine's timers (backoff, TimeoutOrExceedMax)
+            before = events
             # 1. the finishes due now
             for uid in driver.due_finishes(now):
                 rec = records[by_uid[uid]]
@@ -306,6 +306,8 @@ class Simulator:
                     done += 1
                 else:
                     rec.status = "pending"
+            if events == before:
+                events += 1  # neither a finish nor an arrival: one of the engine's timers
             # 3. admission cycles until the engine asks for none at this instant
             driver.settle(now, on_decision)
             bar.update(now, done)
