@@ -5,8 +5,8 @@ through this one loop, so they cannot drift from each other nor from the live fr
 
 - every instant at which something happens gets admission cycles: a job's arrival, a job's finish
   (``admitted_at + duration``), and whatever :meth:`Engine.next_wakeup` asks for, which is asked again
-  after every cycle and *may be the current instant*: a cycle that freed more room than it handed
-  out wants another one at once, just as the service and the operator run the next cycle at once;
+  after every cycle and *may be the current instant*: a cycle that has not finished handing out the
+  room freed before it wants another one at once, and the service and the operator run it at once;
 - the events that share an instant reach the engine before its cycle there (the finishes, then the
   arrivals; the caller feeds them);
 - a ``Preempt`` is confirmed at once (``engine.suspended``: a simulated suspension takes no time), and
@@ -76,10 +76,6 @@ class Driver:
 
     # ------------------------------------------------------------------ runs
 
-    def started(self, w: Workload, at: float) -> None:
-        """A run of ``w`` began at ``at``; it finishes ``expected_duration`` later (never when None)."""
-        self.running(w, None if w.expected_duration is None else at + w.expected_duration)
-
     def running(self, w: Workload, until: float | None) -> None:
         """``w`` runs (a new run) until ``until``; None: it never finishes."""
         run = self._run.get(w.uid, 0) + 1
@@ -146,7 +142,7 @@ class Driver:
             for d in engine.schedule(now):
                 on_decision(d, now)
                 if type(d) is Admit:
-                    w = d.workload  # inline ``started``: this runs once per admission
+                    w = d.workload  # ``running`` inlined: this runs once per admission
                     run = runs.get(w.uid, 0) + 1
                     runs[w.uid] = run
                     if w.expected_duration is not None:
