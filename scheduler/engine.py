@@ -357,6 +357,8 @@ class Engine:
             if w.unit not in units.by_name:
                 w.unit = units.units[0].name
             units.by_name[w.unit].take(w.demand, w.pods)
+            if w.state == WorkloadState.PREEMPTING:
+                units.by_name[w.unit].terminating_pods += w.pods
         self.units = units
         self._placements = {}
         self._wake_all()
@@ -450,6 +452,13 @@ class Engine:
             blockers.append((("unit", unit.name, resource), request[resource]))
             if policy == "LackResourceOrExceedMax":
                 continue
+            if policy == "LackResourceAndNoTerminating":
+                if not unit.terminating_pods:
+                    continue
+                # Its terminating pods may leave room here: wait for them to go (woken when the last does).
+                lacks.append(_terminating_message(unit.name, unit.terminating_pods))
+                blockers.append((("terminating", unit.name, ""), 0))
+                break
             if policy == "TimeoutOrExceedMax":
                 deadline = w.pending_since + self.units.timeout_s
                 if now >= deadline:
@@ -642,6 +651,7 @@ class Engine:
                 return decisions
         for v in victims:
             v.state = WorkloadState.PREEMPTING
+            self.units.by_name[v.unit or ""].terminating_pods += v.pods
             v.preempted_by = w.uid
             if code == ReasonCode.RECLAIMED:
                 message = (
@@ -753,6 +763,9 @@ class Engine:
             if unit is None or unit.max_pods is None:
                 return float("inf")
             return unit.max_pods - unit.pods
+        if kind == "terminating":  # no room until the unit's last terminating pod is gone
+            unit = self.units.by_name.get(name)
+            return -1.0 if unit is not None and unit.terminating_pods else float("inf")
         return float("inf")
 
     def _wake_dirty(self) -> None:
@@ -821,6 +834,10 @@ class Engine:
         self.tree.release(leaf, w.demand)
         self._note_borrowing(leaf)
         unit.give_back(w.demand, w.pods)
+        if w.state == WorkloadState.PREEMPTING:
+            unit.terminating_pods -= w.pods
+            if not unit.terminating_pods:
+                self._dirty.add(("terminating", unit.name, ""))
         self.queues[w.queue].stop(w)
         # What this release could unblock (its quota path, then its unit) is woken at the next cycle,
         # once per blocker and within the room left then, however many releases came before it.
@@ -910,6 +927,8 @@ class Engine:
             elif kind == "unit":
                 unit = self.units.by_name[name]
                 short = unit.used_of(r) + w.request.get(r, 0) - (unit.capacity or {}).get(r, 0)
+            elif kind == "terminating":
+                continue  # frees itself: nothing a reclaim must make up for
             else:
                 unit = self.units.by_name[name]
                 short = unit.pods + w.pods - (unit.max_pods or 0)
@@ -939,7 +958,7 @@ class Engine:
                 short = unit.used_of(r) + w.request.get(r, 0) - cap.get(r, 0)
                 if root_sums.get(r, 0) >= short:
                     return True
-            else:
+            elif kind != "terminating":
                 return True
         return False
 
@@ -1099,6 +1118,12 @@ def _violation_message(node: QuotaNode, r: str, used: int, requested: int) -> Ca
 
 def _pods_message(unit: str, max_pods: int, in_use: int, requested: int) -> Callable[[], str]:
     return lambda: f"{unit} at max {max_pods} pods ({in_use} in use, {requested} requested)"
+
+
+def _terminating_message(unit: str, pods: int) -> Callable[[], str]:
+    return lambda: (
+        f"waiting for {pods} terminating pod{'' if pods == 1 else 's'} on unit {unit} to go before trying the next unit"
+    )
 
 
 def _full_message(unit: str, r: str, used: int, cap: int, requested: int) -> Callable[[], str]:

@@ -23,6 +23,8 @@ __all__ = ["ResourcePolicyError", "Unit", "Units", "UnitKind", "WhenTryNext", "u
 
 API_VERSION = "scheduling.alibabacloud.com/v1alpha1"
 KIND = "ResourcePolicy"
+#: ``TimeoutOrExceedMax`` without a ``timeout`` waits this long, as ACK does.
+DEFAULT_TIMEOUT_S = 15 * 60.0
 
 
 # ------------------------------------------------------------------------ the manifest
@@ -86,16 +88,16 @@ def units_from_manifest(manifest: Mapping[str, Any], source: str = "ResourcePoli
         problems.append(f"apiVersion: expected {API_VERSION}, got {model.apiVersion}")
     if model.kind != KIND:
         problems.append(f"kind: expected {KIND}, got {model.kind}")
-    timeout_s = 0.0
     when = model.spec.whenTryNextUnits
-    if when.policy == "TimeoutOrExceedMax":
-        if when.timeout is None:
-            problems.append("spec.whenTryNextUnits.timeout: required with policy TimeoutOrExceedMax")
+    timeout_s = DEFAULT_TIMEOUT_S if when.policy == "TimeoutOrExceedMax" else 0.0
+    if when.timeout is not None:
+        try:
+            timeout = parse_duration(when.timeout, unit_required=True)
+        except ValueError as exc:
+            problems.append(f"spec.whenTryNextUnits.timeout: {exc}")
         else:
-            try:
-                timeout_s = parse_duration(when.timeout, unit_required=True)
-            except ValueError as exc:
-                problems.append(f"spec.whenTryNextUnits.timeout: {exc}")
+            if when.policy == "TimeoutOrExceedMax":
+                timeout_s = timeout
     counts: dict[str, int] = {}
     for spec in model.spec.units:
         counts[spec.resource] = counts.get(spec.resource, 0) + 1
@@ -159,44 +161,45 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_duration(value: str | int | float, *, unit_required: bool = False) -> float:
-    """``30s``, ``5m``, ``1h30m``, ``250ms``, or a number of seconds unless ``unit_required``.
-
-    Kubernetes durations (a ResourcePolicy's ``timeout``) always carry their unit: ``'60'`` could mean
-    seconds or minutes, so there it is refused rather than guessed.
-    """
-    example = "(e.g. 30s, 5m, 1h30m)"
+    """``30s``, ``5m``, ``1h30m``, ``250ms``, or (unless ``unit_required``) a number of seconds."""
     shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-    if isinstance(value, bool):
-        raise ValueError(f"{shown} is not a duration {example}")
-    if isinstance(value, (int, float)) or (unit_required and str(value).strip().replace(".", "", 1).isdigit()):
+    malformed = f"{shown} is not a duration (e.g. 30s, 5m, 1h30m)"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(malformed)
+    if isinstance(value, (int, float)):
         if unit_required:
-            raise ValueError(f"{shown} has no unit; a duration carries its unit {example}")
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{shown} is not a duration {example}")
-        if value < 0:
-            raise ValueError(f"{shown} must not be negative")
+            raise ValueError(f"{shown} has no unit (e.g. 60s, 15m)")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{shown} must be a finite, non-negative number of seconds")
         return float(value)
-    text = str(value).strip()
+    text = value.strip()
     total, number = 0.0, ""
     i = 0
     while i < len(text):
         ch = text[i]
-        if ch.isdigit() or ch == ".":
+        if ch in "0123456789.":
             number += ch
             i += 1
             continue
         unit = "ms" if text.startswith("ms", i) else ch
-        if unit not in _DURATION_UNITS or not number or number.count(".") > 1:
-            raise ValueError(f"{shown} is not a duration {example}")
+        if unit not in _DURATION_UNITS or not _is_number(number):
+            raise ValueError(malformed)
         total += float(number) * _DURATION_UNITS[unit]
         number = ""
         i += len(unit)
     if number:
-        if total or unit_required or number.count(".") > 1:
-            raise ValueError(f"{shown} is not a duration {example}")
+        if total or not _is_number(number):
+            raise ValueError(malformed)
+        if unit_required:
+            raise ValueError(f"{shown} has no unit (e.g. 60s, 15m)")
         total = float(number)
     elif not text:
-        raise ValueError(f"{shown} is not a duration {example}")
+        raise ValueError(malformed)
     if not math.isfinite(total):
         raise ValueError(f"{shown} is longer than any duration can be")
     return total
+
+
+def _is_number(text: str) -> bool:
+    """Digits with at most one decimal point, and at least one digit."""
+    return text.count(".") <= 1 and text.strip(".") != ""

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from rayqueue.quota.quantity import NO_LIMIT, SLOTS, Demand, ManifestError, Resources, describe
 
 UnitKind = Literal["ecs", "acs", "eci", "default"]
-WhenTryNext = Literal["LackResourceOrExceedMax", "ExceedMax", "TimeoutOrExceedMax"]
+WhenTryNext = Literal["LackResourceOrExceedMax", "ExceedMax", "TimeoutOrExceedMax", "LackResourceAndNoTerminating"]
 
 
 class ResourcePolicyError(ManifestError):
@@ -34,6 +34,9 @@ class Unit:
     pod_labels: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     pods: int = 0
+    # Pods of the jobs placed here that were asked to stop and are not yet confirmed gone (the engine's
+    # Preempting jobs): ``LackResourceAndNoTerminating`` waits for them instead of trying the next unit.
+    terminating_pods: int = 0
     # Usage and capacity by resource slot (see ``quantity.ResourceSlots``), always the same length.
     used: list[int] = field(default_factory=list, init=False)
     capacity_by_slot: list[int] = field(default_factory=list, init=False)

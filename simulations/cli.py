@@ -43,7 +43,7 @@ def simulate(
     from rayqueue.scheduler.extras import MissingExtra, ensure_extra
     from rayqueue.scheduler.resourcepolicy import ResourcePolicyError
     from rayqueue.simulations.config import ConfigError, TraceRef
-    from rayqueue.simulations.simulator import SimulationError
+    from rayqueue.simulations.driver import SimulationError
     from rayqueue.simulations.trace import TraceError
 
     console = Console(stderr=True)

@@ -61,7 +61,9 @@ def worlds(draw: st.DrawFn, one_gpu_jobs: bool = False) -> World:
     if one_gpu_jobs:
         units = Units([Unit("ecs", "ecs", capacity={GPU: total * MILLI})])
     else:
-        policy = draw(st.sampled_from(["LackResourceOrExceedMax", "ExceedMax", "TimeoutOrExceedMax"]))
+        policy = draw(
+            st.sampled_from(["LackResourceOrExceedMax", "ExceedMax", "TimeoutOrExceedMax", "LackResourceAndNoTerminating"])
+        )
         units = Units(
             [
                 Unit("ecs", "ecs", capacity={GPU: total * MILLI, CPU: draw(st.integers(4, 64)) * MILLI}),
@@ -88,6 +90,8 @@ def check_invariants(e: Engine) -> None:
         if u.max_pods is not None:
             assert u.pods <= u.max_pods, f"unit {u.name} above max pods"
         assert u.pods == sum(w.pods for w in admitted if w.unit == u.name)
+        terminating = sum(w.pods for w in admitted if w.unit == u.name and w.state == WorkloadState.PREEMPTING)
+        assert u.terminating_pods == terminating, f"unit {u.name} terminating pods drifted"
 
 
 job_specs = st.lists(
