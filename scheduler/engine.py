@@ -135,6 +135,8 @@ class Engine:
         self._borrow_counted: dict[str, Resources] = {}
         # uid -> how many of its admissions this cycle were withdrawn: schedule() drops those Admits.
         self._withdrawn: dict[str, int] = {}
+        # preemptor uid -> victims restored as being preempted for it before it was submitted again
+        self._restored_waits: dict[str, set[str]] = {}
         self._sync_queues()
 
     # ================================================================ events from a front end
@@ -157,6 +159,9 @@ class Engine:
             w.reason = never
             return Reject(w, never)
         w.reason = Reason(ReasonCode.QUEUED, "waiting for the next admission cycle")
+        if self._restored_waits:
+            # Victims restored as being preempted for this job: it waits for them, choosing no others.
+            w.waiting_for = self._restored_waits.pop(w.uid, set())
         self.workloads[w.uid] = w
         q = self.queues[w.queue]
         q.add(w)
@@ -209,8 +214,22 @@ class Engine:
             self._offer(q)
         return w
 
-    def restore(self, w: Workload, unit: str | None, admitted_at: float) -> None:
-        """Count a job that already runs (rebuilding after a restart); no checks, nothing twice."""
+    def restore(
+        self,
+        w: Workload,
+        unit: str | None,
+        admitted_at: float,
+        preempted_by: str | None = None,
+        preempting: bool | None = None,
+        reason: Reason | None = None,
+    ) -> None:
+        """Count a job that already runs (rebuilding after a restart); no checks, nothing twice.
+
+        ``preempted_by`` restores a job that was being preempted for that job (``preempting=True``
+        without it: being stopped for a job no longer known): its quota stays held until ``suspended``,
+        it is no candidate for another preemption, and the job it was preempted for waits for it
+        instead of choosing a second victim. The decision is not made, nor counted, again. ``reason``:
+        the reason it was given then (``Reclaimed`` or ``PreemptedByPriority``), if the front end kept it."""
         if w.uid in self.workloads:
             raise DuplicateJob(f"job {w.uid!r} is already known to the engine")
         if w.queue not in self.tree.leaves:
@@ -219,15 +238,34 @@ class Engine:
         w.demand = Demand(w.request)
         unit_name = unit if unit in self.units.by_name else self.units.units[0].name
         w.seq = next(self._seq)
-        w.state = WorkloadState.ADMITTED
         w.unit = unit_name
         w.admitted_at = admitted_at
-        w.reason = Reason(ReasonCode.ADMITTED, f"running on unit {unit_name} (restored)")
+        if preempting is None:
+            preempting = preempted_by is not None
+        if preempting:
+            w.state = WorkloadState.PREEMPTING
+            w.preempted_by = preempted_by or None
+            w.reason = reason or Reason(
+                ReasonCode.RECLAIMED,
+                f"being preempted{f' for {preempted_by}' if preempted_by else ''} (restored); "
+                f"its quota is held until it has stopped",
+            )
+            if preempted_by:
+                preemptor = self.workloads.get(preempted_by)
+                if preemptor is not None:
+                    preemptor.waiting_for = preemptor.waiting_for | {w.uid}
+                else:  # restored before the job it was preempted for: handed over on submit
+                    self._restored_waits.setdefault(preempted_by, set()).add(w.uid)
+        else:
+            w.state = WorkloadState.ADMITTED
+            w.reason = Reason(ReasonCode.ADMITTED, f"running on unit {unit_name} (restored)")
         self.workloads[w.uid] = w
         leaf = self.tree.leaves[w.queue]
         self.queues[w.queue].start(w)
         self.tree.admit(leaf, w.demand)
         self._note_borrowing(leaf)
+        if leaf.name in self._borrowing:
+            self._borrow_admissions += 1
         self.units.by_name[unit_name].take(w.demand, w.pods)
 
     # ================================================================ the admission cycle

@@ -258,3 +258,41 @@ def test_the_preempted_job_requeues_and_runs_once_room_is_back() -> None:
     assert admitted(e.schedule()) == ["high"]
     e.finish("high")
     assert admitted(e.schedule()) == ["low"]
+
+
+# ---------------------------------------------------------------- a preemption is decided once
+
+
+def test_a_victim_restored_as_being_preempted_is_not_chosen_again_nor_another_one() -> None:
+    def world() -> Engine:
+        return engine(cohort(policy="Never"))
+
+    # Before the restart: b's guaranteed job reclaimed a2 (the newest of a's two borrowing jobs).
+    e = world()
+    running(e, job("a1", "c1", 4), job("a2", "c1", 4), job("a3", "c1", 4))
+    assert arrive(e, job("b-in", "c2", 4)) == ["a3"]
+    # After the restart: the same jobs rebuilt, a3 restored as being preempted for b-in, then b-in queued.
+    r = world()
+    for uid in ("a1", "a2"):
+        r.restore(job(uid, "c1", 4), None, 1.0)
+    r.restore(job("a3", "c1", 4), None, 2.0, preempted_by="b-in")
+    assert r.workloads["a3"].state == WorkloadState.PREEMPTING
+    assert r.submit(job("b-in", "c2", 4, at=3.0)) is None
+    decisions = r.schedule()
+    assert preempted(decisions) == [] and admitted(decisions) == []  # no second victim, nothing decided again
+    assert r.explain("b-in").reason.code == ReasonCode.WAITING_FOR_RECLAIM  # type: ignore[union-attr]
+    assert r.stats.preempted == 0
+    r.suspended("a3")
+    assert admitted(r.schedule()) == ["b-in"]
+    assert r.workloads["a3"].state == WorkloadState.PENDING and r.workloads["a3"].preemptions == 1
+
+
+def test_a_victim_restored_after_its_preemptor_is_waited_for_too() -> None:
+    e = engine(cohort(policy="Never"))
+    e.submit(job("b-in", "c2", 4, at=3.0))
+    e.restore(job("a1", "c1", 4), None, 1.0)
+    e.restore(job("a2", "c1", 4), None, 1.0)
+    e.restore(job("a3", "c1", 4), None, 2.0, preempted_by="b-in")
+    assert preempted(e.schedule()) == []
+    e.suspended("a3")
+    assert admitted(e.schedule()) == ["b-in"]
