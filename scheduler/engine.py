@@ -560,8 +560,12 @@ class Engine:
             inner = outcome.reason
             outcome.reason = Reason(ReasonCode.WAITING_FOR_RECLAIM, lambda: f"waiting for {waiting} to stop; then {inner}")
             return []
-        own = q.preemption == "LowerPriority"
-        if not own and not self.config.reclaim:
+        # Cheap checks first: most jobs that wait have nothing they could preempt.
+        order = q.victim_order
+        own = q.preemption == "LowerPriority" and bool(order) and order[0][0] < w.priority
+        if not own and not (
+            self.config.reclaim and self.tree.within_guarantee(leaf, w.demand) and self._reclaim_could_help(w, outcome)
+        ):
             return []
         # A plan that failed can only succeed once new borrowed work exists or the shortfall shrank: a
         # job admitted meanwhile in the preemptor's own queue, taken back, leaves the state that failed.
