@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from rayqueue.queue.queues import LeafQueue, PreemptionPolicy, QueueingStrategy, VictimKey
+from rayqueue.queue.queues import LeafQueue, PreemptionPolicy, QueueingStrategy
 from rayqueue.queue.workload import Reason, ReasonCode, Workload, WorkloadState
 from rayqueue.quota.quantity import MAX_JOBS, MILLI, NO_LIMIT, SLOTS, Demand, Resources, describe, format_quantity
 from rayqueue.quota.tree import (
@@ -45,7 +45,7 @@ ROUNDS = 3
 @dataclass(slots=True)
 class EngineConfig:
     default_queueing: QueueingStrategy = "BestEffortFIFO"
-    default_preemption: PreemptionPolicy = "Never"
+    default_preemption: PreemptionPolicy = "LowerPriority"
     reclaim: bool = True
     # A job that is woken and still does not fit waits base * 2**(k-1) (capped) before it is tried
     # again; the first wake after it parks is never delayed.
@@ -128,13 +128,15 @@ class Engine:
         self._borrow_admissions = 0  # admissions into borrowing leaves: new work a reclaim could take
         self._victim_leaves: set[str] = set()
         self._victim_leaf_count: dict[str, int] = {}
-        self._reclaimable: dict[str, Resources] = {}  # per node: what its borrowing leaves borrow in all
+        self._reclaimable: dict[str, Resources] = {}  # per node: what its borrowing leaves use in all
         # Leaves whose borrowing changed since ``_reclaimable`` last took it in, and what it took in: the
         # sums are brought up to date only when a reclaim asks (admissions and releases far outnumber it).
         self._borrow_changed: set[str] = set()
         self._borrow_counted: dict[str, Resources] = {}
         # uid -> how many of its admissions this cycle were withdrawn: schedule() drops those Admits.
         self._withdrawn: dict[str, int] = {}
+        # preemptor uid -> victims restored as being preempted for it before it was submitted again
+        self._restored_waits: dict[str, set[str]] = {}
         self._sync_queues()
 
     # ================================================================ events from a front end
@@ -157,6 +159,9 @@ class Engine:
             w.reason = never
             return Reject(w, never)
         w.reason = Reason(ReasonCode.QUEUED, "waiting for the next admission cycle")
+        if self._restored_waits:
+            # Victims restored as being preempted for this job: it waits for them, choosing no others.
+            w.waiting_for = self._restored_waits.pop(w.uid, set())
         self.workloads[w.uid] = w
         q = self.queues[w.queue]
         q.add(w)
@@ -209,8 +214,22 @@ class Engine:
             self._offer(q)
         return w
 
-    def restore(self, w: Workload, unit: str | None, admitted_at: float) -> None:
-        """Count a job that already runs (rebuilding after a restart); no checks, nothing twice."""
+    def restore(
+        self,
+        w: Workload,
+        unit: str | None,
+        admitted_at: float,
+        preempted_by: str | None = None,
+        preempting: bool | None = None,
+        reason: Reason | None = None,
+    ) -> None:
+        """Count a job that already runs (rebuilding after a restart); no checks, nothing twice.
+
+        ``preempted_by`` restores a job that was being preempted for that job (``preempting=True``
+        without it: being stopped for a job no longer known): its quota stays held until ``suspended``,
+        it is no candidate for another preemption, and the job it was preempted for waits for it
+        instead of choosing a second victim. The decision is not made, nor counted, again. ``reason``:
+        the reason it was given then (``Reclaimed`` or ``PreemptedByPriority``), if the front end kept it."""
         if w.uid in self.workloads:
             raise DuplicateJob(f"job {w.uid!r} is already known to the engine")
         if w.queue not in self.tree.leaves:
@@ -219,16 +238,37 @@ class Engine:
         w.demand = Demand(w.request)
         unit_name = unit if unit in self.units.by_name else self.units.units[0].name
         w.seq = next(self._seq)
-        w.state = WorkloadState.ADMITTED
         w.unit = unit_name
         w.admitted_at = admitted_at
-        w.reason = Reason(ReasonCode.ADMITTED, f"running on unit {unit_name} (restored)")
+        if preempting is None:
+            preempting = preempted_by is not None
+        if preempting:
+            w.state = WorkloadState.PREEMPTING
+            w.preempted_by = preempted_by or None
+            w.reason = reason or Reason(
+                ReasonCode.RECLAIMED,
+                f"being preempted{f' for {preempted_by}' if preempted_by else ''} (restored); "
+                f"its quota is held until it has stopped",
+            )
+            if preempted_by:
+                preemptor = self.workloads.get(preempted_by)
+                if preemptor is not None:
+                    preemptor.waiting_for = preemptor.waiting_for | {w.uid}
+                else:  # restored before the job it was preempted for: handed over on submit
+                    self._restored_waits.setdefault(preempted_by, set()).add(w.uid)
+        else:
+            w.state = WorkloadState.ADMITTED
+            w.reason = Reason(ReasonCode.ADMITTED, f"running on unit {unit_name} (restored)")
         self.workloads[w.uid] = w
         leaf = self.tree.leaves[w.queue]
         self.queues[w.queue].start(w)
         self.tree.admit(leaf, w.demand)
         self._note_borrowing(leaf)
+        if leaf.name in self._borrowing:
+            self._borrow_admissions += 1
         self.units.by_name[unit_name].take(w.demand, w.pods)
+        if preempting:  # its pods are still stopping: LackResourceAndNoTerminating waits for them
+            self.units.by_name[unit_name].terminating_pods += w.pods
 
     # ================================================================ the admission cycle
 
@@ -379,6 +419,7 @@ class Engine:
         self._borrowing, self._leaf_borrowed, self._reclaimable = set(), {}, {}
         self._borrow_changed, self._borrow_counted = set(), {}
         self._victim_leaves, self._victim_leaf_count = set(), {}
+        self._borrow_admissions += 1  # new mins: a reclaim that failed before may succeed now
         for leaf in tree.leaves.values():
             self._note_borrowing(leaf)
         self._wake_all()
@@ -520,6 +561,9 @@ class Engine:
     # ================================================================ internals: preemption
 
     def _plan_preemption(self, w: Workload, q: LeafQueue, leaf: QuotaNode, now: float, outcome: _Outcome) -> list[Preempt]:
+        """Kueue's classical preemption: victims in the job's own queue (lower priority, where the leaf's
+        ``preemptionPolicy`` allows it), then borrowed work elsewhere if the job then fits within its
+        own guarantee; taken one at a time until the job fits, then the ones not needed are given back."""
         if w.waiting_for and any(
             (v := self.workloads.get(uid)) is not None and v.state == WorkloadState.PREEMPTING for uid in w.waiting_for
         ):
@@ -527,33 +571,109 @@ class Engine:
             inner = outcome.reason
             outcome.reason = Reason(ReasonCode.WAITING_FOR_RECLAIM, lambda: f"waiting for {waiting} to stop; then {inner}")
             return []
-        if self.config.reclaim and self.tree.within_guarantee(leaf, w.demand) and self._reclaim_could_help(w, outcome):
-            # A reclaim that failed can only succeed once new borrowed work exists or the shortfall shrank.
-            shortfall = self._shortfall(w, outcome)
-            memo = w.reclaim_memo
-            if memo is None or memo[0] != self._borrow_admissions or shortfall < memo[1]:
-                victims = self._choose_victims(w, leaf, now, self._reclaim_candidates(leaf, outcome))
-                if victims:
-                    w.reclaim_memo = None
-                    return self._preempt(w, victims, outcome, ReasonCode.RECLAIMED, leaf)
-                w.reclaim_memo = (self._borrow_admissions, shortfall)
-        if q.preemption == "LowerPriority":
-            candidates = itertools.takewhile(lambda v: v.priority < w.priority, q.victims())
-            victims = self._choose_victims(w, leaf, now, candidates)
-            if victims:
-                return self._preempt(w, victims, outcome, ReasonCode.PREEMPTED_BY_PRIORITY, leaf)
-        return []
+        # Cheap checks first: most jobs that wait have nothing they could preempt.
+        order = q.victim_order
+        own = q.preemption == "LowerPriority" and bool(order) and order[0][0] < w.priority
+        if not own and not (
+            self.config.reclaim and self.tree.within_guarantee(leaf, w.demand) and self._reclaim_could_help(w, outcome)
+        ):
+            return []
+        # A plan that failed can only succeed once new borrowed work exists or the shortfall shrank: a
+        # job admitted meanwhile in the preemptor's own queue, taken back, leaves the state that failed.
+        shortfall = self._shortfall(w, outcome)
+        memo = w.reclaim_memo
+        if memo is not None and memo[0] == self._borrow_admissions and shortfall >= memo[1]:
+            return []
+        victims, reclaimed = self._choose_victims(w, q, leaf, now, outcome, own)
+        if not victims:
+            w.reclaim_memo = (self._borrow_admissions, shortfall)
+            return []
+        w.reclaim_memo = None
+        return self._preempt(w, victims, reclaimed, outcome, leaf)
 
-    def _reclaim_candidates(self, leaf: QuotaNode, outcome: _Outcome) -> Iterator[Workload]:
-        """Borrowed work elsewhere that could unblock ``leaf``: nearest in the tree first, then lowest
-        priority, then newest. Generated level by level (siblings, then cousins, ...), so a reclaim that
-        succeeds among siblings never looks at the rest of the tree."""
+    def _fits_now(self, w: Workload, leaf: QuotaNode, now: float) -> bool:
+        return isinstance(self._try_admit(w, leaf, now), Unit)
+
+    def _choose_victims(
+        self, w: Workload, q: LeafQueue, leaf: QuotaNode, now: float, outcome: _Outcome, own: bool
+    ) -> tuple[list[Workload], list[bool]]:
+        """A minimal set of victims whose removal lets ``w`` fit, and for each whether it is reclaimed
+        from another queue (else preempted by priority in ``w``'s own queue); empty if none does."""
+        removed: list[Workload] = []
+        keep: list[bool] = []  # per removed job: still taken out of the accounting
+        fits = False
+        try:
+            if own:
+                # The own queue is nearest: its lower-priority jobs, lowest priority and newest first.
+                admitted = q.admitted
+                for key in q.victim_order:
+                    if key[0] >= w.priority:
+                        break
+                    v = admitted[key[-1]]
+                    if v.state != WorkloadState.ADMITTED:
+                        continue
+                    self._unaccount(v)
+                    removed.append(v)
+                    keep.append(True)
+                    if self._fits_now(w, leaf, now):
+                        fits = True
+                        break
+            n_own = len(removed)
+            # Other queues' borrowed work only for a job that, its own queue's candidates taken, fits
+            # within its guarantee (Kueue: reclaim never lets the preemptor borrow at the same time).
+            if (
+                not fits
+                and self.config.reclaim
+                and self.tree.within_guarantee(leaf, w.demand)
+                and self._reclaim_could_help(w, outcome)
+            ):
+                for v in self._reclaim_candidates(w, leaf, outcome):
+                    self._unaccount(v)
+                    removed.append(v)
+                    keep.append(True)
+                    if self._fits_now(w, leaf, now):
+                        fits = True
+                        break
+            if not fits:
+                return [], []
+            # Give back every victim that is not needed, latest choice first (the last one is needed).
+            # While a reclaimed victim stays in the set, the job must still fit within its guarantee.
+            cross = len(removed) - n_own
+            for i in range(len(removed) - 2, -1, -1):
+                v = removed[i]
+                self._account(v)
+                left = cross - 1 if i >= n_own else cross
+                if self._fits_now(w, leaf, now) and (left == 0 or self.tree.within_guarantee(leaf, w.demand)):
+                    keep[i] = False
+                    cross = left
+                else:
+                    self._unaccount(v)
+            victims = [removed[i] for i in range(len(removed)) if keep[i]]
+            reclaimed = [i >= n_own for i in range(len(removed)) if keep[i]]
+            return victims, reclaimed
+        finally:
+            # Whatever is still taken out of the accounting goes back: this was only a simulation.
+            for i in range(len(removed)):
+                if keep[i]:
+                    self._account(removed[i])
+
+    def _reclaim_candidates(self, w: Workload, leaf: QuotaNode, outcome: _Outcome) -> Iterator[Workload]:
+        """Borrowed work in other queues, one at a time: nearest in the tree first (siblings, then
+        cousins, ...), then lowest priority, then (among equals) a job whose removal keeps its queue at
+        or above its min, then newest. A queue is a candidate only while it is still borrowing in a
+        resource the job is short of, checked again after each victim (the caller has taken it out of
+        the accounting by then), so its last victim may leave it below its min. Generated level by
+        level: a reclaim that succeeds among siblings never looks at the rest of the tree."""
+        needed = self._needed_slots(w, outcome)
+        if not needed:
+            return
         blocking_depths = [self.tree.nodes[key[1]].depth for key, _ in outcome.blockers if key[0] == "node"]
         blocking_units = {key[1] for key, _ in outcome.blockers if key[0] in ("unit", "pods")}
         order = self._leaf_order
         below = self._leaf_span[leaf.name]
         counts = self._victim_leaf_count
         lineage = leaf.lineage
+        leaves = self.tree.leaves
         for level in range(1, len(lineage)):
             ancestor = lineage[level]
             # A victim in this level frees quota on a blocking node only if that node is this ancestor or above.
@@ -567,109 +687,115 @@ class Engine:
             lo, hi = span
             names = [*order[lo : below[0]], *order[below[1] : hi]]
             below = span
-            # Each lane is in victim order: merge them lazily (the search usually needs the first few).
-            lanes: list[Iterator[VictimKey]] = []
-            heads: list[tuple[VictimKey, int]] = []
+            lanes: list[list[Workload]] = []
+            lane_nodes: list[QuotaNode] = []
             for name in names:
-                borrowed = self._leaf_borrowed.get(name)
-                if borrowed is None or name not in self._victim_leaves:
+                if name not in self._victim_leaves:
                     continue
-                lane = self._victim_lane(name, borrowed, frees_quota, blocking_units)
-                first = next(lane, None)
-                if first is not None:
-                    heads.append((first, len(lanes)))
-                    lanes.append(lane)
+                queue = self.queues[name]
+                admitted = queue.admitted
+                jobs: list[Workload] = []
+                for key in queue.victim_order:
+                    v = admitted[key[-1]]
+                    if (
+                        v.state == WorkloadState.ADMITTED
+                        and (frees_quota or v.unit in blocking_units)
+                        and _holds_any(v, needed)
+                    ):
+                        jobs.append(v)
+                if jobs:
+                    lanes.append(jobs)
+                    lane_nodes.append(leaves[name])
+            # One entry per queue under its best job; only the queue a victim came from changes.
+            heads: list[tuple[tuple[int, int, float, int, int], int]] = []
+            for i in range(len(lanes)):
+                best = _lane_best(lanes[i], lane_nodes[i], needed)
+                if best is not None:
+                    heads.append((best, i))
             heapq.heapify(heads)
             while heads:
-                key, i = heads[0]
-                yield self.workloads[key[-1]]
-                following = next(lanes[i], None)
-                if following is None:
-                    heapq.heappop(heads)
-                else:
-                    heapq.heapreplace(heads, (following, i))
+                best, i = heapq.heappop(heads)
+                jobs = lanes[i]
+                v = jobs.pop(best[4])
+                yield v
+                following = _lane_best(jobs, lane_nodes[i], needed) if jobs else None
+                if following is not None:
+                    heapq.heappush(heads, (following, i))
 
-    def _victim_lane(
-        self, name: str, borrowed: Resources, frees_quota: bool, blocking_units: set[str]
-    ) -> Iterator[VictimKey]:
-        """One leaf's jobs that it could lose without dropping below its min, in victim order (lazily:
-        the merge across leaves usually needs only the first few). Re-checked cumulatively when chosen."""
-        admitted = self.queues[name].admitted
+    def _needed_slots(self, w: Workload, outcome: _Outcome) -> list[int]:
+        """The guaranteed resources (by slot) the job is short of: over a ``max`` on its path or over a
+        unit's capacity; when it is short of none of them (a pod cap, ``max-jobs``), every guaranteed
+        resource it requests. A queue is reclaimed from only while it borrows one of these."""
         guaranteed = self.tree.guaranteed
-        for key in self.queues[name].victim_order:
-            v = admitted[key[-1]]
-            if (frees_quota or v.unit in blocking_units) and _takeable(v, borrowed, guaranteed):
-                yield key
-
-    def _choose_victims(self, w: Workload, leaf: QuotaNode, now: float, candidates: Iterable[Workload]) -> list[Workload]:
-        """A small set of candidates whose removal lets ``w`` fit; empty if none does."""
-        guaranteed = self.tree.guaranteed
-        removed: list[Workload] = []
-        fits = False
-        try:
-            for v in candidates:
-                v_leaf = self.tree.leaves[v.queue]
-                # Never push a victim's queue below its own guarantee.
-                if v_leaf is not leaf and any(
-                    v_leaf.used_of(r) - x < v_leaf.min.get(r, 0) for r, x in v.request.items() if r in guaranteed
-                ):
+        demand = w.demand
+        requested: list[int] = []
+        short: list[int] = []
+        blocked = {key[2] for key, _ in outcome.blockers if key[0] == "node"}
+        for k in range(len(demand.slots)):
+            i = demand.slots[k]
+            amount = demand.amounts[k]
+            name = SLOTS.names[i]
+            if amount <= 0 or name not in guaranteed:
+                continue
+            requested.append(i)
+            if name in blocked:
+                short.append(i)
+                continue
+            for unit in self.units.units:
+                if unit.capacity is None or i >= len(unit.capacity_by_slot):
                     continue
-                self._unaccount(v)
-                removed.append(v)
-                if isinstance(self._try_admit(w, leaf, now), Unit):
-                    fits = True
+                cap = unit.capacity_by_slot[i]
+                used = unit.used[i] if i < len(unit.used) else 0
+                if cap != NO_LIMIT and used + amount > cap:
+                    short.append(i)
                     break
-            if not fits:
-                return []
-            # Give back every victim that is not needed, newest choice first.
-            needed: list[Workload] = []
-            for v in reversed(removed[:-1]):
-                self._account(v)
-                if isinstance(self._try_admit(w, leaf, now), Unit):
-                    removed.remove(v)
-                else:
-                    self._unaccount(v)
-                    needed.append(v)
-            return [removed[-1], *reversed(needed)]
-        finally:
-            for v in removed:
-                self._account(v)
+        return short or requested
 
     def _preempt(
-        self, w: Workload, victims: list[Workload], outcome: _Outcome, code: ReasonCode, leaf: QuotaNode
+        self, w: Workload, victims: list[Workload], reclaimed: list[bool], outcome: _Outcome, leaf: QuotaNode
     ) -> list[Preempt]:
         decisions: list[Preempt] = []
         cycle = self.stats.cycles
-        fresh = [v for v in victims if v.admitted_cycle == cycle]
-        if fresh:
-            # Admitted in this cycle, so no front end has acted on it yet: take the admission back
-            # instead of starting the job only to stop it.
-            victims = [v for v in victims if v.admitted_cycle != cycle]
-            for v in fresh:
+        started: list[Workload] = []
+        for k in range(len(victims)):
+            v = victims[k]
+            code = ReasonCode.RECLAIMED if reclaimed[k] else ReasonCode.PREEMPTED_BY_PRIORITY
+            if v.admitted_cycle == cycle:
+                # Admitted in this cycle, so no front end has acted on it yet: take the admission back
+                # instead of starting the job only to stop it.
                 self._withdraw(v, w, code, leaf)
-            if not victims:
-                return decisions
-        for v in victims:
-            v.state = WorkloadState.PREEMPTING
-            self.units.by_name[v.unit or ""].terminating_pods += v.pods
-            v.preempted_by = w.uid
+                continue
+            v_leaf = self.tree.leaves[v.queue]
             if code == ReasonCode.RECLAIMED:
                 message = (
                     f"preempted to return {leaf.path} its guarantee for {w.display_name} "
-                    f"({self.tree.leaves[v.queue].path} is borrowing {describe(self.tree.borrowed(self.tree.leaves[v.queue]))})"
+                    f"({v_leaf.path} is borrowing {describe(self.tree.borrowed(v_leaf))})"
                 )
             else:
                 message = f"preempted by higher-priority {w.display_name} (priority {w.priority} > {v.priority}) in {leaf.path}"
             v.reason = Reason(code, message)
+            started.append(v)
+        if not started:
+            return decisions
+        for v in started:
+            v.state = WorkloadState.PREEMPTING
+            self.units.by_name[v.unit or ""].terminating_pods += v.pods
+            v.preempted_by = w.uid
+            assert v.reason is not None
             decisions.append(Preempt(v, v.reason, w.uid))
-        for v in victims:
+        for v in started:
             self._note_victims(self.tree.leaves[v.queue])
+        self._wait_for(w, started, outcome)
+        return decisions
+
+    def _wait_for(self, w: Workload, victims: list[Workload], outcome: _Outcome) -> None:
+        """``w`` waits for ``victims`` to stop; its reason says so."""
         w.waiting_for = {v.uid for v in victims}
-        wait_code = ReasonCode.WAITING_FOR_RECLAIM if code == ReasonCode.RECLAIMED else ReasonCode.WAITING_FOR_PREEMPTION
+        reclaim = any(v.reason is not None and v.reason.code == ReasonCode.RECLAIMED for v in victims)
+        wait_code = ReasonCode.WAITING_FOR_RECLAIM if reclaim else ReasonCode.WAITING_FOR_PREEMPTION
         names = ", ".join(v.display_name for v in victims)
         inner = outcome.reason
         outcome.reason = Reason(wait_code, lambda: f"preempting {names} to make room; {inner}")
-        return decisions
 
     def _withdraw(self, v: Workload, w: Workload, code: ReasonCode, leaf: QuotaNode) -> None:
         """Undo ``v``'s admission of this cycle: pending again, at its old place in its queue."""
@@ -856,31 +982,28 @@ class Engine:
         self._offer(self.queues[w.queue])
 
     def _note_borrowing(self, leaf: QuotaNode) -> None:
-        """Keep the set of borrowing leaves and, per node, how much its leaves borrow in all."""
+        """Keep the set of borrowing leaves and, per node, what its borrowing leaves use in all."""
         now = self.tree.borrowed(leaf)
         before = self._leaf_borrowed.get(leaf.name)
-        if before is None:
-            before = {}
-        if now == before:
-            self._note_victims(leaf)
-            return
-        self._borrow_changed.add(leaf.name)
-        if now:
-            self._borrowing.add(leaf.name)
-            self._leaf_borrowed[leaf.name] = now
-        else:
-            self._borrowing.discard(leaf.name)
-            self._leaf_borrowed.pop(leaf.name, None)
+        if now or before:
+            # Its usage changed: the most a reclaim could free there (counted lazily, see _count_borrowing).
+            self._borrow_changed.add(leaf.name)
+        if now != (before or {}):
+            if now:
+                self._borrowing.add(leaf.name)
+                self._leaf_borrowed[leaf.name] = now
+            else:
+                self._borrowing.discard(leaf.name)
+                self._leaf_borrowed.pop(leaf.name, None)
         self._note_victims(leaf)
 
     def _note_victims(self, leaf: QuotaNode) -> None:
-        """Keep, per node, how many leaves below it hold a job a reclaim could take whole."""
-        borrowed = self._leaf_borrowed.get(leaf.name)
+        """Keep, per node, how many leaves below it could lose a job to a reclaim: borrowing leaves
+        with a running job that is not already being preempted."""
         has = False
-        if borrowed:
-            guaranteed = self.tree.guaranteed
+        if leaf.name in self._borrowing:
             for v in self.queues[leaf.name].admitted.values():
-                if _takeable(v, borrowed, guaranteed):
+                if v.state == WorkloadState.ADMITTED:
                     has = True
                     break
         if has == (leaf.name in self._victim_leaves):
@@ -894,14 +1017,20 @@ class Engine:
             self._victim_leaf_count[node.name] = self._victim_leaf_count.get(node.name, 0) + delta
 
     def _count_borrowing(self) -> None:
-        """Bring the per-node borrowing sums up to date with the leaves that changed since."""
+        """Bring the per-node sums up to date with the leaves that changed since. A borrowing leaf may
+        lose everything it uses (its last victim may leave it below its min), so the sums are of usage."""
         reclaimable, counted = self._reclaimable, self._borrow_counted
         guaranteed = self.tree.guaranteed
         for name in self._borrow_changed:
             leaf = self.tree.leaves.get(name)
             if leaf is None:
                 continue
-            now = self._leaf_borrowed.get(name) or {}
+            now: Resources = {}
+            if name in self._borrowing:
+                for r in guaranteed:
+                    used = leaf.used_of(r)
+                    if used:
+                        now[r] = used
             before = counted.get(name) or {}
             for r in guaranteed:
                 delta = now.get(r, 0) - before.get(r, 0)
@@ -936,9 +1065,9 @@ class Engine:
         return best or 0
 
     def _reclaim_could_help(self, w: Workload, outcome: _Outcome) -> bool:
-        """False when no leaf holds a job a reclaim could take, or all the borrowing that a reclaim could
-        take back is less than the shortfall (both kept up to date, so this costs O(blockers) plus the
-        leaves whose borrowing changed since the last reclaim asked)."""
+        """False when no leaf holds a job a reclaim could take, or all that the borrowing leaves use (the
+        most a reclaim could free) is less than the shortfall (both kept up to date, so this costs
+        O(blockers) plus the leaves whose usage changed since the last reclaim asked)."""
         if not self._victim_leaf_count.get(self.tree.root.name, 0):
             return False
         if self._borrow_changed:
@@ -1097,18 +1226,49 @@ def _engine_request(request: Resources) -> Resources:
     return out
 
 
-def _takeable(v: Workload, borrowed: Resources, guaranteed: frozenset[str]) -> bool:
-    """A reclaim may take ``v`` whole: it is running, holds some guaranteed resource, and holds no
-    more of any than its leaf borrows."""
-    if v.state != WorkloadState.ADMITTED:
-        return False
-    holds = False
-    for r, x in v.request.items():
-        if r in guaranteed and x:
-            if x > borrowed.get(r, 0):
-                return False
-            holds = True
-    return holds
+def _holds_any(v: Workload, slots: list[int]) -> bool:
+    """``v`` holds some of one of these resource slots."""
+    demand = v.demand
+    for k in range(len(demand.slots)):
+        if demand.amounts[k] > 0 and demand.slots[k] in slots:
+            return True
+    return False
+
+
+def _borrowing_in(node: QuotaNode, slots: list[int]) -> bool:
+    """The node uses more than its min of one of these resource slots."""
+    used, mins = node.used, node.min_by_slot
+    for i in slots:
+        if i < len(used) and used[i] > mins[i]:
+            return True
+    return False
+
+
+def _keeps_min(v: Workload, node: QuotaNode) -> bool:
+    """Taking ``v`` leaves its leaf at or above its min on every guaranteed resource."""
+    demand, used, guarantee = v.demand, node.used, node.guarantee_by_slot
+    for k in range(len(demand.slots)):
+        i = demand.slots[k]
+        if i < len(used) and guarantee[i] != NO_LIMIT and used[i] - demand.amounts[k] < guarantee[i]:
+            return False
+    return True
+
+
+def _lane_best(jobs: list[Workload], node: QuotaNode, needed: list[int]) -> tuple[int, int, float, int, int] | None:
+    """The job a reclaim takes next from one queue (``jobs`` in victim order), as its rank across
+    queues (priority, 0 if taking it keeps the queue at or above its min, newest first) and its index;
+    None when the queue no longer borrows a resource the preemptor is short of."""
+    if not jobs or not _borrowing_in(node, needed):
+        return None
+    priority = jobs[0].priority
+    for idx in range(len(jobs)):
+        v = jobs[idx]
+        if v.priority != priority:
+            break
+        if _keeps_min(v, node):
+            return (priority, 0, -(v.admitted_at or 0.0), -v.seq, idx)
+    v = jobs[0]
+    return (priority, 1, -(v.admitted_at or 0.0), -v.seq, 0)
 
 
 def _violation_message(node: QuotaNode, r: str, used: int, requested: int) -> Callable[[], str]:

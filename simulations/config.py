@@ -163,7 +163,7 @@ class EngineOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     queueing: Literal["BestEffortFIFO", "StrictFIFO"] = "BestEffortFIFO"
-    preemption: Literal["Never", "LowerPriority"] = "Never"
+    preemption: Literal["Never", "LowerPriority"] = "LowerPriority"
     reclaim: bool = True
     priorityClasses: dict[str, int] = Field(default_factory=dict)
     defaultPriority: int = 0

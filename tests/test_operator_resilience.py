@@ -175,3 +175,34 @@ async def test_rayjob_outside_managed_namespaces_is_left_alone() -> None:
         assert env.server.obj(RAYJOBS, "elsewhere", "held")["spec"]["suspend"] is True
         assert env.admission("elsewhere", "free") is None
         assert not env.events("held")
+
+
+async def test_a_preemption_in_progress_at_a_restart_is_resumed_not_decided_again() -> None:
+    # The operator dies after its suspend patch (with the preemption annotation) landed but before
+    # KubeRay reported the victim Suspended: the new instance waits for that victim, picks no other,
+    # posts no second event and counts nothing again.
+    async with environment(runtime=30) as env:
+        await env.create(TREES, tree_manifest({"team-a": ("2", "2")}, root_min="2", root_max="2"))
+        op1 = await env.start_operator(identity="op-1")
+        await env.create_job(rayjob("victim", "team-a", priority="1"))
+        await eventually(lambda: env.phase("team-a", "victim") == "Running", what="victim running")
+        env.kuberay.paused = True  # KubeRay will not confirm the suspension for now
+        await env.create_job(rayjob("vip", "team-a", priority="100"))
+        await eventually(lambda: env.events("victim", "Preempted"), what="victim preempted")
+        assert not env.running("team-a", "victim") and env.phase("team-a", "victim") == "Running"
+        await op1.kill()
+
+        op2 = await env.start_operator(identity="op-2")
+        engine = await eventually(lambda: op2.controller.engine, what="op-2 rebuilt its engine")
+        await eventually(lambda: "team-a/vip" in {w.name for w in engine.workloads.values()}
+                         and op2.controller.cycles >= 2, what="op-2 ran cycles with vip queued")
+        victim = next(w for w in engine.workloads.values() if w.name == "team-a/victim")
+        assert victim.state == "Preempting"  # resumed as it was, for vip
+        assert not env.running("team-a", "vip")  # its quota is still held by the stopping victim
+        env.kuberay.paused = False
+        await eventually(lambda: env.running("team-a", "vip"), what="vip admitted by op-2")
+        assert env.admission("team-a", "vip")["by"] == "op-2"
+        assert len(env.events("victim", "Preempted")) == 1  # decided once
+        preempts = op2.controller.metrics.registry.get_sample_value(
+            "rayqueue_operator_decisions_total", {"kind": "preempt", "queue": "team-a"})
+        assert not preempts  # and not counted again by the new instance

@@ -353,3 +353,35 @@ async def test_admitted_but_not_yet_released_job_is_submitted_once_after_a_crash
     assert row is not None
     again = submission_for(h2.svc._request(row), one, job_id=one, queue="team-a", unit="default")
     assert ray.submit(again) is False
+
+
+async def test_a_preemption_in_progress_at_a_crash_is_resumed_not_decided_again(
+    harness: Any, ray_cluster: LocalRayCluster, tmp_path: Path
+) -> None:
+    """Killed after committing ``Preempting`` but before Ray stopped the victim: the restart resumes that
+    preemption (one event, one count, no second victim)."""
+    db = f"sqlite:///{tmp_path}/preempt-crash.db"
+    h = await harness(TWO_TEAMS, db=db)
+    a1 = h.submit("a1")
+    a2 = h.submit("a2")  # team-a borrows team-b's idle guarantee
+    await h.until_state(a1, st.RUNNING)
+    await h.until_state(a2, st.RUNNING)
+
+    async def crashed_before_asking_ray(job_id: str, sid: str) -> None:
+        return None
+
+    h.svc._stop_in_ray = crashed_before_asking_ray  # type: ignore[method-assign]
+    b1 = h.submit("b1", namespace="team-b")  # within team-b's guarantee: a2 is reclaimed
+    assert h.state(a2) == st.PREEMPTING
+    await h.svc.stop()  # the service dies here; Ray still runs the victim
+    assert h.svc.ray.status(a2).status == "RUNNING"  # type: ignore[union-attr]
+
+    h2 = await harness(TWO_TEAMS, db=db)
+    await h2.until_state(b1, st.RUNNING)
+    row = h2.svc.store.get(a2)
+    assert row is not None and row.state == st.PENDING and row.preemptions == 1
+    assert h2.svc.ray.status(a2).status == "STOPPED"
+    assert h2.events(a2).count("Preempting") == 1  # decided once
+    assert "Preempting" not in h2.events(a1) and h2.state(a1) == st.RUNNING  # no second victim
+    metrics = (await h2.http.get("/metrics")).text
+    assert 'rayqueue_preemptions_total{queue="team-a",reason="Reclaimed"} 1.0' in metrics

@@ -643,3 +643,22 @@ async def test_status_shows_ray_memory_readably_and_the_api_keeps_it_exact(tmp_p
 )
 def test_table_quantities_are_approximate_for_bytes_only(milli: int, resource: str, shown: str) -> None:
     assert display_quantity(milli, resource) == shown
+
+
+def test_a_store_written_before_the_preemption_columns_opens_and_keeps_its_jobs(tmp_path: Path) -> None:
+    import sqlite3
+
+    from rayqueue.scheduler.service.store import JobRecord, Store
+
+    url = f"sqlite:///{tmp_path}/old.db"
+    old = Store(url)
+    old.add_jobs([JobRecord(id="j1", name="j1", queue="team-a")])
+    old.close()
+    with sqlite3.connect(tmp_path / "old.db") as conn:  # as an older version wrote it
+        conn.execute("ALTER TABLE jobs DROP COLUMN preempted_by")
+        conn.execute("ALTER TABLE events DROP COLUMN reason_code")
+    store = Store(url)
+    row = store.transition("j1", "Preempting", "for j2", state="Preempting", preempted_by="j2", reason_code="Reclaimed")
+    assert row.preempted_by == "j2" and store.get("j1").name == "j1"  # type: ignore[union-attr]
+    assert store.event_counts("Preempting") == {("team-a", "Reclaimed"): 1}
+    store.close()

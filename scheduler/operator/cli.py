@@ -39,8 +39,8 @@ def operator(
     = None,
     queueing: Annotated[str, typer.Option(help="default queueing strategy: BestEffortFIFO or StrictFIFO")]
     = "BestEffortFIFO",
-    preemption: Annotated[str, typer.Option(help="default preemption policy: Never or LowerPriority")]
-    = "Never",
+    preemption: Annotated[str, typer.Option(help="default preemption policy: LowerPriority or Never")]
+    = "LowerPriority",
     reclaim: Annotated[bool, typer.Option(help="preempt borrowed work to give queues their min back")] = True,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
 ) -> None:

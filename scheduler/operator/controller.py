@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rayqueue.queue.priority import PriorityClasses
-from rayqueue.queue.workload import WorkloadState
+from rayqueue.queue.workload import Reason, ReasonCode, WorkloadState
 from rayqueue.quota.quantity import MAX_JOBS, Resources, format_quantity, parse_resources
 from rayqueue.quota.tree import QuotaTree, QuotaTreeError
 from rayqueue.scheduler.decisions import Admit, Decision, Preempt, Reject
@@ -51,6 +51,7 @@ from rayqueue.scheduler.operator.rayjobs import (
     job_uid,
     observe,
     preempt_patch,
+    preemption_record,
     workload_for,
 )
 from rayqueue.scheduler.resourcepolicy import ResourcePolicyError, Units, units_from_manifest
@@ -296,7 +297,18 @@ class Controller:
             except JobError as exc:
                 log.warning("cannot restore %s: %s", obs.name, exc.message)
                 return
-            engine.restore(job, obs.record.get("unit") if obs.record else None, record_epoch)
+            unit = obs.record.get("unit") if obs.record else None
+            preemption = preemption_record(body) if obs.state is JobState.STOPPING else None
+            if preemption is not None:
+                # We suspended it for another job and KubeRay has not confirmed yet: resume that
+                # preemption (its quota stays held for that job), never decide or count it again.
+                code = str(preemption.get("reason") or "")
+                reason = Reason(ReasonCode(code), "being preempted (restored)") \
+                    if code in ReasonCode.__members__.values() else None
+                engine.restore(job, unit, record_epoch, preempted_by=str(preemption.get("for") or "") or None,
+                               preempting=True, reason=reason)
+            else:
+                engine.restore(job, unit, record_epoch)
             self.announced.pop(uid, None)
             self._status_dirty = True
             return
@@ -592,7 +604,7 @@ class Controller:
         by = preemptor.display_name if preemptor is not None else d.preemptor
         message = f"{d.reason.message} (to make room for {by}); quota is held until the job is Suspended"
         try:
-            body = await self.client.patch(RAYJOBS, ns, name, preempt_patch(d.reason.code.value, message))
+            body = await self.client.patch(RAYJOBS, ns, name, preempt_patch(d.reason.code.value, message, d.preemptor))
         except NotFound:
             self._gone(w.uid)
             return

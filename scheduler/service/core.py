@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import yaml
 
 from rayqueue.queue.priority import PriorityClasses, UnknownPriorityClass
-from rayqueue.queue.workload import Workload, WorkloadState
+from rayqueue.queue.workload import Reason, ReasonCode, Workload, WorkloadState
 from rayqueue.quota.quantity import MAX_JOBS, Resources, describe
 from rayqueue.quota.tree import QuotaTree, QuotaTreeError
 from rayqueue.scheduler.decisions import Admit, Preempt, Reject
@@ -223,6 +223,9 @@ class Service:
             if self._tree_yaml is not None:
                 self.store.set_setting(TREE_SETTING, self._tree_yaml)
             await self._recover()
+            # Preemptions are counted from the history, so a restart neither forgets nor repeats one.
+            for (queue, reason), n in self.store.event_counts("Preempting").items():
+                self.metrics.preemptions.labels(queue=queue, reason=reason or "Unknown").inc(n)
             self._run_cycle()
         self._tasks = [
             asyncio.create_task(self._schedule_loop(), name="rayqueue-schedule"),
@@ -559,6 +562,7 @@ class Service:
             state=st.PREEMPTING,
             reason_code=d.reason.code.value,
             reason=d.reason.message,
+            preempted_by=d.preemptor,  # a restart resumes this preemption instead of deciding it again
         )
         self._preempting.add(w.uid)
         self.metrics.preemptions.labels(queue=w.queue, reason=d.reason.code.value).inc()
@@ -861,9 +865,20 @@ class Service:
                 self._active[row.id] = sid
                 self._finalize(row.id, status, logs)
                 continue
-            # Running (or pending) in Ray, or admitted but maybe never submitted: count it, as it was.
+            if status is None and row.state == st.PREEMPTING:
+                # Preempted before Ray ever had it: that preemption is complete, not to be decided again.
+                self._requeue_row(row, "Requeued", f"preempted before Ray started {sid}; back in the queue",
+                                  preempted=True)
+                continue
+            # Running (or pending) in Ray, or admitted but maybe never submitted: count it, as it was. A job
+            # being preempted stays so, for the job it was preempted for: one decision, one event, one count.
             w = self._workload(row)
-            self.engine.restore(w, row.unit, row.admitted_at or self.clock())
+            preempting = row.state == st.PREEMPTING
+            reason = None
+            if preempting and row.reason_code in ReasonCode.__members__.values():
+                reason = Reason(ReasonCode(row.reason_code), row.reason or "being preempted (restored)")
+            self.engine.restore(w, row.unit, row.admitted_at or self.clock(), preempted_by=row.preempted_by,
+                                preempting=preempting, reason=reason)
             # a transition, not a bare record: the history row then shows the job's state and unit
             self.store.transition(row.id, "Reattached", f"counted again on unit {row.unit} after a restart")
             if status is None:
@@ -907,6 +922,7 @@ class Service:
             admitted_at=None,
             running_at=None,
             preemptions=row.preemptions + (1 if preempted else 0),
+            preempted_by=None,
         )
 
     @staticmethod
