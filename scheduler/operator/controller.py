@@ -25,6 +25,7 @@ from rayqueue.queue.priority import PriorityClasses
 from rayqueue.queue.workload import WorkloadState
 from rayqueue.quota.quantity import MAX_JOBS, Resources, format_quantity, parse_resources
 from rayqueue.quota.tree import QuotaTree, QuotaTreeError
+from rayqueue.scheduler.capacity import NodeCapacity, apply_node_capacity
 from rayqueue.scheduler.decisions import Admit, Decision, Preempt, Reject
 from rayqueue.scheduler.engine import Engine, EngineConfig
 from rayqueue.scheduler.operator.kube import (
@@ -105,7 +106,6 @@ class Controller:
         self.tree_error: list[str] | None = None
         self.policy_body: dict[str, Any] | None = None
         self.nodes: dict[str, dict[str, Any]] = {}
-        self.capacities: dict[str, Resources | None] = {}
         self.rejected: dict[str, tuple[int, str]] = {}  # uid -> (generation, reason) not to resubmit
         self.released: dict[str, float] = {}  # uid -> admittedAtEpoch of the admission episode that ended
         self.announced: dict[str, str] = {}  # uid -> reason code last written for a pending job
@@ -382,7 +382,6 @@ class Controller:
             return
         tree = QuotaTree.from_dict(self.tree_body, source=self._ref(self.tree_body))
         self.engine = Engine(tree, self._units(), self.config.engine, clock=self.clock)
-        self.capacities = {}
         self._apply_capacities()
         self.released.clear()
         for body in sorted(self.jobs.values(), key=lambda b: (b["metadata"].get("creationTimestamp") or "",
@@ -399,28 +398,30 @@ class Controller:
         return Units.single(None)
 
     def _apply_capacities(self) -> None:
-        """Unit capacity = allocatable of the Ready, schedulable Nodes its selector matches."""
-        engine = self.engine
-        if engine is None:
+        """Every unit's capacity from the Ready, schedulable Nodes (``scheduler.capacity``'s rule), worked
+        out afresh from the Nodes each time: after a policy edit the units are new objects, and a figure
+        remembered from the old ones would leave them unbounded."""
+        if self.engine is None:
             return
-        for unit in engine.units.units:
-            if unit.resource in ("acs", "eci"):
-                continue  # elastic: bounded by the unit's max pods and the quota tree's max
-            nodes = [n for n in self.nodes.values() if _node_usable(n) and _matches(n, unit.node_selector)]
-            if not nodes:
-                continue  # keep the capacity the policy declares (or unbounded)
-            total: Resources = {}
-            for n in nodes:
-                alloc = (n.get("status") or {}).get("allocatable") or {}
-                try:
-                    res = parse_resources(alloc, field=f"Node {n['metadata']['name']} status.allocatable")
-                except ValueError:
-                    continue
-                for r, v in res.items():
-                    total[r] = total.get(r, 0) + v
-            if self.capacities.get(unit.name) != total:
-                self.capacities[unit.name] = total
-                engine.set_unit_capacity(unit.name, total)
+        apply_node_capacity(self.engine, self._node_capacities())
+
+    def _node_capacities(self) -> list[NodeCapacity] | None:
+        """The usable Nodes' allocatable; None when the API shows no Node at all (nothing is known)."""
+        if not self.nodes:
+            return None
+        out = []
+        for n in self.nodes.values():
+            if not _node_usable(n):
+                continue
+            meta = n.get("metadata") or {}
+            alloc = (n.get("status") or {}).get("allocatable") or {}
+            try:
+                res = parse_resources(alloc, field=f"Node {meta.get('name')} status.allocatable")
+            except ValueError as exc:
+                log.warning("ignoring a Node's capacity: %s", exc)
+                continue
+            out.append(NodeCapacity(str(meta.get("name")), dict(meta.get("labels") or {}), res))
+        return out
 
     def _set_priority_class(self, event_type: str, body: Mapping[str, Any]) -> None:
         name = body["metadata"]["name"]
@@ -874,11 +875,6 @@ def _node_usable(node: Mapping[str, Any]) -> bool:
         if c.get("type") == "Ready":
             return bool(c.get("status") == "True")
     return True  # no conditions reported (tests, fresh nodes): count it
-
-
-def _matches(node: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
-    labels = (node.get("metadata") or {}).get("labels") or {}
-    return all(labels.get(k) == v for k, v in selector.items())
 
 
 def dumps(obj: Any) -> str:

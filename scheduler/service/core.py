@@ -34,6 +34,7 @@ from rayqueue.queue.priority import PriorityClasses, UnknownPriorityClass
 from rayqueue.queue.workload import Workload, WorkloadState
 from rayqueue.quota.quantity import MAX_JOBS, Resources, describe
 from rayqueue.quota.tree import QuotaTree, QuotaTreeError
+from rayqueue.scheduler.capacity import apply_node_capacity
 from rayqueue.scheduler.decisions import Admit, Preempt, Reject
 from rayqueue.scheduler.engine import Engine, EngineConfig
 from rayqueue.scheduler.errors import DuplicateJob, UnknownQueue
@@ -48,7 +49,7 @@ from rayqueue.scheduler.rayjob import (
 from rayqueue.scheduler.resourcepolicy import Units
 from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.metrics import ServiceMetrics
-from rayqueue.scheduler.service.raycluster import alive_nodes, capacity_for
+from rayqueue.scheduler.service.raycluster import alive_nodes, node_capacities
 from rayqueue.scheduler.service.rayjobs import (
     RayJobs,
     RayStatus,
@@ -149,8 +150,6 @@ class Service:
         self.config = config or ServiceConfig()
         self.clock = clock
         self.units = units if units is not None else Units.single(None)
-        # A policy's own capacities stand when no Ray node matches a unit.
-        self._declared_capacity = {u.name: (dict(u.capacity) if u.capacity is not None else None) for u in self.units.units}
         self.engine = Engine(tree, self.units, self.config.engine, clock=clock)
         self.priorities = priorities or PriorityClasses(DEFAULT_PRIORITY_CLASSES)
         self.metrics = ServiceMetrics()
@@ -287,6 +286,7 @@ class Service:
                 submitted_at=self.clock(),
                 expected_duration=req.expected_duration,
                 name=req.name,
+                pod_request=req.largest_pod,
             )
             workloads.append((w, req, doc, list(req.notes)))
             where_of[job_id] = where
@@ -684,20 +684,13 @@ class Service:
                 self._run_cycle()
 
     def _apply_capacity(self, nodes: list[dict[str, Any]]) -> bool:
-        """Each unit's capacity = the alive Ray nodes matching its nodeSelector; True if any changed."""
-        changed = False
-        for unit in self.units.units:
-            # A policy unit without a nodeSelector (ACS virtual capacity) names no Ray node: it keeps its
-            # declared capacity (else elastic). Only the no-policy default unit is "the whole cluster".
-            selects = bool(unit.node_selector) or unit.resource == "default"
-            cap = capacity_for(nodes, unit.node_selector) if selects else None
-            if cap is None:
-                cap = self._declared_capacity.get(unit.name)
-            if cap != unit.capacity:
-                log.info("unit %s capacity: %s", unit.name, "elastic" if cap is None else describe(cap))
-                self.engine.set_unit_capacity(unit.name, cap)
-                changed = True
-        return changed
+        """Each unit's capacity from Ray's alive nodes, by the rule both front ends share
+        (``scheduler.capacity``): Ray's nodes are the nodes. True if any unit changed."""
+        changed = apply_node_capacity(self.engine, node_capacities(nodes))
+        for name in changed:
+            unit = self.engine.units.by_name[name]
+            log.info("unit %s capacity: %s", name, unit.describe_capacity())
+        return bool(changed)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -781,8 +774,11 @@ class Service:
             preemptions=row.preemptions + (1 if preempted else 0),
         )
 
-    @staticmethod
-    def _workload(row: JobRecord) -> Workload:
+    def _workload(self, row: JobRecord) -> Workload:
+        try:
+            pod_request: Resources | None = self._request(row).largest_pod
+        except (RayJobRejected, ValueError):
+            pod_request = None  # a manifest an older version accepted: its pods are not checked per node
         return Workload(
             uid=row.id,
             queue=row.queue,
@@ -793,6 +789,7 @@ class Service:
             submitted_at=row.submitted_at,
             expected_duration=_expected_duration(row),
             name=row.name,
+            pod_request=pod_request,
         )
 
     # ================================================================ the quota tree
