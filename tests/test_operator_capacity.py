@@ -87,3 +87,28 @@ async def test_a_worker_pod_larger_than_every_node_is_rejected_and_never_holds_q
         assert not env.running("team-a", "wide")
         await env.create_job(gpu_job("narrow", "2", workers=2))  # the same 4 GPUs, 2 per pod: fits
         await eventually(lambda: env.running("team-a", "narrow"), what="narrow admitted")
+
+
+async def test_usage_goes_back_to_zero_in_the_tree_status_and_the_gauge_when_jobs_end() -> None:
+    async with environment(runtime=30) as env:
+        tree = gpu_tree()
+        await env.create(TREES, tree)
+        await env.create("v1/nodes", gpu_node("gpu-1", "8"))
+        op = await env.start_operator()
+        await env.create_job(gpu_job("train", "2"))
+
+        def used() -> dict[str, str]:
+            return env.server.obj(TREES, "kube-system", "elasticquotatree")["status"]["nodes"]["team-a"]["used"]
+
+        def gauge(resource: str) -> float | None:
+            return op.metrics.registry.get_sample_value(
+                "rayqueue_quota_resource_usage", {"quota_node": "team-a", "resource": resource})
+
+        await eventually(lambda: used().get(GPU) == "2", what="the GPUs in use in the status")
+        await eventually(lambda: gauge(GPU) == 2 and gauge("kube-queue/max-jobs") == 1, what="the usage gauges")
+        assert gauge("memory") == 2 * 2**30  # head and worker, 1Gi each
+        await env.api.delete("ray.io/v1/rayjobs", "team-a", "train")  # the team's work ends
+        await eventually(lambda: used() == {GPU: "0", "cpu": "0"}, what="zero usage in the status")
+        for resource in (GPU, "cpu", "memory", "kube-queue/max-jobs"):
+            await eventually(lambda r=resource: gauge(r) == 0, what=f"the {resource} gauge back at 0")  # type: ignore[misc]
+        assert op.metrics.registry.get_sample_value("rayqueue_admitted_active_workloads", {"queue": "team-a"}) == 0

@@ -507,7 +507,7 @@ spec:
         assert svc.explain(low)["reason_code"] is not None and svc.explain(low)["position"] == 0
         svc.refresh_metrics()
         exposition = svc.metrics.exposition().decode()
-        assert 'rayqueue_preemptions_total{queue="team-a",reason="PreemptedByPriority"} 1.0' in exposition
+        assert 'rayqueue_evicted_workloads_total{queue="team-a",reason="PreemptedByPriority"} 1.0' in exposition
     finally:
         await svc.stop()
 

@@ -320,7 +320,7 @@ class Controller:
             return
         reject = engine.submit(job)
         if reject is not None:
-            self._reject(body, obs.generation, reject.reason.code.value, reject.reason.message)
+            self._reject(body, obs.generation, reject.reason.code.value, reject.reason.message, job.queue)
             return
         annotations = (body.get("metadata") or {}).get("annotations") or {}
         if annotations.get(MUTATED_ANNOTATION) and CONDITION_ANNOTATION not in annotations:
@@ -329,12 +329,12 @@ class Controller:
                              f"waits in queue {job.queue} and frees its Ray cluster when it finishes")
         self._status_dirty = True
 
-    def _reject(self, body: Mapping[str, Any], generation: int, reason: str, message: str) -> None:
+    def _reject(self, body: Mapping[str, Any], generation: int, reason: str, message: str, queue: str = "") -> None:
         uid = job_uid(body)
         self.rejected[uid] = (generation, reason)
         self.events.post(dict(body), "RayJob", "Rejected", f"{reason}: {message}", "Warning")
         self._write_condition(uid, "Rejected", reason, message, None)
-        self.metrics.decisions.labels("reject", "").inc()
+        self.metrics.rejected.labels(queue, reason).inc()
 
     def _apply_tree(self, body: dict[str, Any], rebuild: bool) -> None:
         if self.tree_body is not None and self.tree_body.get("spec") == body.get("spec") and self.engine:
@@ -513,7 +513,7 @@ class Controller:
                 body = self.jobs.get(d.workload.uid)
                 if body is not None:
                     self._reject(body, int(body["metadata"].get("generation") or 0),
-                                 d.reason.code.value, d.reason.message)
+                                 d.reason.code.value, d.reason.message, d.workload.queue)
         except ApiError as exc:
             log.warning("could not apply %s to %s: %s", type(d).__name__, d.workload.display_name, exc)
             self._give_back(d.workload.uid, str(exc))
@@ -577,7 +577,7 @@ class Controller:
         self.announced.pop(uid, None)
         self.pending_writes.pop(uid, None)
         waited = admitted_at - (w.submitted_at or admitted_at)
-        self.metrics.decisions.labels("admit", w.queue).inc()
+        self.metrics.admitted.labels(w.queue, placement.unit).inc()
         self.metrics.wait_seconds.labels(w.queue).observe(max(0.0, waited))
         self.events.post(body, "RayJob", "Admitted",
                          f"admitted to unit {placement.unit} ({placement.resource}) from queue {w.queue} "
@@ -598,7 +598,8 @@ class Controller:
             self._gone(w.uid)
             return
         self.jobs[w.uid] = body
-        self.metrics.decisions.labels("preempt", w.queue).inc()
+        self.metrics.evicted.labels(w.queue, d.reason.code.value).inc()
+        self.metrics.preempted.labels(preemptor.queue if preemptor is not None else "", d.reason.code.value).inc()
         self.events.post(body, "RayJob", "Preempted", f"{d.reason.code.value}: {message}", "Warning")
 
     def _gone(self, uid: str) -> None:
@@ -720,39 +721,9 @@ class Controller:
                 return
 
     def tree_status(self) -> dict[str, Any]:
-        engine = self.engine
-        if engine is None:
+        if self.engine is None:
             return {}
-        requested: dict[str, Resources] = {}
-        pending_jobs: dict[str, int] = {}
-        admitted_jobs: dict[str, int] = {}
-        for w in engine.workloads.values():
-            leaf = engine.tree.leaves.get(w.queue)
-            if leaf is None:
-                continue
-            for node in leaf.lineage:
-                if w.state == WorkloadState.PENDING:
-                    acc = requested.setdefault(node.name, {})
-                    for r, v in w.request.items():
-                        acc[r] = acc.get(r, 0) + v
-                    pending_jobs[node.name] = pending_jobs.get(node.name, 0) + 1
-                elif w.state in (WorkloadState.ADMITTED, WorkloadState.PREEMPTING):
-                    admitted_jobs[node.name] = admitted_jobs.get(node.name, 0) + 1
-
-        def render(res: Mapping[str, int]) -> dict[str, str]:
-            return {r: (str(v // 1000) if r == MAX_JOBS else format_quantity(v, r))
-                    for r, v in sorted(res.items()) if v}
-
-        nodes = {}
-        for node in engine.tree:
-            nodes[node.name] = {
-                "used": render(node.usage),
-                "requested": render(requested.get(node.name, {})),
-                "borrowed": render(node.borrowed()),
-                "admittedJobs": admitted_jobs.get(node.name, 0),
-                "pendingJobs": pending_jobs.get(node.name, 0),
-            }
-        status: dict[str, Any] = {"nodes": nodes}
+        status = tree_status(self.engine)
         if self.tree_body is not None:
             status["observedGeneration"] = self.tree_body["metadata"].get("generation")
         return status
@@ -766,8 +737,11 @@ class Controller:
         if target is None or not status or status == self._last_status:
             return
         ns, name = target
+        # A merge patch keeps every key it does not name: what the status showed before (our last write,
+        # or what a previous instance wrote) and no longer has is deleted with a null.
+        shown = self._last_status if self._last_status is not None else (self.tree_body or {}).get("status")
         try:
-            await self.client.patch(TREES, ns, name, {"status": status}, sub="status")
+            await self.client.patch(TREES, ns, name, {"status": merge_patch(shown or {}, status)}, sub="status")
         except NotFound:
             return
         self._last_status = status
@@ -780,23 +754,8 @@ class Controller:
             self._update_gauges()
 
     def _update_gauges(self) -> None:
-        engine = self.engine
-        if engine is None:
-            return
-        pending: dict[str, int] = dict.fromkeys(engine.queues, 0)
-        admitted: dict[str, int] = dict.fromkeys(engine.queues, 0)
-        for w in engine.workloads.values():
-            if w.state == WorkloadState.PENDING:
-                pending[w.queue] = pending.get(w.queue, 0) + 1
-            elif w.state in (WorkloadState.ADMITTED, WorkloadState.PREEMPTING):
-                admitted[w.queue] = admitted.get(w.queue, 0) + 1
-        for q, n in pending.items():
-            self.metrics.pending.labels(q).set(n)
-        for q, n in admitted.items():
-            self.metrics.admitted.labels(q).set(n)
-        for node in engine.tree:
-            for r, v in node.usage.items():
-                self.metrics.usage.labels(node.name, r).set(v / 1000)
+        if self.engine is not None:
+            self.metrics.update(self.engine)
 
     # ================================================================ leadership (kopf peering)
 
@@ -865,6 +824,58 @@ class Controller:
             "cycles": self.cycles,
             "tree_error": self.tree_error,
         }
+
+
+def tree_status(engine: Engine) -> dict[str, Any]:
+    """The ElasticQuotaTree's ``status.nodes``: per node what its admitted jobs use, what pending jobs
+    request, what it borrows, and the job counts. Every resource the node limits is shown, 0 included:
+    an SRE reading ``used`` after a team's jobs ended sees 0, not the last figure."""
+    requested: dict[str, Resources] = {}
+    pending_jobs: dict[str, int] = {}
+    admitted_jobs: dict[str, int] = {}
+    for w in engine.workloads.values():
+        leaf = engine.tree.leaves.get(w.queue)
+        if leaf is None:
+            continue
+        for node in leaf.lineage:
+            if w.state == WorkloadState.PENDING:
+                acc = requested.setdefault(node.name, {})
+                for r, v in w.request.items():
+                    acc[r] = acc.get(r, 0) + v
+                pending_jobs[node.name] = pending_jobs.get(node.name, 0) + 1
+            elif w.state in (WorkloadState.ADMITTED, WorkloadState.PREEMPTING):
+                admitted_jobs[node.name] = admitted_jobs.get(node.name, 0) + 1
+
+    def render(res: Mapping[str, int], always: frozenset[str] | set[str] = frozenset()) -> dict[str, str]:
+        return {r: (str(res.get(r, 0) // 1000) if r == MAX_JOBS else format_quantity(res.get(r, 0), r))
+                for r in sorted(set(always) | {r for r, v in res.items() if v})}
+
+    nodes = {}
+    for node in engine.tree:
+        limited = set(node.min) | set(node.max)
+        nodes[node.name] = {
+            "used": render(node.usage, limited),
+            "requested": render(requested.get(node.name, {})),
+            "borrowed": render(engine.tree.borrowed(node)),
+            "admittedJobs": admitted_jobs.get(node.name, 0),
+            "pendingJobs": pending_jobs.get(node.name, 0),
+        }
+    return {"nodes": nodes}
+
+
+def merge_patch(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch that turns ``before`` into ``after``: keys gone are nulled, maps recursively."""
+    patch: dict[str, Any] = {}
+    for key, value in after.items():
+        old = before.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            patch[key] = merge_patch(old, value)
+        else:
+            patch[key] = value
+    for key in before:
+        if key not in after:
+            patch[key] = None
+    return patch
 
 
 def _node_usable(node: Mapping[str, Any]) -> bool:

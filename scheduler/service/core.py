@@ -406,6 +406,7 @@ class Service:
                     self._on_reject(d)
             except Exception:  # one bad decision must not stop the others
                 log.exception("applying %s failed", type(d).__name__)
+        self.metrics.cycles.inc()
         self.metrics.cycle_seconds.observe(time.perf_counter() - started)
 
     def _on_admit(self, d: Admit) -> None:
@@ -443,7 +444,10 @@ class Service:
             reason=d.reason.message,
         )
         self._preempting.add(w.uid)
-        self.metrics.preemptions.labels(queue=w.queue, reason=d.reason.code.value).inc()
+        self.metrics.evicted.labels(queue=w.queue, reason=d.reason.code.value).inc()
+        preemptor = self.engine.workloads.get(d.preemptor)
+        self.metrics.preempted.labels(preempting_queue=preemptor.queue if preemptor is not None else "",
+                                      reason=d.reason.code.value).inc()
         if row.released and row.submission_id:
             self._active[w.uid] = row.submission_id
             self._spawn(self._stop_in_ray(w.uid, row.submission_id))
@@ -453,6 +457,7 @@ class Service:
         w = d.workload
         if self.store.get(w.uid) is None:
             return
+        self.metrics.rejected.labels(queue=w.queue, reason=d.reason.code.value).inc()
         self.store.transition(
             w.uid,
             "Rejected",
