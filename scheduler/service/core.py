@@ -929,53 +929,7 @@ class Service:
         return out, total
 
     def status(self) -> dict[str, Any]:
-        tree = self.engine.tree
-        pending: dict[str, int] = {}
-        running: dict[str, int] = {}
-        for name, q in self.engine.queues.items():
-            pending[name] = len(q)
-            running[name] = len(q.admitted)
-        nodes: list[dict[str, Any]] = []
-
-        def visit(node: Any) -> tuple[int, int]:
-            index = len(nodes)
-            nodes.append({})
-            p, r = (pending.get(node.name, 0), running.get(node.name, 0)) if node.is_leaf else (0, 0)
-            for child in node.children:
-                cp, cr = visit(child)
-                p, r = p + cp, r + cr
-            resources = sorted((set(node.min) | set(node.max) | set(node.usage)) - {MAX_JOBS}) + (
-                [MAX_JOBS] if MAX_JOBS in node.max else []
-            )
-            nodes[index] = {
-                "name": node.name,
-                "path": node.path,
-                "depth": node.depth,
-                "leaf": node.is_leaf,
-                "min": {k: v for k, v in node.min.items()},
-                "max": {k: v for k, v in node.max.items()},
-                "usage": {k: v for k, v in node.usage.items() if v},
-                "borrowed": tree.borrowed(node),
-                "resources": resources,
-                "pending": p,
-                "running": r,
-            }
-            return p, r
-
-        visit(tree.root)
-        units = [
-            {
-                "name": u.name,
-                "resource": u.resource,
-                "capacity": u.capacity,
-                "usage": {k: v for k, v in u.usage.items() if v and k != MAX_JOBS},
-                "pods": u.pods,
-                "max_pods": u.max_pods,
-                "node_selector": u.node_selector,
-            }
-            for u in self.engine.units.units
-        ]
-        return {"tree": tree.name, "nodes": nodes, "units": units, "ray": self.ray.address}
+        return status_view(self.engine, self.ray.address)
 
     def history(
         self, ref: str | None = None, limit: int | None = None, offset: int = 0
@@ -1006,6 +960,58 @@ class Service:
 
     def refresh_metrics(self) -> None:
         self.metrics.refresh(self)
+
+
+def status_view(engine: Engine, ray_address: str) -> dict[str, Any]:
+    """What ``rayqueue status`` shows: per tree node usage / min / max, borrowed, pending and running
+    jobs; per unit its capacity and use."""
+    tree = engine.tree
+    pending: dict[str, int] = {}
+    running: dict[str, int] = {}
+    for name, q in engine.queues.items():
+        pending[name] = len(q)
+        running[name] = len(q.admitted)
+    nodes: list[dict[str, Any]] = []
+
+    def visit(node: Any) -> tuple[int, int]:
+        index = len(nodes)
+        nodes.append({})
+        p, r = (pending.get(node.name, 0), running.get(node.name, 0)) if node.is_leaf else (0, 0)
+        for child in node.children:
+            cp, cr = visit(child)
+            p, r = p + cp, r + cr
+        resources = sorted((set(node.min) | set(node.max) | set(node.usage)) - {MAX_JOBS}) + (
+            [MAX_JOBS] if MAX_JOBS in node.max else []
+        )
+        nodes[index] = {
+            "name": node.name,
+            "path": node.path,
+            "depth": node.depth,
+            "leaf": node.is_leaf,
+            "min": {k: v for k, v in node.min.items()},
+            "max": {k: v for k, v in node.max.items()},
+            "usage": {k: v for k, v in node.usage.items() if v},
+            "borrowed": tree.borrowed(node),
+            "resources": resources,
+            "pending": p,
+            "running": r,
+        }
+        return p, r
+
+    visit(tree.root)
+    units = [
+        {
+            "name": u.name,
+            "resource": u.resource,
+            "capacity": u.capacity,
+            "usage": {k: v for k, v in u.usage.items() if v and k != MAX_JOBS},
+            "pods": u.pods,
+            "max_pods": u.max_pods,
+            "node_selector": u.node_selector,
+        }
+        for u in engine.units.units
+    ]
+    return {"tree": tree.name, "nodes": nodes, "units": units, "ray": ray_address}
 
 
 def _visible(request: Resources) -> Resources:
