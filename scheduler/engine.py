@@ -149,6 +149,8 @@ class Engine:
             raise UnknownQueue(self._unknown_queue_message(w.queue))
         w.request = _engine_request(w.request)
         w.demand = Demand(w.request)
+        if w.pod_request is not None:
+            w.pod_request = {sys.intern(r): v for r, v in w.pod_request.items() if v}
         w.seq = next(self._seq)
         w.state = WorkloadState.PENDING
         w.pending_since = w.submitted_at if w.submitted_at else self.clock()
@@ -376,15 +378,28 @@ class Engine:
 
     # ================================================================ tree and capacity changes
 
-    def set_unit_capacity(self, name: str, capacity: Resources | None, max_pods: int | None = -1) -> None:
+    def set_unit_capacity(self, name: str, capacity: Resources | None, max_pods: int | None = -1, *,
+                          largest: Resources | None = None, complete: bool = False) -> None:
         """A unit's capacity changed (nodes joined or left). Only the jobs waiting on this unit look
-        again, at the next cycle; what can ever fit is checked again at each job's next try."""
+        again, at the next cycle; what can ever fit is checked again at each job's next try.
+
+        ``complete``: measured from the unit's nodes, so a resource it does not name is 0 there;
+        ``largest``: per resource, the most any one of those nodes has (the biggest pod it can run)."""
         unit = self.units.by_name[name]
-        before = (unit.capacity, unit.max_pods)
-        unit.set_capacity({sys.intern(r): v for r, v in capacity.items()} if capacity is not None else None)
+        before = (unit.capacity, unit.max_pods, unit.complete, unit.largest)
+        unit.set_capacity(
+            {sys.intern(r): v for r, v in capacity.items()} if capacity is not None else None,
+            {sys.intern(r): v for r, v in largest.items()} if largest is not None else None,
+            complete,
+        )
         if max_pods != -1:
             unit.max_pods = max_pods
-        if (unit.capacity, unit.max_pods) == before:
+        if (unit.capacity, unit.max_pods, unit.complete, unit.largest) == before:
+            return
+        if (unit.complete, unit.largest) != before[2:]:
+            # Which pods fit on one node, or which resources count as absent, changed: a job that skipped
+            # this unit for that holds no blocker on it, so every waiting job looks again.
+            self._wake_all()
             return
         self._epoch += 1
         for r in set(before[0] or {}) | set(unit.capacity or {}):
@@ -476,19 +491,27 @@ class Engine:
         lacks: list[Callable[[], str]] = []
         blockers: list[tuple[BlockerKey, int]] = []
         retry_at: float | None = None
-        request, pods = w.request, w.pods
+        request, pods, pod_request = w.request, w.pods, w.pod_request
         for unit in self.units.units:
+            if unit.largest is not None and pod_request:
+                misfit = unit.pod_misfit(pod_request)
+                if misfit is not None:  # room in the pool, but no one node could run its largest pod
+                    lacks.append(_const(misfit))
+                    continue
             if unit.max_pods is not None and unit.pods + pods > unit.max_pods:
                 lacks.append(_pods_message(unit.name, unit.max_pods, unit.pods, pods))
-                if unit.can_ever_hold(request, pods):
+                if unit.can_ever_hold(request, pods, pod_request):
                     blockers.append((("pods", unit.name, ""), pods))
                 continue  # every policy moves on when a unit's max is exceeded
             resource = unit.shortfall(w.demand)
             if resource is None:
                 return unit
-            capacity = (unit.capacity or {})[resource]
-            lacks.append(_full_message(unit.name, resource, unit.used_of(resource), capacity, request[resource]))
-            if not unit.can_ever_hold(request, pods):
+            if unit.lacks(resource):
+                lacks.append(_lacks_message(unit.name, resource, request[resource]))
+            else:
+                capacity = unit.capacity_of(resource)
+                lacks.append(_full_message(unit.name, resource, unit.used_of(resource), capacity, request[resource]))
+            if not unit.can_ever_hold(request, pods, pod_request):
                 continue
             blockers.append((("unit", unit.name, resource), request[resource]))
             if policy == "LackResourceOrExceedMax":
@@ -521,11 +544,12 @@ class Engine:
                 f"needs {format_quantity(violation.requested, r)} {r}, max of {violation.node} is "
                 f"{format_quantity(violation.limit, r)}",
             )
-        if not any(u.can_ever_hold(w.request, w.pods) for u in self.units.units):
-            units = "; ".join(u.describe_capacity() for u in self.units.units)
+        why = [u.never_holds(w.request, w.pods, w.pod_request) for u in self.units.units]
+        if all(why):
             return Reason(
                 ReasonCode.NEVER_FITS,
-                f"needs {describe(_visible(w.request))} in {w.pods} pods, larger than every unit ({units})",
+                f"needs {describe(_visible(w.request))} in {w.pods} pods, larger than every unit "
+                f"({'; '.join(m for m in why if m)})",
             )
         return None
 
@@ -881,9 +905,10 @@ class Engine:
             return node.max_by_slot[i] - node.used[i]
         if kind == "unit":
             unit = self.units.by_name.get(name)
-            if unit is None or unit.capacity is None or r not in unit.capacity:
+            cap = NO_LIMIT if unit is None else unit.capacity_of(r)
+            if unit is None or cap == NO_LIMIT:
                 return float("inf")
-            return unit.capacity[r] - unit.used_of(r)
+            return cap - unit.used_of(r)
         if kind == "pods":
             unit = self.units.by_name.get(name)
             if unit is None or unit.max_pods is None:
@@ -1284,6 +1309,14 @@ def _terminating_message(unit: str, pods: int) -> Callable[[], str]:
     return lambda: (
         f"waiting for {pods} terminating pod{'' if pods == 1 else 's'} on unit {unit} to go before trying the next unit"
     )
+
+
+def _const(message: str) -> Callable[[], str]:
+    return lambda: message
+
+
+def _lacks_message(unit: str, r: str, requested: int) -> Callable[[], str]:
+    return lambda: f"{unit} has no {r}: none of its nodes has any ({format_quantity(requested, r)} requested)"
 
 
 def _full_message(unit: str, r: str, used: int, cap: int, requested: int) -> Callable[[], str]:

@@ -118,6 +118,18 @@ class RayJobRequest:
             for _ in range(pod_set.count):
                 yield pod_set.per_pod
 
+    @property
+    def largest_pod(self) -> Resources:
+        """Per resource, the most any one pod asks: a pod runs on one node, so some node must have this."""
+        out: Resources = {}
+        for pod_set in self.pod_sets:
+            if pod_set.count <= 0:
+                continue
+            for r, v in pod_set.per_pod.items():
+                if v > out.get(r, 0):
+                    out[r] = v
+        return out
+
     def summary(self) -> str:
         return f"{self.pods} pods: {describe(self.total)}"
 

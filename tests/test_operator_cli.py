@@ -41,8 +41,8 @@ async def test_rayqueue_operator_command_admits_and_serves_metrics() -> None:
                     return await r.text()
 
             text = await scrape()
-            assert 'rayqueue_operator_decisions_total{kind="admit",queue="team-a"} 1.0' in text
-            assert "rayqueue_operator_tree_valid 1.0" in text
+            assert 'rayqueue_admitted_workloads_total{queue="team-a",unit="default"} 1.0' in text
+            assert "rayqueue_tree_valid 1.0" in text
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

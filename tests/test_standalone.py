@@ -131,10 +131,10 @@ async def test_a_quota_for_two_jobs_makes_the_third_wait_until_one_finishes(harn
     assert h.events(third) == ["Submitted", "Admitted", "Released", "Running", "Succeeded"]
 
     metrics = (await h.http.get("/metrics")).text
-    assert 'rayqueue_admissions_total{queue="team-a",unit="default"} 3.0' in metrics
-    assert 'rayqueue_jobs_finished_total{queue="team-a",state="Succeeded"} 3.0' in metrics
-    assert 'rayqueue_quota_usage{node="root",resource="nvidia.com/gpu"} 0.0' in metrics
-    assert "rayqueue_admission_wait_seconds_count" in metrics
+    assert 'rayqueue_admitted_workloads_total{queue="team-a",unit="default"} 3.0' in metrics
+    assert 'rayqueue_finished_workloads_total{queue="team-a",state="Succeeded"} 3.0' in metrics
+    assert 'rayqueue_quota_resource_usage{quota_node="root",resource="nvidia.com/gpu"} 0.0' in metrics
+    assert "rayqueue_admission_wait_time_seconds_count" in metrics
 
 
 async def test_higher_priority_is_admitted_first_and_cancel_frees_quota(harness: Any) -> None:
@@ -177,7 +177,7 @@ async def test_borrowing_then_reclaim_stops_the_borrower_in_ray_and_requeues_it(
     await h.until_state(a2, st.RUNNING)
 
     metrics = (await h.http.get("/metrics")).text
-    assert 'rayqueue_quota_borrowed{node="team-a",resource="nvidia.com/gpu"} 1.0' in metrics
+    assert 'rayqueue_quota_resource_borrowed{quota_node="team-a",resource="nvidia.com/gpu"} 1.0' in metrics
     b1 = h.submit("b1", namespace="team-b")  # within team-b's guarantee: reclaim
     assert h.state(a2) == st.PREEMPTING
     assert h.svc.explain(b1)["reason_code"] == "WaitingForReclaim"
@@ -189,9 +189,10 @@ async def test_borrowing_then_reclaim_stops_the_borrower_in_ray_and_requeues_it(
     preempting = h.svc.store.events(a2)[-2]
     assert preempting.message.startswith("preempted to return root/team-b its guarantee for b1")  # says why
     metrics = (await h.http.get("/metrics")).text
-    assert 'rayqueue_preemptions_total{queue="team-a",reason="Reclaimed"} 1.0' in metrics
-    assert 'rayqueue_jobs{queue="team-a",state="Pending"} 1.0' in metrics
-    assert 'rayqueue_jobs{queue="team-b",state="Running"} 1.0' in metrics
+    assert 'rayqueue_evicted_workloads_total{queue="team-a",reason="Reclaimed"} 1.0' in metrics
+    assert 'rayqueue_preempted_workloads_total{preempting_queue="team-b",reason="Reclaimed"} 1.0' in metrics
+    assert 'rayqueue_workloads{queue="team-a",state="Pending"} 1.0' in metrics
+    assert 'rayqueue_workloads{queue="team-b",state="Running"} 1.0' in metrics
     assert h.gpu_usage("team-a") == 1 and h.gpu_usage("team-b") == 1
 
     h.gates.open("b1")
@@ -384,4 +385,4 @@ async def test_a_preemption_in_progress_at_a_crash_is_resumed_not_decided_again(
     assert h2.events(a2).count("Preempting") == 1  # decided once
     assert "Preempting" not in h2.events(a1) and h2.state(a1) == st.RUNNING  # no second victim
     metrics = (await h2.http.get("/metrics")).text
-    assert 'rayqueue_preemptions_total{queue="team-a",reason="Reclaimed"} 1.0' in metrics
+    assert 'rayqueue_evicted_workloads_total{queue="team-a",reason="Reclaimed"} 1.0' in metrics

@@ -27,7 +27,6 @@ from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.api import create_app
 from rayqueue.scheduler.service.cli import display_quantity, status_tables
 from rayqueue.scheduler.service.core import Service, ServiceConfig, ServiceError, SubmitError
-from rayqueue.scheduler.service.raycluster import capacity_for
 from rayqueue.scheduler.service.rayjobs import RayStatus, submission_for
 from rayqueue.scheduler.service.server import Runner, ServeOptions, is_loopback, load_priority_classes
 from rayqueue.scheduler.service.store import Store, submission_id
@@ -505,24 +504,47 @@ spec:
         assert svc.explain(low)["reason_code"] is not None and svc.explain(low)["position"] == 0
         svc.refresh_metrics()
         exposition = svc.metrics.exposition().decode()
-        assert 'rayqueue_preemptions_total{queue="team-a",reason="PreemptedByPriority"} 1.0' in exposition
+        assert 'rayqueue_evicted_workloads_total{queue="team-a",reason="PreemptedByPriority"} 1.0' in exposition
     finally:
         await svc.stop()
 
 
-async def test_a_gpu_job_on_a_ray_cluster_without_gpus_is_refused_as_never_fitting(tmp_path: Path) -> None:
+async def test_a_gpu_job_on_a_ray_cluster_without_gpus_waits_naming_the_gpu_until_a_gpu_node_joins(
+    tmp_path: Path,
+) -> None:
     cpu_only = [{"state": "ALIVE", "labels": {}, "resources_total": {"CPU": 8.0, "memory": 2.0**34}}]
-    assert capacity_for(cpu_only, {}) == {"cpu": 8000, "memory": 2**34 * 1000, GPU: 0, "google.com/tpu": 0}
+    nodes = list(cpu_only)
     svc = Service(Store(f"sqlite:///{tmp_path}/g.db"), FakeRay(), QuotaTree.from_yaml_text(TWO_TEAMS),  # type: ignore[arg-type]
-                  nodes=lambda _: cpu_only)
+                  nodes=lambda _: nodes, config=ServiceConfig(capacity_interval_s=0.02))
     await svc.start()
     try:
-        with pytest.raises(SubmitError) as refused:
-            svc.submit_text(rayjob("gpu", "python x.py", gpus=1), source="gpu.yaml")
-        assert "larger than every unit" in refused.value.problems[0]
-        assert "nvidia.com/gpu=0" in refused.value.problems[0]
+        gpu = svc.submit_text(rayjob("gpu", "python x.py", gpus=1), source="gpu.yaml")[0]
+        assert gpu.state == st.PENDING and gpu.reason_code == "NoCapacityInUnits"
+        assert gpu.reason is not None and "default has no nvidia.com/gpu" in gpu.reason
         cpu_job = rayjob("cpu", "python x.py").replace("limits: {nvidia.com/gpu: 1}", "limits: {cpu: 1}")
         assert svc.submit_text(cpu_job)[0].state == st.ADMITTED  # what Ray has is still admitted
+        # Ray gains a GPU node (an autoscaler, a node joining): the job that waited for it is admitted.
+        nodes.append({"state": "ALIVE", "labels": {}, "resources_total": {"CPU": 8.0, "GPU": 1.0, "memory": 2.0**34}})
+        await wait_until(lambda: svc.store.get(gpu.id).state != st.PENDING,  # type: ignore[union-attr]
+                         what="the GPU job to leave Pending once a GPU node joined")
+    finally:
+        await svc.stop()
+
+
+async def test_a_worker_pod_larger_than_every_ray_node_is_refused_as_never_fitting(tmp_path: Path) -> None:
+    two_small = [{"state": "ALIVE", "labels": {}, "resources_total": {"CPU": 8.0, "GPU": 2.0, "memory": 2.0**34}}
+                 for _ in range(2)]
+    svc = Service(Store(f"sqlite:///{tmp_path}/p.db"), FakeRay(), QuotaTree.from_yaml_text(TWO_TEAMS),  # type: ignore[arg-type]
+                  nodes=lambda _: two_small)
+    await svc.start()
+    try:
+        # 4 GPUs in the cluster and 3 in team-a's quota, but a pod asking 3 would never find a node: it
+        # must not hold quota while Ray cannot place it.
+        wide = rayjob("wide", "python x.py", gpus=3)
+        with pytest.raises(SubmitError) as refused:
+            svc.submit_text(wide, source="wide.yaml")
+        assert "a pod needs 3 nvidia.com/gpu, its largest node has 2" in refused.value.problems[0]
+        assert svc.submit_text(rayjob("fits", "python x.py", gpus=2))[0].state == st.ADMITTED
     finally:
         await svc.stop()
 

@@ -170,6 +170,7 @@ def workload_for(body: Mapping[str, Any], tree: QuotaTree, priorities: PriorityC
         submitted_at=submitted,
         expected_duration=req.expected_duration,
         name=job_ref(body),
+        pod_request=req.largest_pod,
     )
 
 

@@ -37,6 +37,7 @@ from rayqueue.queue.priority import PriorityClasses, UnknownPriorityClass
 from rayqueue.queue.workload import Reason, ReasonCode, Workload, WorkloadState
 from rayqueue.quota.quantity import MAX_JOBS, Resources, describe
 from rayqueue.quota.tree import QuotaTree, QuotaTreeError
+from rayqueue.scheduler.capacity import apply_node_capacity
 from rayqueue.scheduler.decisions import Admit, Preempt, Reject
 from rayqueue.scheduler.engine import Engine, EngineConfig
 from rayqueue.scheduler.errors import DuplicateJob, UnknownQueue
@@ -51,7 +52,7 @@ from rayqueue.scheduler.rayjob import (
 from rayqueue.scheduler.resourcepolicy import Units
 from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.metrics import ServiceMetrics
-from rayqueue.scheduler.service.raycluster import alive_nodes, capacity_for
+from rayqueue.scheduler.service.raycluster import alive_nodes, node_capacities
 from rayqueue.scheduler.service.rayjobs import (
     RayJobs,
     RayStatus,
@@ -192,8 +193,6 @@ class Service:
         self.config = config or ServiceConfig()
         self.clock = clock
         self.units = units if units is not None else Units.single(None)
-        # A policy's own capacities stand when no Ray node matches a unit.
-        self._declared_capacity = {u.name: (dict(u.capacity) if u.capacity is not None else None) for u in self.units.units}
         self.engine = Engine(tree, self.units, self.config.engine, clock=clock)
         self.priorities = priorities or PriorityClasses(DEFAULT_PRIORITY_CLASSES)
         self.metrics = ServiceMetrics()
@@ -225,7 +224,7 @@ class Service:
             await self._recover()
             # Preemptions are counted from the history, so a restart neither forgets nor repeats one.
             for (queue, reason), n in self.store.event_counts("Preempting").items():
-                self.metrics.preemptions.labels(queue=queue, reason=reason or "Unknown").inc(n)
+                self.metrics.evicted.labels(queue=queue, reason=reason or "Unknown").inc(n)
             self._run_cycle()
         self._tasks = [
             asyncio.create_task(self._schedule_loop(), name="rayqueue-schedule"),
@@ -394,6 +393,7 @@ class Service:
                 submitted_at=self.clock(),
                 expected_duration=req.expected_duration,
                 name=req.name,
+                pod_request=req.largest_pod,
             )
             workloads.append((w, req, doc, list(req.notes)))
             where_of[job_id] = where
@@ -507,6 +507,7 @@ class Service:
         """One admission cycle on the calling thread (the event loop's, holding the engine lock)."""
         started = time.perf_counter()
         self._apply_decisions(self.engine.schedule(self.clock()))
+        self.metrics.cycles.inc()
         self.metrics.cycle_seconds.observe(time.perf_counter() - started)
 
     async def _cycle(self) -> None:
@@ -515,6 +516,7 @@ class Service:
         started = time.perf_counter()
         decisions = await asyncio.to_thread(self.engine.schedule, self.clock())
         self._apply_decisions(decisions)  # creates release tasks: on the event loop
+        self.metrics.cycles.inc()
         self.metrics.cycle_seconds.observe(time.perf_counter() - started)
 
     def _apply_decisions(self, decisions: Sequence[Admit | Preempt | Reject]) -> None:
@@ -565,7 +567,10 @@ class Service:
             preempted_by=d.preemptor,  # a restart resumes this preemption instead of deciding it again
         )
         self._preempting.add(w.uid)
-        self.metrics.preemptions.labels(queue=w.queue, reason=d.reason.code.value).inc()
+        self.metrics.evicted.labels(queue=w.queue, reason=d.reason.code.value).inc()
+        preemptor = self.engine.workloads.get(d.preemptor)
+        self.metrics.preempted.labels(preempting_queue=preemptor.queue if preemptor is not None else "",
+                                      reason=d.reason.code.value).inc()
         if row.released and row.submission_id:
             self._active[w.uid] = row.submission_id
             self._spawn(self._stop_in_ray(w.uid, row.submission_id))
@@ -575,6 +580,7 @@ class Service:
         w = d.workload
         if self.store.get(w.uid) is None:
             return
+        self.metrics.rejected.labels(queue=w.queue, reason=d.reason.code.value).inc()
         self.store.transition(
             w.uid,
             "Rejected",
@@ -816,20 +822,13 @@ class Service:
                     await self._cycle()
 
     def _apply_capacity(self, nodes: list[dict[str, Any]]) -> bool:
-        """Each unit's capacity = the alive Ray nodes matching its nodeSelector; True if any changed."""
-        changed = False
-        for unit in self.units.units:
-            # A policy unit without a nodeSelector (ACS virtual capacity) names no Ray node: it keeps its
-            # declared capacity (else elastic). Only the no-policy default unit is "the whole cluster".
-            selects = bool(unit.node_selector) or unit.resource == "default"
-            cap = capacity_for(nodes, unit.node_selector) if selects else None
-            if cap is None:
-                cap = self._declared_capacity.get(unit.name)
-            if cap != unit.capacity:
-                log.info("unit %s capacity: %s", unit.name, "elastic" if cap is None else describe(cap))
-                self.engine.set_unit_capacity(unit.name, cap)
-                changed = True
-        return changed
+        """Each unit's capacity from Ray's alive nodes, by the rule both front ends share
+        (``scheduler.capacity``): Ray's nodes are the nodes. True if any unit changed."""
+        changed = apply_node_capacity(self.engine, node_capacities(nodes))
+        for name in changed:
+            unit = self.engine.units.by_name[name]
+            log.info("unit %s capacity: %s", name, unit.describe_capacity())
+        return bool(changed)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -925,8 +924,11 @@ class Service:
             preempted_by=None,
         )
 
-    @staticmethod
-    def _workload(row: JobRecord) -> Workload:
+    def _workload(self, row: JobRecord) -> Workload:
+        try:
+            pod_request: Resources | None = self._request(row).largest_pod
+        except (RayJobRejected, ValueError):
+            pod_request = None  # a manifest an older version accepted: its pods are not checked per node
         return Workload(
             uid=row.id,
             queue=row.queue,
@@ -937,6 +939,7 @@ class Service:
             submitted_at=row.submitted_at,
             expected_duration=_expected_duration(row),
             name=row.name,
+            pod_request=pod_request,
         )
 
     # ================================================================ the quota tree
@@ -1087,53 +1090,7 @@ class Service:
         return out, total
 
     def status(self) -> dict[str, Any]:
-        tree = self.engine.tree
-        pending: dict[str, int] = {}
-        running: dict[str, int] = {}
-        for name, q in self.engine.queues.items():
-            pending[name] = len(q)
-            running[name] = len(q.admitted)
-        nodes: list[dict[str, Any]] = []
-
-        def visit(node: Any) -> tuple[int, int]:
-            index = len(nodes)
-            nodes.append({})
-            p, r = (pending.get(node.name, 0), running.get(node.name, 0)) if node.is_leaf else (0, 0)
-            for child in node.children:
-                cp, cr = visit(child)
-                p, r = p + cp, r + cr
-            resources = sorted((set(node.min) | set(node.max) | set(node.usage)) - {MAX_JOBS}) + (
-                [MAX_JOBS] if MAX_JOBS in node.max else []
-            )
-            nodes[index] = {
-                "name": node.name,
-                "path": node.path,
-                "depth": node.depth,
-                "leaf": node.is_leaf,
-                "min": {k: v for k, v in node.min.items()},
-                "max": {k: v for k, v in node.max.items()},
-                "usage": {k: v for k, v in node.usage.items() if v},
-                "borrowed": tree.borrowed(node),
-                "resources": resources,
-                "pending": p,
-                "running": r,
-            }
-            return p, r
-
-        visit(tree.root)
-        units = [
-            {
-                "name": u.name,
-                "resource": u.resource,
-                "capacity": u.capacity,
-                "usage": {k: v for k, v in u.usage.items() if v and k != MAX_JOBS},
-                "pods": u.pods,
-                "max_pods": u.max_pods,
-                "node_selector": u.node_selector,
-            }
-            for u in self.engine.units.units
-        ]
-        return {"tree": tree.name, "nodes": nodes, "units": units, "ray": self.ray.address}
+        return status_view(self.engine, self.ray.address)
 
     def history(
         self, ref: str | None = None, limit: int | None = None, offset: int = 0
@@ -1170,6 +1127,58 @@ def parse_tree(text: str, source: str = "ElasticQuotaTree") -> QuotaTree:
     """A tree from YAML text; every refusal is a :class:`QuotaTreeError` naming node and field (the
     bounded loader refuses size, nesting and alias bombs before anything is built)."""
     return QuotaTree.from_yaml_text(text, source)
+
+
+def status_view(engine: Engine, ray_address: str) -> dict[str, Any]:
+    """What ``rayqueue status`` shows: per tree node usage / min / max, borrowed, pending and running
+    jobs; per unit its capacity and use."""
+    tree = engine.tree
+    pending: dict[str, int] = {}
+    running: dict[str, int] = {}
+    for name, q in engine.queues.items():
+        pending[name] = len(q)
+        running[name] = len(q.admitted)
+    nodes: list[dict[str, Any]] = []
+
+    def visit(node: Any) -> tuple[int, int]:
+        index = len(nodes)
+        nodes.append({})
+        p, r = (pending.get(node.name, 0), running.get(node.name, 0)) if node.is_leaf else (0, 0)
+        for child in node.children:
+            cp, cr = visit(child)
+            p, r = p + cp, r + cr
+        resources = sorted((set(node.min) | set(node.max) | set(node.usage)) - {MAX_JOBS}) + (
+            [MAX_JOBS] if MAX_JOBS in node.max else []
+        )
+        nodes[index] = {
+            "name": node.name,
+            "path": node.path,
+            "depth": node.depth,
+            "leaf": node.is_leaf,
+            "min": {k: v for k, v in node.min.items()},
+            "max": {k: v for k, v in node.max.items()},
+            "usage": {k: v for k, v in node.usage.items() if v},
+            "borrowed": tree.borrowed(node),
+            "resources": resources,
+            "pending": p,
+            "running": r,
+        }
+        return p, r
+
+    visit(tree.root)
+    units = [
+        {
+            "name": u.name,
+            "resource": u.resource,
+            "capacity": u.capacity,
+            "usage": {k: v for k, v in u.usage.items() if v and k != MAX_JOBS},
+            "pods": u.pods,
+            "max_pods": u.max_pods,
+            "node_selector": u.node_selector,
+        }
+        for u in engine.units.units
+    ]
+    return {"tree": tree.name, "nodes": nodes, "units": units, "ray": ray_address}
 
 
 def _visible(request: Resources) -> Resources:

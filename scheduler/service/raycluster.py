@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 
 from rayqueue.quota.quantity import CPU, GPU, MEMORY, MILLI, Resources
+from rayqueue.scheduler.capacity import NodeCapacity, matches
 
 log = logging.getLogger("rayqueue.service.ray")
 
@@ -481,21 +482,9 @@ def node_resources(node: Mapping[str, Any]) -> Resources:
     return out
 
 
-def matches(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in selector.items())
-
-
-def capacity_for(nodes: list[dict[str, Any]], selector: Mapping[str, str]) -> Resources | None:
-    """The sum over the alive nodes whose labels match ``selector``; None when no node matches.
-
-    Every resource Ray has a name for is in the answer, 0 when no node has it: a resource missing from
-    a unit's capacity is unbounded to the engine, so without the 0 a GPU job would be admitted onto a
-    Ray cluster that has no GPU at all."""
-    chosen = [n for n in nodes if matches(n.get("labels") or {}, selector)]
-    if not chosen:
-        return None
-    total: Resources = {name: 0 for name, _scale in RAY_TO_K8S.values()}
-    for n in chosen:
-        for r, v in node_resources(n).items():
-            total[r] = total.get(r, 0) + v
-    return total
+def node_capacities(nodes: list[dict[str, Any]]) -> list[NodeCapacity]:
+    """Ray's alive nodes as capacity sees them (labels, resources in our units)."""
+    return [
+        NodeCapacity(str(n.get("node_id") or n.get("node_name") or ""), dict(n.get("labels") or {}), node_resources(n))
+        for n in nodes
+    ]
