@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import sys
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -50,3 +52,15 @@ async def test_rayqueue_operator_command_admits_and_serves_metrics() -> None:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_rayqueue_operator_without_any_api_says_so_in_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    env["KUBECONFIG"] = str(tmp_path / "missing-kubeconfig")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rayqueue.scheduler.cli", "operator", "--standalone", "--webhook-port", "0",
+        "--metrics-port", "0", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2
+    assert "rayqueue operator: no Kubernetes API to connect to" in err.decode()
+    assert "Traceback" not in err.decode() + out.decode()

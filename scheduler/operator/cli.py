@@ -48,6 +48,8 @@ def operator(
     import asyncio
     import logging
 
+    from kubernetes_asyncio.config import ConfigException
+
     from rayqueue.scheduler.engine import EngineConfig
     from rayqueue.scheduler.extras import MissingExtra, requires_extra
 
@@ -87,8 +89,13 @@ def operator(
 
     async def main() -> None:
         # kubernetes_asyncio loads a kubeconfig (exec plugins included) asynchronously: in the operator's loop
-        connection = Connection(server=server, token=token) if server else \
-            await Connection.from_environment(context)
+        try:
+            connection = Connection(server=server, token=token) if server else \
+                await Connection.from_environment(context)
+        except (ConfigException, OSError) as exc:
+            typer.echo(f"rayqueue operator: no Kubernetes API to connect to (in-cluster service account or "
+                       f"kubeconfig{f' context {context}' if context else ''}): {exc}", err=True)
+            raise typer.Exit(2) from None
         op = Operator(connection, config, webhook=webhook, metrics_port=metrics_port or None)
         typer.echo(f"rayqueue operator {config.identity}: API {connection.server} ({connection.source}), "
                    f"{'standalone' if standalone else f'peering {peering!r} priority {priority}'}, "

@@ -28,6 +28,8 @@ import logging
 import math
 import os
 import random
+import urllib.parse
+import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -251,9 +253,21 @@ class KubeClient:
 
     async def start(self) -> None:
         if self._api is None:
-            self.connection.configuration.connection_pool_maxsize = self.max_connections
-            api = ApiClient(self.connection.configuration)
+            cfg = self.connection.configuration
+            cfg.connection_pool_maxsize = self.max_connections
+            if cfg.proxy is None:
+                cfg.proxy = _env_proxy(self.connection.server)
+            api = ApiClient(cfg)
             api.user_agent = "rayqueue-operator"
+            # kubernetes_asyncio's session trusts the environment, and aiohttp then looks up ~/.netrc and
+            # the proxy variables in a worker thread on every request: two thread hops per admission
+            # patch, most of the client's CPU (measured: 2.3-2.7 ms against 0.9 ms per patch). The proxy
+            # is resolved once above instead; the connector (pool, TLS) is kubernetes_asyncio's own.
+            rest = api.rest_client
+            session = rest.pool_manager
+            rest.pool_manager = aiohttp.ClientSession(connector=session.connector, trust_env=False,
+                                                      read_bufsize=2**21)
+            session.detach()
             self._api = api
 
     async def close(self) -> None:
@@ -266,9 +280,11 @@ class KubeClient:
         if self._api is None:
             await self.start()
         assert self._api is not None
-        headers = {"Accept": "application/json"}
+        api = self._api
+        url = self.connection.server + path
+        base_headers = {"Accept": "application/json", **api.default_headers}
         if body is not None:
-            headers["Content-Type"] = content_type
+            base_headers["Content-Type"] = content_type
         query = list(params.items()) if params else None
         last: Exception | None = None
         reloaded = False
@@ -277,9 +293,12 @@ class KubeClient:
             retry_after: float | None = None
             generation = self.connection.generation
             try:
-                rsp = await self._api.call_api(
-                    path, method, query_params=query, header_params=dict(headers), body=body,
-                    auth_settings=["BearerToken"], _preload_content=False, _request_timeout=self.retry.timeout_s)
+                # ApiClient.request, not call_api: our bodies are plain JSON already, and call_api's
+                # sanitising walk over every patch was a tenth of the client's CPU.
+                headers = dict(base_headers)
+                await api.update_params_for_auth(headers, [], ["BearerToken"])  # runs the refresh hook
+                rsp = await api.request(method, url, query_params=query, headers=headers, body=body,
+                                        _preload_content=False, _request_timeout=self.retry.timeout_s)
                 async with rsp:
                     status: int = rsp.status
                     data: bytes = await rsp.read()
@@ -344,6 +363,14 @@ class KubeClient:
     async def create(self, res: Resource, namespace: str | None, body: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("POST", res.path(namespace), body=body)
         return result
+
+
+def _env_proxy(server: str) -> str | None:
+    """The proxy that ``HTTPS_PROXY``/``HTTP_PROXY`` name for the API server, unless ``NO_PROXY`` exempts it."""
+    parsed = urllib.parse.urlsplit(server)
+    if not parsed.hostname or urllib.request.proxy_bypass(parsed.hostname):
+        return None
+    return urllib.request.getproxies().get(parsed.scheme)
 
 
 def _decode(data: bytes) -> Any:
