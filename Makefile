@@ -11,12 +11,12 @@ NATIVE := $(VENV)/.native
 NATIVE_SRC := quota/quantity.py quota/tree.py queue/workload.py queue/queues.py \
 	scheduler/engine/units.py scheduler/engine/decisions.py scheduler/engine/wakeup.py \
 	scheduler/engine/state.py scheduler/engine/placement.py scheduler/engine/parking.py scheduler/engine/borrowing.py scheduler/engine/events.py scheduler/engine/preemption.py \
-	scheduler/engine/cycle.py scheduler/engine/preview.py scheduler/engine/changes.py scheduler/engine/views.py scheduler/engine/facade.py
+	scheduler/engine/cycle.py scheduler/engine/preview.py scheduler/engine/changes.py scheduler/engine/views.py scheduler/engine/capacity.py scheduler/engine/facade.py
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	RAYQUEUE_PURE_PYTHON=1 $(BIN)/python -m pip install -q -e '.[dev]'
+	RAYQUEUE_PURE_PYTHON=1 $(BIN)/python -m pip install -q -e '.[all,dev]'
 	@touch $(STAMP)
 
 # Stale extensions are removed first, so a failed compile leaves the interpreted engine, never an old one.

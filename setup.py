@@ -39,6 +39,7 @@ NATIVE = [
     "scheduler/engine/preview.py",
     "scheduler/engine/changes.py",
     "scheduler/engine/views.py",
+    "scheduler/engine/capacity.py",
     "scheduler/engine/facade.py",
 ]
 # One shared library for all of them (calls between them stay native), inside the package so that

@@ -50,7 +50,11 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+# The kmock API server and fake KubeRay are test code: they live in tests/, not in the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 MAX_JOB_WAIT_S = 900.0
 
@@ -133,8 +137,7 @@ def cluster_side(conn: Any, tree: dict[str, Any], specs: list[JobSpec], max_wait
 
 async def _cluster_main(conn: Any, tree: dict[str, Any], specs: list[JobSpec], max_wait: float) -> None:
     import kmock
-
-    from rayqueue.scheduler.operator.testing import RAYJOBS, TREES, Api, FakeApiServer, FakeKubeRay
+    from kmock_cluster import RAYJOBS, TREES, Api, FakeApiServer, FakeKubeRay
 
     loop = asyncio.get_running_loop()
     created: dict[str, float] = {}

@@ -89,6 +89,8 @@ class Workload:
     submitted_at: float = 0.0
     expected_duration: float | None = None
     name: str = ""
+    # Per resource, the most any one pod of the gang asks (a pod runs on one node); None: unknown.
+    pod_request: Resources | None = None
 
     state: WorkloadState = WorkloadState.PENDING
     reason: Reason | None = None
@@ -124,4 +126,5 @@ class Workload:
             submitted_at=self.submitted_at,
             expected_duration=self.expected_duration,
             name=self.name,
+            pod_request=dict(self.pod_request) if self.pod_request is not None else None,
         )

@@ -7,6 +7,7 @@ million jobs ends with usage exactly zero.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 import threading
@@ -124,6 +125,14 @@ _DECIMAL = {
 }
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
 
+#: The largest quantity Kubernetes represents (in base units: 2**63 - 1 cpus, bytes, GPUs).
+MAX_QUANTITY: Final = 2**63 - 1
+
+# A resource name is a Kubernetes qualified name: an optional DNS subdomain prefix and "/", then a name of
+# at most 63 characters that starts and ends with a letter or digit.
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+
 # Short names accepted in traces, CLI flags and config files.
 ALIASES = {"gpu": GPU, "gpus": GPU, "num_gpus": GPU, "mem": MEMORY, "max-jobs": MAX_JOBS}
 
@@ -133,6 +142,9 @@ class ManifestError(ValueError):
 
     def __init__(self, violations: list[str], source: str) -> None:
         self.violations = violations
+        if len(violations) == 1:  # one problem, one line: what a log line or an HTTP detail shows whole
+            super().__init__(f"{source} is invalid: {violations[0]}")
+            return
         lines = "\n".join(f"  - {v}" for v in violations)
         super().__init__(f"{source} is invalid ({len(violations)} problem(s)):\n{lines}")
 
@@ -146,12 +158,13 @@ def parse_quantity(value: str | int | float, *, field: str = "quantity") -> int:
     if isinstance(value, bool):
         raise QuantityError(f"{field}: {value!r} is not a quantity")
     if isinstance(value, int):
+        if abs(value) > MAX_QUANTITY:
+            raise QuantityError(f"{field}: {value} is larger than a Kubernetes quantity can be (2^63-1)")
         return value * MILLI
     if isinstance(value, float):
-        try:
-            number = Fraction(Decimal(repr(value)))
-        except InvalidOperation as exc:  # nan, inf
-            raise QuantityError(f"{field}: {value!r} is not a quantity") from exc
+        if not math.isfinite(value):  # YAML's .nan and .inf
+            raise QuantityError(f"{field}: {value!r} is not a quantity (quantities are finite numbers)")
+        number = _bounded(Decimal(repr(value)), value, field)
         scale = Fraction(1)
     else:
         text = str(value).strip()
@@ -161,15 +174,45 @@ def parse_quantity(value: str | int | float, *, field: str = "quantity") -> int:
                 f"{field}: {value!r} is not a quantity (expected e.g. 500m, 2, 40Gi, 1.5)"
             )
         try:
-            number = Fraction(Decimal(match.group(1)))
+            decimal = Decimal(match.group(1))
         except InvalidOperation as exc:
             raise QuantityError(f"{field}: {value!r} is not a quantity") from exc
+        number = _bounded(decimal, value, field)
         suffix = match.group(2) or ""
         scale = Fraction(_BINARY[suffix]) if suffix in _BINARY else _DECIMAL[suffix]
+    if abs(number * scale) > MAX_QUANTITY:
+        raise QuantityError(f"{field}: {value!r} is larger than a Kubernetes quantity can be (2^63-1)")
     milli = number * scale * MILLI
     # Kubernetes rounds a quantity up to the smallest unit it can represent.
     result = -((-milli.numerator) // milli.denominator)
     return int(result)
+
+
+def _bounded(decimal: Decimal, value: object, field: str) -> Fraction:
+    """The number as a fraction, refusing exponents whose power of ten alone would take minutes to compute."""
+    if decimal.is_zero():
+        return Fraction(0)
+    if decimal.adjusted() > 40:  # above 1e40 whatever the suffix: far past 2^63-1
+        raise QuantityError(f"{field}: {value!r} is larger than a Kubernetes quantity can be (2^63-1)")
+    if decimal.adjusted() < -40:
+        # Far below a nano-unit: Kubernetes rounds it up to the smallest unit; keep its sign only.
+        return Fraction(1 if decimal > 0 else -1, 10**40)
+    return Fraction(decimal)
+
+
+def check_resource_name(name: str, field: str = "resource") -> str:
+    """``name`` when it is a Kubernetes qualified name (``cpu``, ``nvidia.com/gpu``); else QuantityError."""
+    prefix, slash, rest = name.rpartition("/")
+    ok = len(rest) <= 63 and _QUALIFIED_NAME.match(rest) is not None
+    if slash:
+        ok = ok and 0 < len(prefix) <= 253 and _DNS_SUBDOMAIN.match(prefix) is not None
+    if not ok:
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        raise QuantityError(
+            f"{field}: {shown!r} is not a valid resource name (a Kubernetes qualified name such as "
+            "cpu, memory or nvidia.com/gpu)"
+        )
+    return name
 
 
 def is_byte_resource(resource: str) -> bool:
@@ -203,9 +246,10 @@ def parse_resources(raw: Mapping[str, object] | None, *, field: str = "resources
     for name, value in (raw or {}).items():
         if value is None:
             continue
+        resource = canonical_resource(check_resource_name(str(name), f"{field}.{name}"))
         if not isinstance(value, (str, int, float)):
             raise QuantityError(f"{field}.{name}: {value!r} is not a quantity")
-        out[canonical_resource(str(name))] = parse_quantity(value, field=f"{field}.{name}")
+        out[resource] = parse_quantity(value, field=f"{field}.{name}")
     return out
 
 

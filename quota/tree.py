@@ -6,15 +6,15 @@ nothing of queues or jobs: it accounts resource vectors against named leaves.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import networkx as nx
-import yaml
 from pydantic import ValidationError
 
+from rayqueue.quota.manifests import DocumentError, check_structure, load_documents, paused_gc, read_documents
 from rayqueue.quota.model import API_VERSION, KIND, ElasticQuotaTreeManifest, QuotaNodeSpec
 from rayqueue.quota.quantity import (
     MAX_JOBS,
@@ -179,17 +179,22 @@ class QuotaTree:
     def from_yaml(cls, path: str | Path) -> QuotaTree:
         source = str(path)
         try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise QuotaTreeError([f"cannot read {source}: {exc.strerror}"], source) from exc
-        return cls.from_yaml_text(text, source)
+            docs = read_documents(path, source)
+        except DocumentError as exc:
+            raise QuotaTreeError([exc.problem], source) from exc
+        return cls._from_documents(docs, source)
 
     @classmethod
-    def from_yaml_text(cls, text: str, source: str = "ElasticQuotaTree") -> QuotaTree:
+    def from_yaml_text(cls, text: str | bytes, source: str = "ElasticQuotaTree") -> QuotaTree:
         try:
-            docs = [d for d in yaml.safe_load_all(text) if d is not None]
-        except yaml.YAMLError as exc:
-            raise QuotaTreeError([f"malformed YAML: {exc}"], source) from exc
+            docs = load_documents(text, source)
+        except DocumentError as exc:
+            raise QuotaTreeError([exc.problem], source) from exc
+        return cls._from_documents(docs, source)
+
+    @classmethod
+    def _from_documents(cls, documents: list[Any], source: str) -> QuotaTree:
+        docs = [d for d in documents if d is not None]
         trees = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
         if len(trees) != 1:
             found = ", ".join(str(d.get("kind")) if isinstance(d, dict) else type(d).__name__ for d in docs)
@@ -201,11 +206,20 @@ class QuotaTree:
 
     @classmethod
     def from_dict(cls, manifest: Mapping[str, Any], source: str = "ElasticQuotaTree") -> QuotaTree:
+        with paused_gc():  # thousands of nodes, none of them garbage yet (see paused_gc)
+            return cls._from_dict(manifest, source)
+
+    @classmethod
+    def _from_dict(cls, manifest: Mapping[str, Any], source: str) -> QuotaTree:
         if not isinstance(manifest, Mapping):
             raise QuotaTreeError([f"expected a mapping, got {type(manifest).__name__}"], source)
-        cycle = _find_alias_cycle(manifest)
-        if cycle:
-            raise QuotaTreeError([f"{cycle}: the tree refers back to itself (a YAML alias cycle)"], source)
+        try:
+            # A body that arrived parsed (the operator's watch, a webhook) is bounded here; so is the
+            # tree's height, before the recursive validation below walks it.
+            check_structure(manifest, source)
+            _check_height(manifest)
+        except DocumentError as exc:
+            raise QuotaTreeError([exc.problem], source) from exc
         try:
             model = ElasticQuotaTreeManifest.model_validate(manifest)
         except ValidationError as exc:
@@ -424,8 +438,36 @@ def diff_trees(old: QuotaTree, new: QuotaTree) -> list[str]:
 # -------------------------------------------------------------------- building and rules
 
 
+#: Levels below the root a tree may have. ACK's trees are a few levels deep; the limit keeps every walk
+#: of the tree (validation, views, the admit path's lineage) small and far from the recursion limit.
+MAX_TREE_DEPTH = 32
+
+
+def _check_height(manifest: Mapping[str, Any]) -> None:
+    """Refuse a tree more than ``MAX_TREE_DEPTH`` levels deep, naming the node where it passes the limit."""
+    spec = manifest.get("spec")
+    root = spec.get("root") if isinstance(spec, Mapping) else None
+    todo: list[tuple[Any, str, int]] = [(root, "", 0)]
+    while todo:
+        node, path, depth = todo.pop()
+        if not isinstance(node, Mapping):
+            continue
+        here = f"{path}/{node.get('name')}" if path else str(node.get("name"))
+        if depth > MAX_TREE_DEPTH:
+            raise DocumentError("", f"node {_short_path(here)}: the tree is deeper than {MAX_TREE_DEPTH} levels (the limit)")
+        children = node.get("children")
+        if isinstance(children, list):
+            todo.extend((child, here, depth + 1) for child in children)
+
+
+def _short_path(path: str, shown: int = 8) -> str:
+    parts = path.split("/")
+    if len(parts) <= shown:
+        return path
+    return "/".join(parts[: shown // 2]) + f"/...({len(parts) - shown} more)/" + "/".join(parts[-(shown // 2) :])
+
+
 def _build(spec: QuotaNodeSpec, problems: list[str]) -> QuotaTree | None:
-    graph: nx.DiGraph = nx.DiGraph()
     nodes: dict[str, QuotaNode] = {}
     seen_paths: dict[str, str] = {}
     namespace_owner: dict[str, str] = {}
@@ -455,7 +497,7 @@ def _build(spec: QuotaNodeSpec, problems: list[str]) -> QuotaTree | None:
         if WEIGHT_ATTRIBUTE in attributes:
             try:
                 weight = float(attributes[WEIGHT_ATTRIBUTE])
-                if weight <= 0:
+                if not math.isfinite(weight) or weight <= 0:
                     raise ValueError
             except (TypeError, ValueError):
                 problems.append(
@@ -469,10 +511,6 @@ def _build(spec: QuotaNodeSpec, problems: list[str]) -> QuotaTree | None:
                     f"{where}: attributes.{attr} must be one of {', '.join(allowed)} (got {attributes[attr]!r})"
                 )
         node = QuotaNode(s.name, path, parent, mins, maxs, list(s.namespaces or []), attributes, weight)
-        key = id(node)
-        graph.add_node(key)
-        if parent is not None:
-            graph.add_edge(id(parent), key)
         if s.name not in nodes:
             nodes[s.name] = node
         children = s.children or []
@@ -496,9 +534,8 @@ def _build(spec: QuotaNodeSpec, problems: list[str]) -> QuotaTree | None:
                     )
         return node
 
+    # Recursive, but only as deep as the tree, which ``_check_height`` bounded before validation.
     root = visit(spec, None)
-    if not nx.is_arborescence(graph):  # guards the builder itself; specs are trees by construction
-        problems.append("the quota tree is not a tree")
     if problems:
         return None
     return QuotaTree(root, nodes)
@@ -526,18 +563,3 @@ def _pydantic_message(error: Any) -> str:
             parts.append(("." if parts else "") + str(item))
     where = "".join(parts) or "document"
     return f"{where}: {error.get('msg')}"
-
-
-def _find_alias_cycle(obj: Any, path: str = "", active: set[int] | None = None) -> str | None:
-    active = set() if active is None else active
-    if isinstance(obj, (dict, list)):
-        if id(obj) in active:
-            return path or "document"
-        active.add(id(obj))
-        items = obj.items() if isinstance(obj, dict) else enumerate(obj)
-        for key, value in items:
-            found = _find_alias_cycle(value, f"{path}.{key}" if path else str(key), active)
-            if found:
-                return found
-        active.discard(id(obj))
-    return None

@@ -40,9 +40,10 @@ def simulate(
     from rich.console import Console
 
     from rayqueue.quota.tree import QuotaTreeError
+    from rayqueue.scheduler.extras import MissingExtra, ensure_extra
     from rayqueue.scheduler.workloads.resourcepolicy import ResourcePolicyError
     from rayqueue.simulations.config import ConfigError, TraceRef
-    from rayqueue.simulations.simulator import SimulationError
+    from rayqueue.simulations.driver import SimulationError
     from rayqueue.simulations.trace import TraceError
 
     console = Console(stderr=True)
@@ -51,6 +52,8 @@ def simulate(
         raise typer.Exit(2)
     trace_ref = TraceRef(path=str(trace), format=trace_format) if trace else None  # type: ignore[arg-type]
     try:
+        if plots:  # before the simulation, not after it
+            ensure_extra("report", "rayqueue simulate (for its plots; --no-plots skips them)", "matplotlib")
         if compare:
             _compare(list(scenarios or []), trace_ref, quota, cluster, policy, out, strict, plots, progress, console)
         else:
@@ -58,6 +61,9 @@ def simulate(
     except (QuotaTreeError, ConfigError, ResourcePolicyError, TraceError, SimulationError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
+    except MissingExtra as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
 
 
 def _load(

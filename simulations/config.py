@@ -31,9 +31,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rayqueue.quota.manifests import DocumentError, load_document, read_bytes
 from rayqueue.quota.quantity import CPU, GPU, MEMORY, QuantityError, Resources, parse_resources
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.workloads.resourcepolicy import Unit, Units, load_resource_policy
@@ -48,6 +48,9 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[str], source: str) -> None:
         self.problems = problems
         self.source = source
+        if len(problems) == 1:  # one problem, one line
+            super().__init__(f"{source} is invalid: {problems[0]}")
+            return
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"{source} is invalid ({len(problems)} problem(s)):\n{lines}")
 
@@ -160,7 +163,7 @@ class EngineOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     queueing: Literal["BestEffortFIFO", "StrictFIFO"] = "BestEffortFIFO"
-    preemption: Literal["Never", "LowerPriority"] = "Never"
+    preemption: Literal["Never", "LowerPriority"] = "LowerPriority"
     reclaim: bool = True
     priorityClasses: dict[str, int] = Field(default_factory=dict)
     defaultPriority: int = 0
@@ -203,11 +206,11 @@ def _pydantic_problems(exc: ValidationError) -> list[str]:
     return out
 
 
-def load_cluster_text(text: str, source: str = "cluster.yaml") -> ClusterConfig:
+def load_cluster_text(text: str | bytes, source: str = "cluster.yaml") -> ClusterConfig:
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"malformed YAML: {exc}"], source) from exc
+        raw = load_document(text, source)
+    except DocumentError as exc:
+        raise ConfigError([exc.problem], source) from exc
     return cluster_from_dict(raw, source)
 
 
@@ -234,10 +237,10 @@ def cluster_from_dict(raw: Any, source: str = "cluster.yaml") -> ClusterConfig:
 def load_cluster(path: str | Path) -> ClusterConfig:
     source = str(path)
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError([f"cannot read {source}: {exc.strerror}"], source) from exc
-    return load_cluster_text(text, source)
+        data = read_bytes(path, source)
+    except DocumentError as exc:
+        raise ConfigError([exc.problem], source) from exc
+    return load_cluster_text(data, source)
 
 
 def build_units(cluster: ClusterConfig, policy: Units | None = None, source: str = "cluster.yaml") -> Units:
@@ -361,11 +364,9 @@ def load_scenario(path: str | Path) -> Scenario:
     source = str(path)
     p = Path(path)
     try:
-        raw = yaml.safe_load(p.read_text())
-    except OSError as exc:
-        raise ConfigError([f"cannot read {source}: {exc.strerror}"], source) from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"malformed YAML: {exc}"], source) from exc
+        raw = load_document(read_bytes(p, source), source)
+    except DocumentError as exc:
+        raise ConfigError([exc.problem], source) from exc
     if not isinstance(raw, dict):
         raise ConfigError([f"expected a mapping, got {type(raw).__name__}"], source)
     try:
@@ -375,7 +376,7 @@ def load_scenario(path: str | Path) -> Scenario:
     base = p.parent
 
     def rel(value: str) -> Path:
-        # normpath: the reports name the trace as ../shared/.../philly_jobs.csv, not a/b/../../../..
+        # normpath: the reports name the trace as data/traces/philly/philly_jobs.csv, not a/b/c/../../../..
         q = Path(value).expanduser()
         return Path(os.path.normpath(q if q.is_absolute() else base / q))
 

@@ -3,8 +3,9 @@
 Front ends call :func:`forecast_starts` for ``rayqueue explain`` ("expected start"). The copy is a
 fresh engine with the same tree, units and configuration; every running job is restored with its
 ``admitted_at`` and finishes at ``admitted_at + expected_duration``; every pending job is queued again in
-its original order. Then the same admission cycles run as in the simulator, event by event, until
-every pending job has a start or nothing more can happen.
+its original order. Then the simulator's own loop (:mod:`.driver`) runs the copy forward, event by
+event, including the cycles the engine asks for at the same instant, until every pending job has a
+start or nothing more can happen.
 
 Assumptions (said in ``rayqueue explain`` too): no new job arrives; a job runs exactly its
 ``expected_duration``; a job without one never finishes in the forecast, so whatever waits for its
@@ -14,12 +15,11 @@ engine is never touched.
 
 from __future__ import annotations
 
-import heapq
-
 from rayqueue.queue.workload import Workload, WorkloadState
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.engine import Engine
-from rayqueue.scheduler.engine.decisions import Admit, Preempt
+from rayqueue.scheduler.engine.decisions import Admit, Decision
+from rayqueue.simulations.driver import Driver, SimulationError, VirtualClock
 from rayqueue.simulations.simulator import fresh_units
 
 #: Bounds that keep a forecast cheap on a large backlog (a cycle admits many jobs at once).
@@ -39,21 +39,20 @@ def forecast_starts(
     """
     tree = QuotaTree.from_dict(engine.tree.to_dict(), source=f"ElasticQuotaTree {engine.tree.name}")
     units = fresh_units(engine.units)
-    clock_now = [now]
-    copy = Engine(tree, units, engine.config, clock=lambda: clock_now[0])
+    clock = VirtualClock(now)
+    copy = Engine(tree, units, engine.config, clock=clock)
+    driver = Driver(copy, clock)
 
     waiting: dict[str, float | None] = {}
-    finish_heap: list[tuple[float, str, int]] = []  # (time, uid, run number)
-    runs: dict[str, int] = {}
     pending: list[Workload] = []
     for w in engine.workloads.values():
         if w.state == WorkloadState.ADMITTED:
             c = w.fresh()
             admitted_at = w.admitted_at if w.admitted_at is not None else now
             copy.restore(c, w.unit, admitted_at)
-            if w.expected_duration is not None:
-                runs[c.uid] = 1
-                heapq.heappush(finish_heap, (max(now, admitted_at + w.expected_duration), c.uid, 1))
+            if c.expected_duration is not None:
+                # A job overdue by its expected duration is taken to end now, not in the past.
+                driver.running(c, max(now, admitted_at + c.expected_duration))
         elif w.state in (WorkloadState.PENDING, WorkloadState.PREEMPTING):
             pending.append(w)
     # Same order as the live engine's arrivals, so ties break the same way.
@@ -65,42 +64,25 @@ def forecast_starts(
     unresolved = set(waiting)
     limit = None if horizon_s is None else now + horizon_s
 
-    t = now
+    def on_decision(d: Decision, t: float) -> None:
+        uid = d.workload.uid
+        if type(d) is Admit and uid in unresolved:
+            waiting[uid] = t
+            unresolved.discard(uid)
+
+    t: float | None = now
     for _ in range(max_instants):
-        clock_now[0] = t
-        while finish_heap and finish_heap[0][0] <= t:
-            _, uid, run = heapq.heappop(finish_heap)
-            if runs.get(uid) == run and uid in copy.workloads:
+        if t is None or (limit is not None and t > limit):
+            break
+        driver.advance(t)
+        for uid in driver.due_finishes(t):
+            if uid in copy.workloads:
                 copy.finish(uid)
-        for _ in range(1000):
-            preempted = False
-            for d in copy.schedule(t):
-                uid = d.workload.uid
-                if isinstance(d, Admit):
-                    if uid in unresolved:
-                        waiting[uid] = t
-                        unresolved.discard(uid)
-                    duration = d.workload.expected_duration
-                    runs[uid] = runs.get(uid, 0) + 1
-                    if duration is not None:
-                        heapq.heappush(finish_heap, (t + duration, uid, runs[uid]))
-                elif isinstance(d, Preempt):
-                    preempted = True
-                    runs[uid] = runs.get(uid, 0) + 1  # its pending finish is void
-                    copy.suspended(uid, t)
-            if not preempted:
-                break
+        try:
+            driver.settle(t, on_decision)
+        except SimulationError:
+            break  # an engine that never settles: what is left stays unknown rather than hanging explain
         if not unresolved:
             break
-        candidates = []
-        if finish_heap:
-            candidates.append(finish_heap[0][0])
-        wake = copy.next_wakeup()
-        if wake is not None and wake > t:
-            candidates.append(wake)
-        if not candidates:
-            break
-        t = min(candidates)
-        if limit is not None and t > limit:
-            break
+        t = driver.next_instant()
     return waiting

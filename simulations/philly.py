@@ -18,7 +18,9 @@ import yaml
 
 GPUS_PER_NODE = 8
 DEFAULT_VC_NODES = 1  # for VCs that philly_vc.csv lacks
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "philly"
+# The repository's data/ (data/README.md: source and licence); the installed package carries the same
+# files as rayqueue/data/, so the path is one level up from here in both.
+DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "traces" / "philly"
 JOBS_CSV = DATA_DIR / "philly_jobs.csv"
 VC_CSV = DATA_DIR / "philly_vc.csv"
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from rayqueue.quota.quantity import GPU
+from rayqueue.scheduler.extras import requires_extra
 from rayqueue.simulations.simulator import JobRecord, SimulationResult, format_duration
 
 MILLI = 1000.0
@@ -297,11 +298,18 @@ def queues_named_in_cdf(waits: dict[str, list[float]]) -> list[str]:
     return sorted(waits, key=lambda q: (-float(np.percentile(waits[q], 95)), q))[:WORST_QUEUES_NAMED]
 
 
-def _figures(result: SimulationResult) -> dict[str, bytes]:
-    import matplotlib
+def _pyplot() -> Any:
+    """matplotlib's pyplot drawing off-screen; it comes with the [report] extra."""
+    with requires_extra("report", "the simulation report (for its plots; --no-plots skips them)"):
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    return plt
+
+
+def _figures(result: SimulationResult) -> dict[str, bytes]:
+    plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
     res = short_name(result.resource).upper()
@@ -529,11 +537,6 @@ def write_comparison(
     results: list[SimulationResult], summaries: list[dict[str, Any]], out: str | Path, plots: bool = True
 ) -> dict[str, Any]:
     """Side-by-side table (compare.json; with ``plots`` also compare.html and its PNGs) of several what-ifs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -562,6 +565,7 @@ def write_comparison(
     (d / "compare.json").write_text(json.dumps(data, indent=2) + "\n")
     if not plots:
         return data
+    plt = _pyplot()
 
     figures: dict[str, bytes] = {}
 

@@ -1,8 +1,10 @@
 """Replay a trace against the real admission engine in virtual time, event by event.
 
 The simulator is a front end like the service and the operator: it owns no admission logic. It feeds
-the :class:`~rayqueue.scheduler.engine.Engine` the trace's arrivals and the jobs' finishes, runs one
-admission cycle after each batch of events that share a time, and applies the decisions:
+the :class:`~rayqueue.scheduler.engine.Engine` the trace's arrivals and the jobs' finishes, runs
+admission cycles after each batch of events that share a time (and again at that time whenever the
+engine asks for it), and applies the decisions; the loop itself is :mod:`.driver`'s, shared with the
+forecast:
 
 - ``Admit``: the job runs for its ``duration``; a finish event is scheduled at ``now + duration``.
 - ``Preempt``: a simulated suspension is instant, so the simulator calls ``engine.suspended`` at once
@@ -11,12 +13,12 @@ admission cycle after each batch of events that share a time, and applies the de
 - ``Reject``: the job leaves the simulation and is counted.
 
 There are no fixed ticks: the clock jumps from event to event (arrivals, finishes, and the engine's own
-timers from :meth:`Engine.next_wakeup`, e.g. backoff or a ``TimeoutOrExceedMax`` deadline).
+timers from :meth:`Engine.next_wakeup`, e.g. backoff, a ``TimeoutOrExceedMax`` deadline, or "now" when
+a cycle freed more room than it handed out).
 """
 
 from __future__ import annotations
 
-import heapq
 import time
 from array import array
 from collections.abc import Callable
@@ -28,20 +30,11 @@ from rayqueue.queue.workload import Workload
 from rayqueue.quota.quantity import CPU, GPU
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.engine import Engine, EngineConfig
-from rayqueue.scheduler.engine.decisions import Admit, Preempt, Reject
+from rayqueue.scheduler.engine.decisions import Admit, Decision, Preempt, Reject
 from rayqueue.scheduler.workloads.resourcepolicy import Unit, Units
 from rayqueue.simulations.config import ClusterConfig, EngineOptions, Scenario, TraceRef
+from rayqueue.simulations.driver import Driver, VirtualClock
 from rayqueue.simulations.trace import RowProblem, Trace, TraceError, load_trace
-
-FINISH = 0
-TIMER = 1
-
-#: Safety net: admission cycles at one instant (each preemption round needs one more).
-MAX_CYCLES_PER_INSTANT = 10_000
-
-
-class SimulationError(RuntimeError):
-    pass
 
 
 @dataclass(slots=True)
@@ -64,7 +57,6 @@ class JobRecord:
     preemptions: int = 0
     status: str = "pending"  # pending | running | finished | rejected | unfinished
     reason: str = ""
-    epoch: int = 0  # invalidates the finish event of a run that was preempted
     busy_seconds: float = 0.0  # time spent running, wasted runs included
 
     @property
@@ -171,12 +163,10 @@ class Simulator:
         self.description = description
         self.progress = progress
         self.on_progress = on_progress
-        self.now = 0.0
-        self.engine = Engine(tree, self.units, engine_config(cluster.engine), clock=self._clock)
+        self.clock = VirtualClock()
+        self.engine = Engine(tree, self.units, engine_config(cluster.engine), clock=self.clock)
+        self.driver = Driver(self.engine, self.clock)
         self.resource = summary_resource(trace, tree)
-
-    def _clock(self) -> float:
-        return self.now
 
     def run(self) -> SimulationResult:
         started = time.perf_counter()
@@ -228,8 +218,7 @@ class Simulator:
         )
         ct, cu, cl, cd = result.change_t, result.change_unit, result.change_leaf, result.change_delta
 
-        heap: list[tuple[float, int, int, int]] = []  # (time, kind, record index, epoch)
-        timers: set[float] = set()
+        driver = self.driver
         n = len(jobs)
         ai = 0
         done = 0
@@ -238,26 +227,50 @@ class Simulator:
         # of a job gone since) changes nothing and must not stretch the makespan, nor the prepaid cost.
         last_change = 0.0
         events = 0
-        cycles = 0
         bar = _Progress(self.progress, n, self.on_progress)
-        push, pop = heapq.heappush, heapq.heappop
 
-        while ai < n or heap:
-            now = jobs[ai].submit if ai < n else heap[0][0]
-            if heap and heap[0][0] < now:
-                now = heap[0][0]
-            self.now = now
-            # 1. finishes (and timers) due now
-            while heap and heap[0][0] <= now:
-                _, kind, idx, epoch = pop(heap)
+        def on_decision(d: Decision, now: float) -> None:
+            nonlocal last_change, done
+            last_change = now
+            rec = records[by_uid[d.workload.uid]]
+            if type(d) is Admit:
+                rec.status = "running"
+                rec.admit = now
+                if rec.first_admit is None:
+                    rec.first_admit = now
+                rec.unit = d.placement.unit
+                if rec.amount:
+                    ct.append(now)
+                    cu.append(unit_index[d.placement.unit])
+                    cl.append(leaf_index[rec.queue])
+                    cd.append(rec.amount)
+            elif type(d) is Preempt:
+                # Seen before the driver confirms the suspension, so the workload still names its unit.
+                rec.status = "pending"
+                rec.preemptions += 1
+                rec.busy_seconds += now - (now if rec.admit is None else rec.admit)
+                if rec.amount:
+                    ct.append(now)
+                    cu.append(unit_index[d.workload.unit or ""])
+                    cl.append(leaf_index[rec.queue])
+                    cd.append(-rec.amount)
+            elif type(d) is Reject:
+                rec.status = "rejected"
+                rec.reason = str(d.reason)
+                done += 1
+
+        while True:
+            now_or_none = driver.next_instant(jobs[ai].submit if ai < n else None)
+            if now_or_none is None:
+                break
+            now = now_or_none
+            driver.advance(now)
+            before = events
+            # 1. the finishes due now
+            for uid in driver.due_finishes(now):
+                rec = records[by_uid[uid]]
+                engine.finish(uid)
                 events += 1
-                if kind == TIMER:
-                    timers.discard(now)
-                    continue
-                rec = records[idx]
-                if epoch != rec.epoch or rec.status != "running":
-                    continue  # the run was preempted
-                engine.finish(rec.uid)
                 last_change = now
                 rec.status = "finished"
                 rec.finish = now
@@ -268,7 +281,7 @@ class Simulator:
                     cu.append(unit_index[rec.unit or ""])
                     cl.append(leaf_index[rec.queue])
                     cd.append(-rec.amount)
-            # 2. arrivals due now
+            # 2. the arrivals due now
             while ai < n and jobs[ai].submit <= now:
                 j = jobs[ai]
                 rec = records[ai]
@@ -293,54 +306,10 @@ class Simulator:
                     done += 1
                 else:
                     rec.status = "pending"
-            # 3. admission cycles until no preemption is left to confirm
-            for _ in range(MAX_CYCLES_PER_INSTANT):
-                cycles += 1
-                preempted = False
-                for d in engine.schedule(now):
-                    last_change = now
-                    if type(d) is Admit:
-                        rec = records[by_uid[d.workload.uid]]
-                        rec.status = "running"
-                        rec.admit = now
-                        if rec.first_admit is None:
-                            rec.first_admit = now
-                        rec.unit = d.placement.unit
-                        rec.epoch += 1
-                        push(heap, (now + rec.duration, FINISH, by_uid[rec.uid], rec.epoch))
-                        if rec.amount:
-                            ct.append(now)
-                            cu.append(unit_index[d.placement.unit])
-                            cl.append(leaf_index[rec.queue])
-                            cd.append(rec.amount)
-                    elif type(d) is Preempt:
-                        preempted = True
-                        rec = records[by_uid[d.workload.uid]]
-                        unit = d.workload.unit
-                        engine.suspended(rec.uid, now)  # a simulated suspension is instant
-                        rec.status = "pending"
-                        rec.preemptions += 1
-                        rec.epoch += 1
-                        rec.busy_seconds += now - (now if rec.admit is None else rec.admit)
-                        if rec.amount:
-                            ct.append(now)
-                            cu.append(unit_index[unit or ""])
-                            cl.append(leaf_index[rec.queue])
-                            cd.append(-rec.amount)
-                    elif type(d) is Reject:
-                        rec = records[by_uid[d.workload.uid]]
-                        rec.status = "rejected"
-                        rec.reason = str(d.reason)
-                        done += 1
-                if not preempted:
-                    break
-            else:
-                raise SimulationError(f"more than {MAX_CYCLES_PER_INSTANT} admission cycles at t={now}")
-            # 4. the engine's own timers (backoff, TimeoutOrExceedMax)
-            wake = engine.next_wakeup()
-            if wake is not None and wake > now and wake not in timers:
-                timers.add(wake)
-                push(heap, (wake, TIMER, -1, 0))
+            if events == before:
+                events += 1  # neither a finish nor an arrival: one of the engine's timers
+            # 3. admission cycles until the engine asks for none at this instant
+            driver.settle(now, on_decision)
             bar.update(now, done)
 
         bar.close(last_change, done)
@@ -348,7 +317,7 @@ class Simulator:
             if rec.status in ("pending", "running"):
                 rec.status = "unfinished"  # e.g. waits forever behind a StrictFIFO head that never fits
         result.end = last_change
-        result.cycles = cycles
+        result.cycles = driver.cycles
         result.events = events
         result.wall_seconds = time.perf_counter() - started
         s = engine.stats

@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from rayqueue.queue.priority import PriorityClasses, UnknownPriorityClass
-from rayqueue.quota.quantity import ALIASES, CPU, MEMORY, QuantityError, Resources, parse_quantity
+from rayqueue.quota.quantity import (
+    ALIASES,
+    CPU,
+    MEMORY,
+    QuantityError,
+    Resources,
+    check_resource_name,
+    parse_quantity,
+)
 from rayqueue.quota.tree import QuotaNode, QuotaTree
 
 #: Philly's own column names, so its CSV loads as it is.
@@ -152,6 +160,9 @@ def _read_columns(path: Path, fmt: str) -> _Columns:
                 convert_options=pacsv.ConvertOptions(
                     column_types={c: "string" for c in text_columns},
                     strings_can_be_null=True,
+                    # Only an empty field is missing: pyarrow would also read "nan", "NA" or "null" as
+                    # missing, and "gpu=nan" must be a bad row, not a job asking for nothing.
+                    null_values=[""],
                 ),
             )
     except FileNotFoundError as exc:
@@ -208,8 +219,6 @@ def _quantity(value: Any, field: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value * 1000
     if isinstance(value, float):
-        if math.isnan(value):
-            return 0
         if value.is_integer():
             return int(value) * 1000
     if isinstance(value, str) and not value.strip():
@@ -277,6 +286,11 @@ def load_trace(
         if name in _KNOWN:
             continue
         res = _resource_column(name)
+        if res is not None:
+            try:
+                check_resource_name(res, f"column {name!r}")
+            except QuantityError as exc:
+                raise TraceError(f"{source}: {exc}") from None
         if res is None:
             ignored.append(name)
         elif res in resource_cols.values():
@@ -419,6 +433,8 @@ def load_trace(
             job.submit = stamp - t0
 
     problems.sort(key=lambda pr: pr.row)
+    if strict and len(problems) == 1:
+        raise TraceError(f"{source}: 1 bad row (--strict): {problems[0]}")
     if strict and problems:
         shown = "\n".join(f"  - {pr}" for pr in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""

@@ -8,16 +8,11 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import kmock
-
-from rayqueue.scheduler.engine import EngineConfig
-from rayqueue.scheduler.operator.controller import OperatorConfig
-from rayqueue.scheduler.operator.handlers import Operator, WebhookConfig
-from rayqueue.scheduler.operator.kube import Connection, RetryPolicy
-from rayqueue.scheduler.operator.rayjobs import ADMISSION_ANNOTATION, CONDITION_ANNOTATION
-from rayqueue.scheduler.operator.testing import (
+from kmock_cluster import (
     EVENTS,
     NODES,
     POLICIES,
@@ -28,7 +23,15 @@ from rayqueue.scheduler.operator.testing import (
     Api,
     FakeApiServer,
     FakeKubeRay,
+    tls_files,
+    tls_server,
 )
+
+from rayqueue.scheduler.engine import EngineConfig
+from rayqueue.scheduler.operator.controller import OperatorConfig
+from rayqueue.scheduler.operator.handlers import Operator, WebhookConfig
+from rayqueue.scheduler.operator.kube import Connection, RetryPolicy
+from rayqueue.scheduler.operator.rayjobs import ADMISSION_ANNOTATION, CONDITION_ANNOTATION
 from rayqueue.scheduler.workloads.rayjob import PRIORITY_LABEL, QUEUE_LABEL
 
 
@@ -119,12 +122,13 @@ class Env:
 
     async def start_operator(self, *, identity: str = "op-1", peering: str | None = None, priority: int = 0,
                              engine: EngineConfig | None = None, webhook: WebhookConfig | None = None,
-                             timeout_s: float = 2.0, wait: bool = True) -> Operator:
+                             timeout_s: float = 2.0, wait: bool = True,
+                             connection: Connection | None = None) -> Operator:
         config = OperatorConfig(identity=identity, peering=peering, priority=priority,
                                 engine=engine or EngineConfig(backoff_base_s=0.05, backoff_max_s=0.2),
                                 status_interval_s=0.2, retry_failed_after_s=0.3, leadership_poll_s=0.2,
                                 announce_after_s=0.1)
-        op = Operator(self.connection(), config, webhook=webhook)
+        op = Operator(connection or self.connection(), config, webhook=webhook)
         op.client.retry = RetryPolicy(attempts=8, base_s=0.02, max_s=0.3, timeout_s=timeout_s)
         op.start()
         self.operators.append(op)
@@ -184,7 +188,11 @@ class Env:
         return await self.api.create(RAYJOBS, body)
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+#: A hang guard, not a time budget: a busy machine is slow, and every wait ends as soon as its event happens.
+EVENTUALLY_S = 120.0
+
+
+async def eventually(check: Callable[[], Any], timeout: float = EVENTUALLY_S, interval: float = 0.02,
                      what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
@@ -200,8 +208,10 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: 
 
 
 @contextlib.asynccontextmanager
-async def environment(runtime: float = 0.5, **kuberay: Any) -> AsyncIterator[Env]:
-    async with FakeApiServer() as server, kmock.Server(server):
+async def environment(runtime: float = 0.5, tls_dir: Path | None = None, **kuberay: Any) -> AsyncIterator[Env]:
+    """``tls_dir``: serve HTTPS with a certificate written there (``apiserver.crt``), as a real API server."""
+    async with FakeApiServer() as server, \
+            (tls_server(server, *tls_files(tls_dir)) if tls_dir is not None else kmock.Server(server)):
         env = Env(server=server, api=Api(server), kuberay=FakeKubeRay(server, runtime=runtime, **kuberay))
         async with env.kuberay:
             try:

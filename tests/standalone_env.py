@@ -116,7 +116,12 @@ def tree(*leaves: tuple[str, int, int], root_min: int | None = None, root_max: i
     return "\n".join(lines) + "\n"
 
 
-async def wait_until(check: Callable[[], Any] | Callable[[], Awaitable[Any]], timeout: float = 60.0,
+#: How long a test waits for an event before calling it a hang: generous, since a busy 2-core machine
+#: running Ray is slow; the wait ends as soon as the event happens.
+HANG_GUARD_S = 240.0
+
+
+async def wait_until(check: Callable[[], Any] | Callable[[], Awaitable[Any]], timeout: float = HANG_GUARD_S,
                      what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None

@@ -131,7 +131,8 @@ def test_a_borrower_admitted_earlier_in_the_same_cycle_is_withdrawn_not_started_
     e = engine(
         tree(node("root", min={GPU: 8}, max={GPU: 8}, children=[node("a", min={GPU: 4}), node("b", min={GPU: 4})]))
     )
-    e.submit(job("b0", "b", gpu=4))
+    # b0 outranks b1, so a reclaim from b takes b1 (the lowest priority) first.
+    e.submit(job("b0", "b", gpu=4, priority=20))
     assert admitted(e.schedule()) == ["b0"]  # b at its guarantee
     # b1 (priority 10) goes first and borrows; a1 (6 GPUs) does not fit and is not within a's guarantee;
     # then a's next job, a-small, is within its guarantee and needs b1's GPUs back, in the same cycle.
@@ -152,14 +153,16 @@ def test_a_borrower_admitted_earlier_in_the_same_cycle_is_withdrawn_not_started_
     assert admitted(e.schedule()) == ["b1"]
 
 
-def test_reclaim_never_pushes_a_victim_below_its_min() -> None:
+def test_reclaim_may_take_a_borrowers_coarse_job_below_its_min() -> None:
     e = engine(two_teams())
     e.submit(job("a-big", "a", gpu=6))
     assert admitted(e.schedule()) == ["a-big"]
-    # b needs 4 within its guarantee, but preempting a-big (6) would leave a at 0 < min 4.
+    # b needs 4 within its guarantee; a borrows 2 through one 6-GPU job: a stays eligible while it
+    # borrows, so that job is taken even though a drops to 0 < min 4 (its guarantee is no hostage).
     e.submit(job("b0", "b", gpu=4, at=1))
-    assert preempted(e.schedule()) == []
-    assert e.explain("b0").reason.code == ReasonCode.QUOTA_MAX_EXCEEDED  # type: ignore[union-attr]
+    assert preempted(e.schedule()) == ["a-big"]
+    e.suspended("a-big")
+    assert admitted(e.schedule()) == ["b0"]
 
 
 def test_reclaim_prefers_the_nearest_borrower() -> None:
@@ -194,16 +197,19 @@ def test_no_preemption_is_planned_unless_it_lets_the_preemptor_fit() -> None:
     # b asks for 4 (within its min); 3 GPUs are free; preempting a1 (the only borrower) frees 1 -> fits.
     e.submit(job("b0", "b", gpu=4, at=2))
     assert preempted(e.schedule()) == ["a1"]
-    # A job that even all borrowed work could not make room for plans nothing.
-    e2 = engine(two_teams(total=8))
-    e2.submit(job("a0", "a", gpu=5))
+    # A job that even all borrowed work could not make room for plans nothing: the unit holds 6
+    # GPUs, b's 4 are taken by b's own higher-priority job, and a borrows nothing.
+    e2 = engine(two_teams(total=8), Units([Unit("ecs", "ecs", capacity={GPU: 6000})]))
+    e2.submit(job("a0", "a", gpu=2))
+    e2.submit(job("b-run", "b", gpu=4, priority=9, at=1))
     e2.schedule()
-    e2.submit(job("b0", "b", gpu=4, at=1))
+    e2.submit(job("b0", "b", gpu=2, at=2))
     assert preempted(e2.schedule()) == []
 
 
 def test_lower_priority_preemption_inside_a_queue() -> None:
-    t = tree(node("root", children=[node("q", max={GPU: 4}, attributes={"preemptionPolicy": "LowerPriority"})]))
+    # LowerPriority is the default policy.
+    t = tree(node("root", children=[node("q", max={GPU: 4})]))
     e = engine(t)
     e.submit(job("low-old", "q", gpu=2, priority=1, at=0))
     e.submit(job("low-new", "q", gpu=2, priority=1, at=1))
@@ -214,8 +220,8 @@ def test_lower_priority_preemption_inside_a_queue() -> None:
     assert decisions[0].reason.code == ReasonCode.PREEMPTED_BY_PRIORITY
     e.suspended("low-new")
     assert admitted(e.schedule()) == ["high"]
-    # With the default policy Never, nothing is preempted.
-    e2 = engine(tree(node("root", children=[node("q", max={GPU: 2})])))
+    # With the policy Never, nothing is preempted.
+    e2 = engine(tree(node("root", children=[node("q", max={GPU: 2}, attributes={"preemptionPolicy": "Never"})])))
     e2.submit(job("low", "q", gpu=2, priority=1))
     e2.schedule()
     e2.submit(job("high", "q", gpu=2, priority=10, at=1))

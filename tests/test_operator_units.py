@@ -6,6 +6,7 @@ import datetime
 import json
 from typing import Any
 
+from kmock_cluster import crd_violations
 from operator_env import rayjob, tree_manifest
 
 from rayqueue.queue.workload import Workload
@@ -20,7 +21,6 @@ from rayqueue.scheduler.operator.rayjobs import (
     observe,
     webhook_patch,
 )
-from rayqueue.scheduler.operator.testing import crd_violations
 
 TREE = QuotaTree.from_dict(tree_manifest({"team-a": ("2", "4")}, root_min="4", root_max="4"))
 

@@ -6,16 +6,17 @@ import asyncio
 import base64
 import json
 import socket
+import time
 from typing import Any
 
 import aiohttp
 import pytest
-from operator_env import TREES, environment, eventually, policy_manifest, rayjob, tree_manifest
+from operator_env import EVENTUALLY_S, TREES, environment, eventually, policy_manifest, rayjob, tree_manifest
 
 from rayqueue.scheduler.operator.handlers import WebhookConfig
 from rayqueue.scheduler.operator.rayjobs import MUTATED_ANNOTATION
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # a hang guard; waits end at their event
 
 
 def free_port() -> int:
@@ -39,7 +40,8 @@ def review(obj: dict[str, Any], group: str, version: str, plural: str, operation
 
 async def post(port: int, path: str, body: dict) -> dict:
     """POST an AdmissionReview as the API server would (waiting for kopf to open the port)."""
-    for _ in range(100):
+    deadline = time.monotonic() + EVENTUALLY_S  # a hang guard: the loop ends once kopf listens
+    while time.monotonic() < deadline:
         try:
             async with aiohttp.ClientSession() as s, \
                     s.post(f"http://127.0.0.1:{port}/{path}", json=body) as rsp:

@@ -163,12 +163,13 @@ def test_a_resource_first_met_after_the_tree_was_built_is_accounted_exactly() ->
 
 
 def test_quantities_beyond_a_machine_word_stay_exact() -> None:
-    huge = 8 * 2**60 * 1000  # 8Ei of memory in milli-units: above 2**62
-    t = tree(node("root", max={MEMORY: "16Ei"}, children=[node("a", max={MEMORY: "12Ei"}, namespaces=["ns-a"])]))
+    # 4Ei of memory in milli-units: above 2**62 (Kubernetes' own limit, 2**63-1 bytes, is about 8Ei).
+    huge = 4 * 2**60 * 1000
+    t = tree(node("root", max={MEMORY: "7Ei"}, children=[node("a", max={MEMORY: "6Ei"}, namespaces=["ns-a"])]))
     a = t.leaf_for(namespace="ns-a")
     t.admit(a, Demand({MEMORY: huge}))
     assert t.fits(a, Demand({MEMORY: huge // 2})) is None
     violation = t.fits(a, Demand({MEMORY: huge}))
-    assert violation is not None and violation.node == "root/a" and violation.limit == 12 * 2**60 * 1000
+    assert violation is not None and violation.node == "root/a" and violation.limit == 6 * 2**60 * 1000
     t.release(a, Demand({MEMORY: huge}))
     assert a.usage == {}

@@ -26,8 +26,9 @@ from rayqueue.scheduler.workloads.rayjob import (
     rayjob_schema as stored_schema,
 )
 
-SAMPLES = Path(__file__).parent / "data" / "kuberay"
-SHARED_CRD = Path(__file__).resolve().parents[2] / "shared" / "data" / "kuberay" / "ray.io_rayjobs.yaml"
+KUBERAY = Path(__file__).resolve().parents[1] / "data" / "kuberay"  # vendored, unchanged: data/README.md
+SAMPLES = KUBERAY / "samples"
+KUBERAY_CRD = KUBERAY / "ray.io_rayjobs.yaml"
 
 Gi = 2**30 * 1000
 Mi = 2**20 * 1000
@@ -57,13 +58,10 @@ def all_sample_jobs() -> list[tuple[str, dict[str, Any]]]:
 
 def test_the_samples_are_all_there() -> None:
     names = {name for name, _ in all_sample_jobs()}
-    # 23 RayJob files; ray-cluster.sample.yaml holds a RayCluster only and yields no job.
+    # KubeRay's 24 sample files: 23 RayJob files; ray-cluster.sample.yaml holds a RayCluster only and yields no job.
+    assert len(list(SAMPLES.glob("*.yaml"))) == 24
     assert len(names) == 23
     assert "ray-cluster.sample.yaml" not in names
-    shared = SHARED_CRD.parent / "samples"
-    if shared.exists():  # the copy is KubeRay's samples as given, every one of them
-        for path in shared.glob("*.yaml"):
-            assert (SAMPLES / path.name).read_text() == path.read_text(), path.name
 
 
 @pytest.mark.parametrize("name,doc", all_sample_jobs(), ids=[n for n, _ in all_sample_jobs()])
@@ -365,9 +363,7 @@ def test_samples_pass_the_crd_schema() -> None:
 
 
 def test_stored_schema_is_the_cut_of_the_real_crd() -> None:
-    if not SHARED_CRD.exists():
-        pytest.skip(f"KubeRay's CRD is not at {SHARED_CRD}: only this maintenance check needs it")
-    crd = yaml.load(SHARED_CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    crd = yaml.load(KUBERAY_CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     fresh = json.loads(json.dumps(rayjob_schema.pruned_schema_from_crd(crd)))
     assert fresh == stored_schema()
 

@@ -142,7 +142,7 @@ def test_a_malformed_row_is_one_bad_row_and_later_rows_keep_their_numbers(tmp_pa
 
 def test_strict_fails_naming_the_rows(tmp_path: Path) -> None:
     path = _csv(tmp_path, "submit,duration,queue,gpu\n0,10,team-a,1\n0,-1,team-a,1\n")
-    with pytest.raises(TraceError, match=r"1 bad row\(s\) \(--strict\):\n  - row 2 \(row-2\): duration must not"):
+    with pytest.raises(TraceError, match=r"1 bad row \(--strict\): row 2 \(row-2\): duration must not"):
         load_trace(path, TREE, strict=True)
 
 

@@ -112,7 +112,9 @@ def scenarios(draw: st.DrawFn) -> tuple[dict, Units, Trace, str, str, bool]:
     unit_list = [Unit("ecs", "ecs", {GPU: ecs * 1000})]
     if draw(st.booleans()):
         unit_list.append(Unit("acs", "acs", None, max_pods=draw(st.one_of(st.none(), st.integers(1, 6)))))
-    when = draw(st.sampled_from(["LackResourceOrExceedMax", "ExceedMax", "TimeoutOrExceedMax"]))
+    when = draw(
+        st.sampled_from(["LackResourceOrExceedMax", "ExceedMax", "TimeoutOrExceedMax", "LackResourceAndNoTerminating"])
+    )
     units = Units(unit_list, when, timeout_s=draw(st.sampled_from([0.0, 5.0, 30.0])))
     rows = draw(
         st.lists(

@@ -29,8 +29,9 @@ units:
 def test_borrowing_beyond_min_and_waiting_for_capacity(tmp_path: Path) -> None:
     # a1 takes 6 of 8 GPUs (borrowing 2 beyond a's min 4); a2 fits beside it up to a's max 8 (borrowing 4)
     # and ends at 1.5. b1 (2 GPUs) arrives at 3 and fits beside a1: 3..8. b2 arrives at 4: b is within its
-    # min (2+2 <= 4) but the cluster is full, and a's only borrowing job (a1) cannot be taken without
-    # pushing a below its min (6-6 = 0 < 4), so b2 waits for b1: 8..13.
+    # min (2+2 <= 4) but the cluster is full; a is borrowing, so its only job a1 is reclaimed although a
+    # drops to 0 < min 4 (a coarse job holds no guarantee hostage): b2 runs 4..9. a1 restarts when b1
+    # ends and leaves 6 GPUs free: 8..18.
     result = simulate(
         tmp_path,
         tree=TWO_TEAMS,
@@ -44,24 +45,24 @@ def test_borrowing_beyond_min_and_waiting_for_capacity(tmp_path: Path) -> None:
         """,
     )
     jobs = by_job(result)
-    assert times(jobs["a1"]) == (0, 0, 10, "ecs", 0)
+    assert times(jobs["a1"]) == (0, 8, 18, "ecs", 1)
     assert times(jobs["a2"]) == (0.5, 0.5, 1.5, "ecs", 0)
     assert times(jobs["b1"]) == (3, 3, 8, "ecs", 0)
-    assert times(jobs["b2"]) == (8, 8, 13, "ecs", 0)
+    assert times(jobs["b2"]) == (4, 4, 9, "ecs", 0)
     summary = summarize(result)
-    # a borrows 2 GPUs for 10 s plus 2 more for a2's 1 s: 22 GPU-seconds.
-    assert summary["queues"]["a"]["borrowed_gpu_hours"] == round(22 / 3600, 6)
+    # a borrows 2 GPUs for 4 s, 2 more for a2's 1 s, then 2 for a1's 10 s rerun: 30 GPU-seconds.
+    assert summary["queues"]["a"]["borrowed_gpu_hours"] == round(30 / 3600, 6)
     assert summary["queues"]["b"]["borrowed_gpu_hours"] == 0
-    assert summary["queues"]["b"]["wait_mean_s"] == (0 + 4) / 2
-    # 6*10 + 2*1 + 2*5 + 2*5 = 82 GPU-seconds on 8 GPUs over the 13 s makespan.
-    assert summary["cluster"]["units"]["ecs"]["utilisation"] == round(82 / (8 * 13), 4)
+    assert summary["queues"]["b"]["wait_mean_s"] == 0
+    # 6*4 (cut short) + 2*1 + 2*5 + 2*5 + 6*10 = 106 GPU-seconds on 8 GPUs over the 18 s makespan.
+    assert summary["cluster"]["units"]["ecs"]["utilisation"] == round(106 / (8 * 18), 4)
 
 
 def test_a_job_within_its_guarantee_goes_before_a_borrower(tmp_path: Path) -> None:
-    # t=1: b1 (within b's min) reclaims a2, the newest borrowed job; b1 runs 1..6 and a2 re-queues.
-    # t=2: b2 (within b's min too) finds the cluster full; a1 cannot be taken (a would drop below min).
-    # t=6: b1 ends and frees 2 GPUs. b2 is within its guarantee, a2 would borrow: b2 gets them (6..11),
-    # a2 waits for a1 and restarts from scratch at 10 (10..11).
+    # t=1: b1 (within b's min) reclaims a2 (taking it leaves a at its min); b1 runs 1..6, a2 re-queues.
+    # t=2: b2 (within b's min too) finds the cluster full; a still borrows 2, so a1 is reclaimed although
+    # a drops to 0 < min 4: b2 runs 2..7, and a2 restarts from scratch in the room left (2..3).
+    # t=6: b1 ends; 6 GPUs are free and a1 restarts from scratch (6..16).
     result = simulate(
         tmp_path,
         tree=TWO_TEAMS,
@@ -76,8 +77,9 @@ def test_a_job_within_its_guarantee_goes_before_a_borrower(tmp_path: Path) -> No
     )
     jobs = by_job(result)
     assert times(jobs["b1"]) == (1, 1, 6, "ecs", 0)
-    assert times(jobs["b2"]) == (6, 6, 11, "ecs", 0)
-    assert times(jobs["a2"]) == (0.5, 10, 11, "ecs", 1)
+    assert times(jobs["b2"]) == (2, 2, 7, "ecs", 0)
+    assert times(jobs["a2"]) == (0.5, 2, 3, "ecs", 1)
+    assert times(jobs["a1"]) == (0, 6, 16, "ecs", 1)
 
 
 def test_reclaim_preempts_borrowed_work_which_restarts_from_scratch(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from standalone_env import Gates, rayjob, tree, wait_until
+from standalone_env import HANG_GUARD_S, Gates, rayjob, tree, wait_until
 
 from rayqueue.quota.quantity import GPU
 from rayqueue.quota.tree import QuotaTree
@@ -25,7 +25,8 @@ from rayqueue.scheduler.service.rayjobs import RayJobs, submission_for
 from rayqueue.scheduler.service.store import Store
 from rayqueue.scheduler.workloads.resourcepolicy import load_resource_policy_text
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
+# a hang guard only: the module fixture starts Ray (minutes on a busy machine) inside the first test's time
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 TWO_TEAMS = tree(("team-a", 1, 2), ("team-b", 1, 2), root_min=2, root_max=2)
 
@@ -63,7 +64,7 @@ class Harness:
         assert row is not None
         return row.state
 
-    async def until_state(self, job_id: str, *states: str, timeout: float = 60) -> None:
+    async def until_state(self, job_id: str, *states: str, timeout: float = HANG_GUARD_S) -> None:
         await wait_until(lambda: self.state(job_id) in states, timeout, f"{job_id} to be {'/'.join(states)}")
 
     def gpu_usage(self, node: str = "root") -> int:
@@ -130,10 +131,10 @@ async def test_a_quota_for_two_jobs_makes_the_third_wait_until_one_finishes(harn
     assert h.events(third) == ["Submitted", "Admitted", "Released", "Running", "Succeeded"]
 
     metrics = (await h.http.get("/metrics")).text
-    assert 'rayqueue_admissions_total{queue="team-a",unit="default"} 3.0' in metrics
-    assert 'rayqueue_jobs_finished_total{queue="team-a",state="Succeeded"} 3.0' in metrics
-    assert 'rayqueue_quota_usage{node="root",resource="nvidia.com/gpu"} 0.0' in metrics
-    assert "rayqueue_admission_wait_seconds_count" in metrics
+    assert 'rayqueue_admitted_workloads_total{queue="team-a",unit="default"} 3.0' in metrics
+    assert 'rayqueue_finished_workloads_total{queue="team-a",state="Succeeded"} 3.0' in metrics
+    assert 'rayqueue_quota_resource_usage{quota_node="root",resource="nvidia.com/gpu"} 0.0' in metrics
+    assert "rayqueue_admission_wait_time_seconds_count" in metrics
 
 
 async def test_higher_priority_is_admitted_first_and_cancel_frees_quota(harness: Any) -> None:
@@ -151,14 +152,16 @@ async def test_higher_priority_is_admitted_first_and_cancel_frees_quota(harness:
     # cancel: the pending job leaves its queue; the running one is stopped in Ray and frees its quota
     assert h.svc.cancel(low).state == st.CANCELLED
     await h.until_state(high, st.RUNNING)
+    # Ray says RUNNING before the driver has printed anything: wait for the line the log check below needs
+    await wait_until(lambda: "started high" in (h.svc.ray.logs(high) or ""), what="high's driver to start")
     resp = await h.http.post(f"/v1/jobs/{high}/cancel")
     assert resp.status_code == 200 and resp.json()["state"] == st.CANCELLED
     assert h.gpu_usage() == 0
     sid = h.svc.store.get(high).submission_id  # type: ignore[union-attr]
-    await wait_until(lambda: h.svc.ray.status(sid).status == "STOPPED", 30, "Ray to stop the cancelled job")
+    await wait_until(lambda: h.svc.ray.status(sid).status == "STOPPED", what="Ray to stop the cancelled job")
     assert (await h.http.post(f"/v1/jobs/{high}/cancel")).status_code == 409
     # Ray's end and the driver's log are kept for the post-mortem
-    await wait_until(lambda: h.svc.store.get(high).ray_status == "STOPPED", 30, "the stop to be recorded")  # type: ignore[union-attr]
+    await wait_until(lambda: h.svc.store.get(high).ray_status == "STOPPED", what="the stop to be recorded")  # type: ignore[union-attr]
     logs = (await h.http.get(f"/v1/jobs/{high}/logs")).json()
     assert logs["source"] == "store" and "started high" in logs["logs"]
     assert h.events(high)[-2:] == ["Cancelled", "RayStopped"]
@@ -174,7 +177,7 @@ async def test_borrowing_then_reclaim_stops_the_borrower_in_ray_and_requeues_it(
     await h.until_state(a2, st.RUNNING)
 
     metrics = (await h.http.get("/metrics")).text
-    assert 'rayqueue_quota_borrowed{node="team-a",resource="nvidia.com/gpu"} 1.0' in metrics
+    assert 'rayqueue_quota_resource_borrowed{quota_node="team-a",resource="nvidia.com/gpu"} 1.0' in metrics
     b1 = h.submit("b1", namespace="team-b")  # within team-b's guarantee: reclaim
     assert h.state(a2) == st.PREEMPTING
     assert h.svc.explain(b1)["reason_code"] == "WaitingForReclaim"
@@ -186,9 +189,10 @@ async def test_borrowing_then_reclaim_stops_the_borrower_in_ray_and_requeues_it(
     preempting = h.svc.store.events(a2)[-2]
     assert preempting.message.startswith("preempted to return root/team-b its guarantee for b1")  # says why
     metrics = (await h.http.get("/metrics")).text
-    assert 'rayqueue_preemptions_total{queue="team-a",reason="Reclaimed"} 1.0' in metrics
-    assert 'rayqueue_jobs{queue="team-a",state="Pending"} 1.0' in metrics
-    assert 'rayqueue_jobs{queue="team-b",state="Running"} 1.0' in metrics
+    assert 'rayqueue_evicted_workloads_total{queue="team-a",reason="Reclaimed"} 1.0' in metrics
+    assert 'rayqueue_preempted_workloads_total{preempting_queue="team-b",reason="Reclaimed"} 1.0' in metrics
+    assert 'rayqueue_workloads{queue="team-a",state="Pending"} 1.0' in metrics
+    assert 'rayqueue_workloads{queue="team-b",state="Running"} 1.0' in metrics
     assert h.gpu_usage("team-a") == 1 and h.gpu_usage("team-b") == 1
 
     h.gates.open("b1")
@@ -350,3 +354,35 @@ async def test_admitted_but_not_yet_released_job_is_submitted_once_after_a_crash
     assert row is not None
     again = submission_for(h2.svc._request(row), one, job_id=one, queue="team-a", unit="default")
     assert ray.submit(again) is False
+
+
+async def test_a_preemption_in_progress_at_a_crash_is_resumed_not_decided_again(
+    harness: Any, ray_cluster: LocalRayCluster, tmp_path: Path
+) -> None:
+    """Killed after committing ``Preempting`` but before Ray stopped the victim: the restart resumes that
+    preemption (one event, one count, no second victim)."""
+    db = f"sqlite:///{tmp_path}/preempt-crash.db"
+    h = await harness(TWO_TEAMS, db=db)
+    a1 = h.submit("a1")
+    a2 = h.submit("a2")  # team-a borrows team-b's idle guarantee
+    await h.until_state(a1, st.RUNNING)
+    await h.until_state(a2, st.RUNNING)
+
+    async def crashed_before_asking_ray(job_id: str, sid: str) -> None:
+        return None
+
+    h.svc._stop_in_ray = crashed_before_asking_ray  # type: ignore[method-assign]
+    b1 = h.submit("b1", namespace="team-b")  # within team-b's guarantee: a2 is reclaimed
+    assert h.state(a2) == st.PREEMPTING
+    await h.svc.stop()  # the service dies here; Ray still runs the victim
+    assert h.svc.ray.status(a2).status == "RUNNING"  # type: ignore[union-attr]
+
+    h2 = await harness(TWO_TEAMS, db=db)
+    await h2.until_state(b1, st.RUNNING)
+    row = h2.svc.store.get(a2)
+    assert row is not None and row.state == st.PENDING and row.preemptions == 1
+    assert h2.svc.ray.status(a2).status == "STOPPED"
+    assert h2.events(a2).count("Preempting") == 1  # decided once
+    assert "Preempting" not in h2.events(a1) and h2.state(a1) == st.RUNNING  # no second victim
+    metrics = (await h2.http.get("/metrics")).text
+    assert 'rayqueue_evicted_workloads_total{queue="team-a",reason="Reclaimed"} 1.0' in metrics

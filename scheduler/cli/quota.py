@@ -42,6 +42,10 @@ def _load_tree(path: Path, console: Console) -> QuotaTree:
     try:
         return QuotaTree.from_yaml(path)
     except QuotaTreeError as exc:
+        if len(exc.violations) == 1:  # one problem, one line
+            console.print("[bold red]INVALID[/] ", end="")
+            console.print(f"{path}: {exc.violations[0]}", markup=False, soft_wrap=True)
+            raise typer.Exit(code=1) from None
         console.print(f"[bold red]INVALID[/] {path}: {len(exc.violations)} problem(s)", markup=True)
         for violation in exc.violations:
             console.print(f"  - {violation}", markup=False, soft_wrap=True)
@@ -123,15 +127,17 @@ def diff(
 def request_table(requests: list[tuple[str, RayJobRequest]]) -> Table:
     """One row per RayJob: where it queues, how many pods, and their total request."""
     table = Table(title="RayJob requests (each gang is admitted whole)", title_justify="left")
-    table.add_column("RayJob", overflow="fold")
+    names = []
+    for _source, req in requests:
+        name = f"{req.namespace}/{req.name}" if req.namespace else req.name
+        names.append(name + ("*" if req.generate_name else ""))
+    # The names keep their width (an 80-column terminal folds the other cells, not a name in two).
+    table.add_column("RayJob", overflow="fold", min_width=max((len(n) for n in names), default=0))
     table.add_column("queue", overflow="fold")
     table.add_column("priority", overflow="fold")
     table.add_column("pods", justify="right")
     table.add_column("total request", overflow="fold")
-    for _source, req in requests:
-        name = f"{req.namespace}/{req.name}" if req.namespace else req.name
-        if req.generate_name:
-            name += "*"
+    for name, (_source, req) in zip(names, requests, strict=True):
         if req.submission_mode != K8S_JOB_MODE:
             name += f" ({req.submission_mode})"
         table.add_row(
@@ -147,7 +153,8 @@ def request_table(requests: list[tuple[str, RayJobRequest]]) -> Table:
 def pod_set_table(req: RayJobRequest) -> Table:
     table = Table(title=f"{req.name}: pods", title_justify="left")
     for column in ("group", "role", "pods", "per pod", "total"):
-        table.add_column(column, justify="right" if column == "pods" else "left", overflow="fold")
+        longest = max((len(p.name) for p in req.pod_sets), default=0) if column == "group" else None
+        table.add_column(column, justify="right" if column == "pods" else "left", overflow="fold", min_width=longest)
     for pod_set in req.pod_sets:
         table.add_row(
             pod_set.name,

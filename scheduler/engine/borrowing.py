@@ -4,7 +4,7 @@ costs O(changed leaves).
 
 from __future__ import annotations
 
-from rayqueue.queue.workload import Workload, WorkloadState
+from rayqueue.queue.workload import WorkloadState
 from rayqueue.quota.quantity import Resources
 from rayqueue.quota.tree import QuotaNode
 from rayqueue.scheduler.engine.state import EngineState
@@ -20,31 +20,28 @@ class BorrowLedger:
         self.s = s
 
     def note_borrowing(self, leaf: QuotaNode) -> None:
-        """Keep the set of borrowing leaves and, per node, how much its leaves borrow in all."""
+        """Keep the set of borrowing leaves and, per node, what its borrowing leaves use in all."""
         now = self.s.tree.borrowed(leaf)
         before = self.s.leaf_borrowed.get(leaf.name)
-        if before is None:
-            before = {}
-        if now == before:
-            self.note_victims(leaf)
-            return
-        self.s.borrow_changed.add(leaf.name)
-        if now:
-            self.s.borrowing.add(leaf.name)
-            self.s.leaf_borrowed[leaf.name] = now
-        else:
-            self.s.borrowing.discard(leaf.name)
-            self.s.leaf_borrowed.pop(leaf.name, None)
+        if now or before:
+            # Its usage changed: the most a reclaim could free there (counted lazily, see _count_borrowing).
+            self.s.borrow_changed.add(leaf.name)
+        if now != (before or {}):
+            if now:
+                self.s.borrowing.add(leaf.name)
+                self.s.leaf_borrowed[leaf.name] = now
+            else:
+                self.s.borrowing.discard(leaf.name)
+                self.s.leaf_borrowed.pop(leaf.name, None)
         self.note_victims(leaf)
 
     def note_victims(self, leaf: QuotaNode) -> None:
-        """Keep, per node, how many leaves below it hold a job a reclaim could take whole."""
-        borrowed = self.s.leaf_borrowed.get(leaf.name)
+        """Keep, per node, how many leaves below it could lose a job to a reclaim: borrowing leaves
+        with a running job that is not already being preempted."""
         has = False
-        if borrowed:
-            guaranteed = self.s.tree.guaranteed
+        if leaf.name in self.s.borrowing:
             for v in self.s.queues[leaf.name].admitted.values():
-                if takeable(v, borrowed, guaranteed):
+                if v.state == WorkloadState.ADMITTED:
                     has = True
                     break
         if has == (leaf.name in self.s.victim_leaves):
@@ -58,14 +55,20 @@ class BorrowLedger:
             self.s.victim_leaf_count[node.name] = self.s.victim_leaf_count.get(node.name, 0) + delta
 
     def count_borrowing(self) -> None:
-        """Bring the per-node borrowing sums up to date with the leaves that changed since."""
+        """Bring the per-node sums up to date with the leaves that changed since. A borrowing leaf may
+        lose everything it uses (its last victim may leave it below its min), so the sums are of usage."""
         reclaimable, counted = self.s.reclaimable, self.s.borrow_counted
         guaranteed = self.s.tree.guaranteed
         for name in self.s.borrow_changed:
             leaf = self.s.tree.leaves.get(name)
             if leaf is None:
                 continue
-            now = self.s.leaf_borrowed.get(name) or {}
+            now: Resources = {}
+            if name in self.s.borrowing:
+                for r in guaranteed:
+                    used = leaf.used_of(r)
+                    if used:
+                        now[r] = used
             before = counted.get(name) or {}
             for r in guaranteed:
                 delta = now.get(r, 0) - before.get(r, 0)
@@ -80,17 +83,3 @@ class BorrowLedger:
             else:
                 counted.pop(name, None)
         self.s.borrow_changed = set()
-
-
-def takeable(v: Workload, borrowed: Resources, guaranteed: frozenset[str]) -> bool:
-    """A reclaim may take ``v`` whole: it is running, holds some guaranteed resource, and holds no
-    more of any than its leaf borrows."""
-    if v.state != WorkloadState.ADMITTED:
-        return False
-    holds = False
-    for r, x in v.request.items():
-        if r in guaranteed and x:
-            if x > borrowed.get(r, 0):
-                return False
-            holds = True
-    return holds

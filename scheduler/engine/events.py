@@ -4,6 +4,8 @@ and what that release could unblock is marked for the next cycle.
 
 from __future__ import annotations
 
+import sys
+
 from rayqueue.queue.workload import Reason, ReasonCode, Workload, WorkloadState
 from rayqueue.quota.quantity import Demand
 from rayqueue.scheduler.engine.borrowing import BorrowLedger
@@ -34,6 +36,8 @@ class Events:
             raise UnknownQueue(self.s.unknown_queue_message(w.queue))
         w.request = engine_request(w.request)
         w.demand = Demand(w.request)
+        if w.pod_request is not None:
+            w.pod_request = {sys.intern(r): v for r, v in w.pod_request.items() if v}
         w.seq = next(self.s.seq)
         w.state = WorkloadState.PENDING
         w.pending_since = w.submitted_at if w.submitted_at else self.s.clock()
@@ -44,6 +48,9 @@ class Events:
             w.reason = never
             return Reject(w, never)
         w.reason = Reason(ReasonCode.QUEUED, "waiting for the next admission cycle")
+        if self.s.restored_waits:
+            # Victims restored as being preempted for this job: it waits for them, choosing no others.
+            w.waiting_for = self.s.restored_waits.pop(w.uid, set())
         self.s.workloads[w.uid] = w
         q = self.s.queues[w.queue]
         q.add(w)
@@ -96,8 +103,22 @@ class Events:
             self.s.offer(q)
         return w
 
-    def restore(self, w: Workload, unit: str | None, admitted_at: float) -> None:
-        """Count a job that already runs (rebuilding after a restart); no checks, nothing twice."""
+    def restore(
+        self,
+        w: Workload,
+        unit: str | None,
+        admitted_at: float,
+        preempted_by: str | None = None,
+        preempting: bool | None = None,
+        reason: Reason | None = None,
+    ) -> None:
+        """Count a job that already runs (rebuilding after a restart); no checks, nothing twice.
+
+        ``preempted_by`` restores a job that was being preempted for that job (``preempting=True``
+        without it: being stopped for a job no longer known): its quota stays held until ``suspended``,
+        it is no candidate for another preemption, and the job it was preempted for waits for it
+        instead of choosing a second victim. The decision is not made, nor counted, again. ``reason``:
+        the reason it was given then (``Reclaimed`` or ``PreemptedByPriority``), if the front end kept it."""
         if w.uid in self.s.workloads:
             raise DuplicateJob(f"job {w.uid!r} is already known to the engine")
         if w.queue not in self.s.tree.leaves:
@@ -106,16 +127,37 @@ class Events:
         w.demand = Demand(w.request)
         unit_name = unit if unit in self.s.units.by_name else self.s.units.units[0].name
         w.seq = next(self.s.seq)
-        w.state = WorkloadState.ADMITTED
         w.unit = unit_name
         w.admitted_at = admitted_at
-        w.reason = Reason(ReasonCode.ADMITTED, f"running on unit {unit_name} (restored)")
+        if preempting is None:
+            preempting = preempted_by is not None
+        if preempting:
+            w.state = WorkloadState.PREEMPTING
+            w.preempted_by = preempted_by or None
+            w.reason = reason or Reason(
+                ReasonCode.RECLAIMED,
+                f"being preempted{f' for {preempted_by}' if preempted_by else ''} (restored); "
+                f"its quota is held until it has stopped",
+            )
+            if preempted_by:
+                preemptor = self.s.workloads.get(preempted_by)
+                if preemptor is not None:
+                    preemptor.waiting_for = preemptor.waiting_for | {w.uid}
+                else:  # restored before the job it was preempted for: handed over on submit
+                    self.s.restored_waits.setdefault(preempted_by, set()).add(w.uid)
+        else:
+            w.state = WorkloadState.ADMITTED
+            w.reason = Reason(ReasonCode.ADMITTED, f"running on unit {unit_name} (restored)")
         self.s.workloads[w.uid] = w
         leaf = self.s.tree.leaves[w.queue]
         self.s.queues[w.queue].start(w)
         self.s.tree.admit(leaf, w.demand)
         self.ledger.note_borrowing(leaf)
+        if leaf.name in self.s.borrowing:
+            self.s.borrow_admissions += 1
         self.s.units.by_name[unit_name].take(w.demand, w.pods)
+        if preempting:  # its pods are still stopping: LackResourceAndNoTerminating waits for them
+            self.s.units.by_name[unit_name].terminating_pods += w.pods
 
     def release(self, w: Workload) -> None:
         leaf = self.s.tree.leaves[w.queue]
@@ -123,6 +165,10 @@ class Events:
         self.s.tree.release(leaf, w.demand)
         self.ledger.note_borrowing(leaf)
         unit.give_back(w.demand, w.pods)
+        if w.state == WorkloadState.PREEMPTING:
+            unit.terminating_pods -= w.pods
+            if not unit.terminating_pods:
+                self.s.dirty.add(("terminating", unit.name, ""))
         self.s.queues[w.queue].stop(w)
         # What this release could unblock (its quota path, then its unit) is woken at the next cycle,
         # once per blocker and within the room left then, however many releases came before it.

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from rayqueue.queue.queues import LeafQueue
-from rayqueue.queue.workload import Workload, WorkloadState
+from rayqueue.queue.workload import Reason, Workload, WorkloadState
 from rayqueue.quota.quantity import Resources
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.engine import views
@@ -82,9 +82,23 @@ class Engine:
         """A preempted (or externally suspended) job stopped: release its quota and requeue it."""
         return self._events.suspended(uid, now)
 
-    def restore(self, w: Workload, unit: str | None, admitted_at: float) -> None:
-        """Count a job that already runs (rebuilding after a restart); no checks, nothing twice."""
-        self._events.restore(w, unit, admitted_at)
+    def restore(
+        self,
+        w: Workload,
+        unit: str | None,
+        admitted_at: float,
+        preempted_by: str | None = None,
+        preempting: bool | None = None,
+        reason: Reason | None = None,
+    ) -> None:
+        """Count a job that already runs (rebuilding after a restart); no checks, nothing twice.
+
+        ``preempted_by`` restores a job that was being preempted for that job (``preempting=True``
+        without it: being stopped for a job no longer known): its quota stays held until ``suspended``,
+        it is no candidate for another preemption, and the job it was preempted for waits for it
+        instead of choosing a second victim. The decision is not made, nor counted, again. ``reason``:
+        the reason it was given then (``Reclaimed`` or ``PreemptedByPriority``), if the front end kept it."""
+        self._events.restore(w, unit, admitted_at, preempted_by, preempting, reason)
 
     # ================================================================ the admission cycle
 
@@ -97,10 +111,21 @@ class Engine:
 
     # ================================================================ tree and capacity changes
 
-    def set_unit_capacity(self, name: str, capacity: Resources | None, max_pods: int | None = -1) -> None:
+    def set_unit_capacity(
+        self,
+        name: str,
+        capacity: Resources | None,
+        max_pods: int | None = -1,
+        *,
+        largest: Resources | None = None,
+        complete: bool = False,
+    ) -> None:
         """A unit's capacity changed (nodes joined or left). Only the jobs waiting on this unit look
-        again, at the next cycle; what can ever fit is checked again at each job's next try."""
-        self._changes.set_unit_capacity(name, capacity, max_pods)
+        again, at the next cycle; what can ever fit is checked again at each job's next try.
+
+        ``complete``: measured from the unit's nodes, so a resource it does not name is 0 there;
+        ``largest``: per resource, the most any one of those nodes has (the biggest pod it can run)."""
+        self._changes.set_unit_capacity(name, capacity, max_pods, largest=largest, complete=complete)
 
     def set_units(self, units: Units) -> None:
         """Swap the ResourcePolicy; running jobs keep their unit when it still exists."""

@@ -78,14 +78,18 @@ class Parking:
             return node.max_by_slot[i] - node.used[i]
         if kind == "unit":
             unit = self.s.units.by_name.get(name)
-            if unit is None or unit.capacity is None or r not in unit.capacity:
+            cap = NO_LIMIT if unit is None else unit.capacity_of(r)
+            if unit is None or cap == NO_LIMIT:
                 return float("inf")
-            return unit.capacity[r] - unit.used_of(r)
+            return cap - unit.used_of(r)
         if kind == "pods":
             unit = self.s.units.by_name.get(name)
             if unit is None or unit.max_pods is None:
                 return float("inf")
             return unit.max_pods - unit.pods
+        if kind == "terminating":  # no room until the unit's last terminating pod is gone
+            unit = self.s.units.by_name.get(name)
+            return -1.0 if unit is not None and unit.terminating_pods else float("inf")
         return float("inf")
 
     def wake_dirty(self) -> None:

@@ -38,23 +38,38 @@ class Placer:
         lacks: list[Callable[[], str]] = []
         blockers: list[tuple[BlockerKey, int]] = []
         retry_at: float | None = None
-        request, pods = w.request, w.pods
+        request, pods, pod_request = w.request, w.pods, w.pod_request
         for unit in self.s.units.units:
+            if unit.largest is not None and pod_request:
+                misfit = unit.pod_misfit(pod_request)
+                if misfit is not None:  # room in the pool, but no one node could run its largest pod
+                    lacks.append(_const(misfit))
+                    continue
             if unit.max_pods is not None and unit.pods + pods > unit.max_pods:
                 lacks.append(_pods_message(unit.name, unit.max_pods, unit.pods, pods))
-                if unit.can_ever_hold(request, pods):
+                if unit.can_ever_hold(request, pods, pod_request):
                     blockers.append((("pods", unit.name, ""), pods))
                 continue  # every policy moves on when a unit's max is exceeded
             resource = unit.shortfall(w.demand)
             if resource is None:
                 return unit
-            capacity = (unit.capacity or {})[resource]
-            lacks.append(_full_message(unit.name, resource, unit.used_of(resource), capacity, request[resource]))
-            if not unit.can_ever_hold(request, pods):
+            if unit.lacks(resource):
+                lacks.append(_lacks_message(unit.name, resource, request[resource]))
+            else:
+                capacity = unit.capacity_of(resource)
+                lacks.append(_full_message(unit.name, resource, unit.used_of(resource), capacity, request[resource]))
+            if not unit.can_ever_hold(request, pods, pod_request):
                 continue
             blockers.append((("unit", unit.name, resource), request[resource]))
             if policy == "LackResourceOrExceedMax":
                 continue
+            if policy == "LackResourceAndNoTerminating":
+                if not unit.terminating_pods:
+                    continue
+                # Its terminating pods may leave room here: wait for them to go (woken when the last does).
+                lacks.append(_terminating_message(unit.name, unit.terminating_pods))
+                blockers.append((("terminating", unit.name, ""), 0))
+                break
             if policy == "TimeoutOrExceedMax":
                 deadline = w.pending_since + self.s.units.timeout_s
                 if now >= deadline:
@@ -76,11 +91,12 @@ class Placer:
                 f"needs {format_quantity(violation.requested, r)} {r}, max of {violation.node} is "
                 f"{format_quantity(violation.limit, r)}",
             )
-        if not any(u.can_ever_hold(w.request, w.pods) for u in self.s.units.units):
-            units = "; ".join(u.describe_capacity() for u in self.s.units.units)
+        why = [u.never_holds(w.request, w.pods, w.pod_request) for u in self.s.units.units]
+        if all(why):
             return Reason(
                 ReasonCode.NEVER_FITS,
-                f"needs {describe(_visible(w.request))} in {w.pods} pods, larger than every unit ({units})",
+                f"needs {describe(_visible(w.request))} in {w.pods} pods, larger than every unit "
+                f"({'; '.join(m for m in why if m)})",
             )
         return None
 
@@ -92,6 +108,20 @@ def _violation_message(node: QuotaNode, r: str, used: int, requested: int) -> Ca
 
 def _pods_message(unit: str, max_pods: int, in_use: int, requested: int) -> Callable[[], str]:
     return lambda: f"{unit} at max {max_pods} pods ({in_use} in use, {requested} requested)"
+
+
+def _terminating_message(unit: str, pods: int) -> Callable[[], str]:
+    return lambda: (
+        f"waiting for {pods} terminating pod{'' if pods == 1 else 's'} on unit {unit} to go before trying the next unit"
+    )
+
+
+def _const(message: str) -> Callable[[], str]:
+    return lambda: message
+
+
+def _lacks_message(unit: str, r: str, requested: int) -> Callable[[], str]:
+    return lambda: f"{unit} has no {r}: none of its nodes has any ({format_quantity(requested, r)} requested)"
 
 
 def _full_message(unit: str, r: str, used: int, cap: int, requested: int) -> Callable[[], str]:

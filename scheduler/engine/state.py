@@ -23,7 +23,7 @@ from rayqueue.scheduler.engine.wakeup import BlockerKey, WakeIndex, WakeOrder
 @dataclass(slots=True)
 class EngineConfig:
     default_queueing: QueueingStrategy = "BestEffortFIFO"
-    default_preemption: PreemptionPolicy = "Never"
+    default_preemption: PreemptionPolicy = "LowerPriority"
     reclaim: bool = True
     # A job that is woken and still does not fit waits base * 2**(k-1) (capped) before it is tried
     # again; the first wake after it parks is never delayed.
@@ -96,13 +96,15 @@ class EngineState:
         self.borrow_admissions = 0  # admissions into borrowing leaves: new work a reclaim could take
         self.victim_leaves: set[str] = set()
         self.victim_leaf_count: dict[str, int] = {}
-        self.reclaimable: dict[str, Resources] = {}  # per node: what its borrowing leaves borrow in all
+        self.reclaimable: dict[str, Resources] = {}  # per node: what its borrowing leaves use in all
         # Leaves whose borrowing changed since ``_reclaimable`` last took it in, and what it took in: the
         # sums are brought up to date only when a reclaim asks (admissions and releases far outnumber it).
         self.borrow_changed: set[str] = set()
         self.borrow_counted: dict[str, Resources] = {}
         # uid -> how many of its admissions this cycle were withdrawn: schedule() drops those Admits.
         self.withdrawn: dict[str, int] = {}
+        # preemptor uid -> victims restored as being preempted for it before it was submitted again
+        self.restored_waits: dict[str, set[str]] = {}
         self.leaf_order: list[str] = []
         self.leaf_span: dict[str, tuple[int, int]] = {}
         self.sync_queues()

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from rayqueue.quota.quantity import NO_LIMIT, SLOTS, Demand, ManifestError, Resources, describe
+from rayqueue.quota.quantity import MAX_JOBS, NO_LIMIT, SLOTS, Demand, ManifestError, Resources, describe, format_quantity
 
 UnitKind = Literal["ecs", "acs", "eci", "default"]
-WhenTryNext = Literal["LackResourceOrExceedMax", "ExceedMax", "TimeoutOrExceedMax"]
+WhenTryNext = Literal["LackResourceOrExceedMax", "ExceedMax", "TimeoutOrExceedMax", "LackResourceAndNoTerminating"]
 
 
 class ResourcePolicyError(ManifestError):
@@ -24,7 +24,13 @@ class ResourcePolicyError(ManifestError):
 
 @dataclass(slots=True, eq=False)
 class Unit:
-    """One capacity pool. ``capacity`` None means elastic (ACS): bounded only by ``max_pods``."""
+    """One capacity pool. ``capacity`` None means elastic (ACS): bounded only by ``max_pods``.
+
+    A capacity is either *declared* (a ResourcePolicy's own figure: a resource it does not name is
+    unbounded) or *measured* from the unit's nodes (``complete``: a resource no node of the unit has is
+    0 there, as the nodes could never run it). A measured unit also knows ``largest``, per resource the
+    most that any one of its nodes has, because a pod runs on one node, never across a pool.
+    """
 
     name: str
     resource: UnitKind = "default"
@@ -34,17 +40,44 @@ class Unit:
     pod_labels: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     pods: int = 0
+    # Pods of the jobs placed here that were asked to stop and are not yet confirmed gone (the engine's
+    # Preempting jobs): ``LackResourceAndNoTerminating`` waits for them instead of trying the next unit.
+    terminating_pods: int = 0
+    complete: bool = False
+    largest: Resources | None = None
+    # What the policy declared, kept apart so that a unit measured from nodes can fall back to it.
+    declared: Resources | None = field(default=None, init=False)
     # Usage and capacity by resource slot (see ``quantity.ResourceSlots``), always the same length.
     used: list[int] = field(default_factory=list, init=False)
     capacity_by_slot: list[int] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
-        self.set_capacity(self.capacity)
+        self.declared = dict(self.capacity) if self.capacity is not None and not self.complete else None
+        self.set_capacity(self.capacity, self.largest, self.complete)
 
-    def set_capacity(self, capacity: Resources | None) -> None:
+    def set_capacity(self, capacity: Resources | None, largest: Resources | None = None,
+                     complete: bool = False) -> None:
         self.capacity = capacity
-        self.capacity_by_slot = SLOTS.vector(capacity or {}, NO_LIMIT)
+        self.complete = complete and capacity is not None
+        self.largest = largest if capacity is not None else None
+        jobs_slot = SLOTS.slot(MAX_JOBS)  # first: a slot added after the vector would miss its fill
+        self.capacity_by_slot = SLOTS.vector(capacity or {}, 0 if self.complete else NO_LIMIT)
+        if self.complete and MAX_JOBS not in (capacity or {}):
+            self.capacity_by_slot[jobs_slot] = NO_LIMIT  # a count of jobs, which no node has
         SLOTS.widen(self.used, 0)
+
+    def capacity_of(self, resource: str) -> int:
+        """The unit's capacity of one resource as admission reads it (``NO_LIMIT``: unbounded)."""
+        if self.capacity is None:
+            return NO_LIMIT
+        value = self.capacity.get(resource)
+        if value is not None:
+            return value
+        return 0 if self.complete and resource != MAX_JOBS else NO_LIMIT
+
+    def lacks(self, resource: str) -> bool:
+        """No node of this (measured) unit has any of ``resource``: a job needing it waits for nodes."""
+        return self.complete and resource != MAX_JOBS and not (self.capacity or {}).get(resource)
 
     @property
     def usage(self) -> Resources:
@@ -57,7 +90,7 @@ class Unit:
     def widen(self) -> None:
         """Make room for resource slots added since this unit was made."""
         SLOTS.widen(self.used, 0)
-        SLOTS.widen(self.capacity_by_slot, NO_LIMIT)
+        SLOTS.widen(self.capacity_by_slot, 0 if self.complete else NO_LIMIT)
 
     def shortfall(self, demand: Demand) -> str | None:
         """The first resource whose capacity the demand would exceed now (None: it fits)."""
@@ -74,12 +107,34 @@ class Unit:
                 return SLOTS.names[i]
         return None
 
-    def can_ever_hold(self, request: Resources, pods: int) -> bool:
+    def can_ever_hold(self, request: Resources, pods: int, pod_request: Resources | None = None) -> bool:
+        return self.never_holds(request, pods, pod_request) is None
+
+    def never_holds(self, request: Resources, pods: int, pod_request: Resources | None = None) -> str | None:
+        """Why this unit could not hold the job even when empty (None: it could). A resource the unit
+        lacks altogether is not a reason: nodes that have it may join, and the job waits for them."""
         if self.max_pods is not None and pods > self.max_pods:
-            return False
+            return f"{self.name}: {pods} pods, max {self.max_pods}"
         if self.capacity is None:
-            return True
-        return all(v <= self.capacity.get(r, v) for r, v in request.items())
+            return None
+        for r, v in request.items():
+            cap = self.capacity.get(r)
+            if cap is not None and v > cap and not self.lacks(r):
+                return f"{self.name}: needs {format_quantity(v, r)} {r}, the unit has {format_quantity(cap, r)}"
+        return self.pod_misfit(pod_request)
+
+    def pod_misfit(self, pod_request: Resources | None) -> str | None:
+        """Why no single node of this unit could run the gang's largest pod (None: one could, or the
+        unit's nodes are unknown). ``pod_request`` is per resource the most any one pod asks."""
+        largest = self.largest
+        if largest is None or not pod_request:
+            return None
+        for r, v in pod_request.items():
+            most = largest.get(r, 0)
+            if v > most and most > 0:
+                return (f"{self.name}: a pod needs {format_quantity(v, r)} {r}, its largest node has "
+                        f"{format_quantity(most, r)}")
+        return None
 
     def take(self, demand: Demand, pods: int) -> None:
         self._charge(demand, pods, True)
@@ -97,7 +152,7 @@ class Unit:
         self.pods += pods if adding else -pods
 
     def describe_capacity(self) -> str:
-        cap = "elastic" if self.capacity is None else describe(self.capacity)
+        cap = "elastic" if self.capacity is None else (describe(self.capacity) or "no resources")
         pods = "" if self.max_pods is None else f", max {self.max_pods} pods"
         return f"{self.name} ({self.resource}): {cap}{pods}"
 

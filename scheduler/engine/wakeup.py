@@ -13,7 +13,7 @@ from bisect import insort
 
 from rayqueue.queue.workload import Workload, WorkloadState
 
-# ("node", name, resource) | ("unit", name, resource) | ("pods", name, "") | ("any", "", "")
+# ("node", name, resource) | ("unit", name, resource) | ("pods", name, "") | ("terminating", unit, "") | ("any", "", "")
 BlockerKey = tuple[str, str, str]
 ANY: BlockerKey = ("any", "", "")
 

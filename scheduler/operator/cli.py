@@ -39,8 +39,8 @@ def operator(
     = None,
     queueing: Annotated[str, typer.Option(help="default queueing strategy: BestEffortFIFO or StrictFIFO")]
     = "BestEffortFIFO",
-    preemption: Annotated[str, typer.Option(help="default preemption policy: Never or LowerPriority")]
-    = "Never",
+    preemption: Annotated[str, typer.Option(help="default preemption policy: LowerPriority or Never")]
+    = "LowerPriority",
     reclaim: Annotated[bool, typer.Option(help="preempt borrowed work to give queues their min back")] = True,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
 ) -> None:
@@ -48,10 +48,19 @@ def operator(
     import asyncio
     import logging
 
+    from kubernetes_asyncio.config import ConfigException
+
     from rayqueue.scheduler.engine import EngineConfig
-    from rayqueue.scheduler.operator.controller import OperatorConfig
-    from rayqueue.scheduler.operator.handlers import Operator, WebhookConfig
-    from rayqueue.scheduler.operator.kube import Connection
+    from rayqueue.scheduler.extras import MissingExtra, requires_extra
+
+    try:
+        with requires_extra("operator", "rayqueue operator"):
+            from rayqueue.scheduler.operator.controller import OperatorConfig
+            from rayqueue.scheduler.operator.handlers import Operator, WebhookConfig
+            from rayqueue.scheduler.operator.kube import Connection
+    except MissingExtra as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
 
     if queueing not in ("BestEffortFIFO", "StrictFIFO"):
         raise typer.BadParameter(f"--queueing must be BestEffortFIFO or StrictFIFO, got {queueing!r}")
@@ -63,8 +72,6 @@ def operator(
         import random
 
         priority = random.randint(1, 2**31 - 1)
-    connection = Connection(server=server.rstrip("/"), token=token) if server else \
-        Connection.from_environment(context)
     config = OperatorConfig(
         tree_name=tree_name, tree_namespace=tree_namespace,
         policy_name=policy_name, policy_namespace=policy_namespace,
@@ -79,8 +86,20 @@ def operator(
     if webhook_port:
         webhook = WebhookConfig(port=webhook_port, host=webhook_host, certfile=webhook_cert,
                                 pkeyfile=webhook_key)
-    op = Operator(connection, config, webhook=webhook, metrics_port=metrics_port or None)
-    typer.echo(f"rayqueue operator {config.identity}: API {connection.server}, "
-               f"{'standalone' if standalone else f'peering {peering!r} priority {priority}'}, "
-               f"metrics :{metrics_port or 'off'}, webhooks :{webhook_port or 'off'}")
-    asyncio.run(op.run())
+
+    async def main() -> None:
+        # kubernetes_asyncio loads a kubeconfig (exec plugins included) asynchronously: in the operator's loop
+        try:
+            connection = Connection(server=server, token=token) if server else \
+                await Connection.from_environment(context)
+        except (ConfigException, OSError) as exc:
+            typer.echo(f"rayqueue operator: no Kubernetes API to connect to (in-cluster service account or "
+                       f"kubeconfig{f' context {context}' if context else ''}): {exc}", err=True)
+            raise typer.Exit(2) from None
+        op = Operator(connection, config, webhook=webhook, metrics_port=metrics_port or None)
+        typer.echo(f"rayqueue operator {config.identity}: API {connection.server} ({connection.source}), "
+                   f"{'standalone' if standalone else f'peering {peering!r} priority {priority}'}, "
+                   f"metrics :{metrics_port or 'off'}, webhooks :{webhook_port or 'off'}")
+        await op.run()
+
+    asyncio.run(main())

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rayqueue.queue.priority import PriorityClasses
-from rayqueue.queue.workload import WorkloadState
+from rayqueue.queue.workload import Reason, ReasonCode, WorkloadState
 from rayqueue.quota.quantity import MAX_JOBS, Resources, format_quantity, parse_resources
 from rayqueue.quota.tree import QuotaTree, QuotaTreeError
 from rayqueue.scheduler.engine import Engine, EngineConfig
+from rayqueue.scheduler.engine.capacity import NodeCapacity, apply_node_capacity
 from rayqueue.scheduler.engine.decisions import Admit, Decision, Preempt, Reject
 from rayqueue.scheduler.operator.kube import (
     NODES,
@@ -51,6 +52,7 @@ from rayqueue.scheduler.operator.rayjobs import (
     job_uid,
     observe,
     preempt_patch,
+    preemption_record,
     workload_for,
 )
 from rayqueue.scheduler.presentation import tree_effect_lines
@@ -106,7 +108,6 @@ class Controller:
         self.tree_error: list[str] | None = None
         self.policy_body: dict[str, Any] | None = None
         self.nodes: dict[str, dict[str, Any]] = {}
-        self.capacities: dict[str, Resources | None] = {}
         self.rejected: dict[str, tuple[int, str]] = {}  # uid -> (generation, reason) not to resubmit
         self.released: dict[str, float] = {}  # uid -> admittedAtEpoch of the admission episode that ended
         self.announced: dict[str, str] = {}  # uid -> reason code last written for a pending job
@@ -297,7 +298,18 @@ class Controller:
             except JobError as exc:
                 log.warning("cannot restore %s: %s", obs.name, exc.message)
                 return
-            engine.restore(job, obs.record.get("unit") if obs.record else None, record_epoch)
+            unit = obs.record.get("unit") if obs.record else None
+            preemption = preemption_record(body) if obs.state is JobState.STOPPING else None
+            if preemption is not None:
+                # We suspended it for another job and KubeRay has not confirmed yet: resume that
+                # preemption (its quota stays held for that job), never decide or count it again.
+                code = str(preemption.get("reason") or "")
+                reason = Reason(ReasonCode(code), "being preempted (restored)") \
+                    if code in ReasonCode.__members__.values() else None
+                engine.restore(job, unit, record_epoch, preempted_by=str(preemption.get("for") or "") or None,
+                               preempting=True, reason=reason)
+            else:
+                engine.restore(job, unit, record_epoch)
             self.announced.pop(uid, None)
             self._status_dirty = True
             return
@@ -321,7 +333,7 @@ class Controller:
             return
         reject = engine.submit(job)
         if reject is not None:
-            self._reject(body, obs.generation, reject.reason.code.value, reject.reason.message)
+            self._reject(body, obs.generation, reject.reason.code.value, reject.reason.message, job.queue)
             return
         annotations = (body.get("metadata") or {}).get("annotations") or {}
         if annotations.get(MUTATED_ANNOTATION) and CONDITION_ANNOTATION not in annotations:
@@ -330,12 +342,12 @@ class Controller:
                              f"waits in queue {job.queue} and frees its Ray cluster when it finishes")
         self._status_dirty = True
 
-    def _reject(self, body: Mapping[str, Any], generation: int, reason: str, message: str) -> None:
+    def _reject(self, body: Mapping[str, Any], generation: int, reason: str, message: str, queue: str = "") -> None:
         uid = job_uid(body)
         self.rejected[uid] = (generation, reason)
         self.events.post(dict(body), "RayJob", "Rejected", f"{reason}: {message}", "Warning")
         self._write_condition(uid, "Rejected", reason, message, None)
-        self.metrics.decisions.labels("reject", "").inc()
+        self.metrics.rejected.labels(queue, reason).inc()
 
     def _apply_tree(self, body: dict[str, Any], rebuild: bool) -> None:
         if self.tree_body is not None and self.tree_body.get("spec") == body.get("spec") and self.engine:
@@ -383,7 +395,6 @@ class Controller:
             return
         tree = QuotaTree.from_dict(self.tree_body, source=self._ref(self.tree_body))
         self.engine = Engine(tree, self._units(), self.config.engine, clock=self.clock)
-        self.capacities = {}
         self._apply_capacities()
         self.released.clear()
         for body in sorted(self.jobs.values(), key=lambda b: (b["metadata"].get("creationTimestamp") or "",
@@ -400,28 +411,30 @@ class Controller:
         return Units.single(None)
 
     def _apply_capacities(self) -> None:
-        """Unit capacity = allocatable of the Ready, schedulable Nodes its selector matches."""
-        engine = self.engine
-        if engine is None:
+        """Every unit's capacity from the Ready, schedulable Nodes (``scheduler.engine.capacity``'s rule), worked
+        out afresh from the Nodes each time: after a policy edit the units are new objects, and a figure
+        remembered from the old ones would leave them unbounded."""
+        if self.engine is None:
             return
-        for unit in engine.units.units:
-            if unit.resource in ("acs", "eci"):
-                continue  # elastic: bounded by the unit's max pods and the quota tree's max
-            nodes = [n for n in self.nodes.values() if _node_usable(n) and _matches(n, unit.node_selector)]
-            if not nodes:
-                continue  # keep the capacity the policy declares (or unbounded)
-            total: Resources = {}
-            for n in nodes:
-                alloc = (n.get("status") or {}).get("allocatable") or {}
-                try:
-                    res = parse_resources(alloc, field=f"Node {n['metadata']['name']} status.allocatable")
-                except ValueError:
-                    continue
-                for r, v in res.items():
-                    total[r] = total.get(r, 0) + v
-            if self.capacities.get(unit.name) != total:
-                self.capacities[unit.name] = total
-                engine.set_unit_capacity(unit.name, total)
+        apply_node_capacity(self.engine, self._node_capacities())
+
+    def _node_capacities(self) -> list[NodeCapacity] | None:
+        """The usable Nodes' allocatable; None when the API shows no Node at all (nothing is known)."""
+        if not self.nodes:
+            return None
+        out = []
+        for n in self.nodes.values():
+            if not _node_usable(n):
+                continue
+            meta = n.get("metadata") or {}
+            alloc = (n.get("status") or {}).get("allocatable") or {}
+            try:
+                res = parse_resources(alloc, field=f"Node {meta.get('name')} status.allocatable")
+            except ValueError as exc:
+                log.warning("ignoring a Node's capacity: %s", exc)
+                continue
+            out.append(NodeCapacity(str(meta.get("name")), dict(meta.get("labels") or {}), res))
+        return out
 
     def _set_priority_class(self, event_type: str, body: Mapping[str, Any]) -> None:
         name = body["metadata"]["name"]
@@ -513,7 +526,7 @@ class Controller:
                 body = self.jobs.get(d.workload.uid)
                 if body is not None:
                     self._reject(body, int(body["metadata"].get("generation") or 0),
-                                 d.reason.code.value, d.reason.message)
+                                 d.reason.code.value, d.reason.message, d.workload.queue)
         except ApiError as exc:
             log.warning("could not apply %s to %s: %s", type(d).__name__, d.workload.display_name, exc)
             self._give_back(d.workload.uid, str(exc))
@@ -577,7 +590,7 @@ class Controller:
         self.announced.pop(uid, None)
         self.pending_writes.pop(uid, None)
         waited = admitted_at - (w.submitted_at or admitted_at)
-        self.metrics.decisions.labels("admit", w.queue).inc()
+        self.metrics.admitted.labels(w.queue, placement.unit).inc()
         self.metrics.wait_seconds.labels(w.queue).observe(max(0.0, waited))
         self.events.post(body, "RayJob", "Admitted",
                          f"admitted to unit {placement.unit} ({placement.resource}) from queue {w.queue} "
@@ -593,12 +606,13 @@ class Controller:
         by = preemptor.name if preemptor is not None else d.preemptor
         message = f"{d.reason.message} (to make room for {by}); quota is held until the job is Suspended"
         try:
-            body = await self.client.patch(RAYJOBS, ns, name, preempt_patch(d.reason.code.value, message))
+            body = await self.client.patch(RAYJOBS, ns, name, preempt_patch(d.reason.code.value, message, d.preemptor))
         except NotFound:
             self._gone(w.uid)
             return
         self.jobs[w.uid] = body
-        self.metrics.decisions.labels("preempt", w.queue).inc()
+        self.metrics.evicted.labels(w.queue, d.reason.code.value).inc()
+        self.metrics.preempted.labels(preemptor.queue if preemptor is not None else "", d.reason.code.value).inc()
         self.events.post(body, "RayJob", "Preempted", f"{d.reason.code.value}: {message}", "Warning")
 
     def _gone(self, uid: str) -> None:
@@ -720,39 +734,9 @@ class Controller:
                 return
 
     def tree_status(self) -> dict[str, Any]:
-        engine = self.engine
-        if engine is None:
+        if self.engine is None:
             return {}
-        requested: dict[str, Resources] = {}
-        pending_jobs: dict[str, int] = {}
-        admitted_jobs: dict[str, int] = {}
-        for w in engine.jobs():
-            leaf = engine.tree.leaves.get(w.queue)
-            if leaf is None:
-                continue
-            for node in leaf.lineage:
-                if w.state == WorkloadState.PENDING:
-                    acc = requested.setdefault(node.name, {})
-                    for r, v in w.request.items():
-                        acc[r] = acc.get(r, 0) + v
-                    pending_jobs[node.name] = pending_jobs.get(node.name, 0) + 1
-                elif w.state in (WorkloadState.ADMITTED, WorkloadState.PREEMPTING):
-                    admitted_jobs[node.name] = admitted_jobs.get(node.name, 0) + 1
-
-        def render(res: Mapping[str, int]) -> dict[str, str]:
-            return {r: (str(v // 1000) if r == MAX_JOBS else format_quantity(v, r))
-                    for r, v in sorted(res.items()) if v}
-
-        nodes = {}
-        for node in engine.tree:
-            nodes[node.name] = {
-                "used": render(node.usage),
-                "requested": render(requested.get(node.name, {})),
-                "borrowed": render(node.borrowed()),
-                "admittedJobs": admitted_jobs.get(node.name, 0),
-                "pendingJobs": pending_jobs.get(node.name, 0),
-            }
-        status: dict[str, Any] = {"nodes": nodes}
+        status = tree_status(self.engine)
         if self.tree_body is not None:
             status["observedGeneration"] = self.tree_body["metadata"].get("generation")
         return status
@@ -766,8 +750,11 @@ class Controller:
         if target is None or not status or status == self._last_status:
             return
         ns, name = target
+        # A merge patch keeps every key it does not name: what the status showed before (our last write,
+        # or what a previous instance wrote) and no longer has is deleted with a null.
+        shown = self._last_status if self._last_status is not None else (self.tree_body or {}).get("status")
         try:
-            await self.client.patch(TREES, ns, name, {"status": status}, sub="status")
+            await self.client.patch(TREES, ns, name, {"status": merge_patch(shown or {}, status)}, sub="status")
         except NotFound:
             return
         self._last_status = status
@@ -780,19 +767,8 @@ class Controller:
             self._update_gauges()
 
     def _update_gauges(self) -> None:
-        engine = self.engine
-        if engine is None:
-            return
-        queues = engine.queue_views()
-        pending = {q.name: len(q.pending) for q in queues}
-        admitted = {q.name: len(q.admitted) for q in queues}  # preempting jobs still hold their quota
-        for q, n in pending.items():
-            self.metrics.pending.labels(q).set(n)
-        for q, n in admitted.items():
-            self.metrics.admitted.labels(q).set(n)
-        for node in engine.tree:
-            for r, v in node.usage.items():
-                self.metrics.usage.labels(node.name, r).set(v / 1000)
+        if self.engine is not None:
+            self.metrics.update(self.engine)
 
     # ================================================================ leadership (kopf peering)
 
@@ -864,6 +840,58 @@ class Controller:
         }
 
 
+def tree_status(engine: Engine) -> dict[str, Any]:
+    """The ElasticQuotaTree's ``status.nodes``: per node what its admitted jobs use, what pending jobs
+    request, what it borrows, and the job counts. Every resource the node limits is shown, 0 included:
+    an SRE reading ``used`` after a team's jobs ended sees 0, not the last figure."""
+    requested: dict[str, Resources] = {}
+    pending_jobs: dict[str, int] = {}
+    admitted_jobs: dict[str, int] = {}
+    for w in engine.workloads.values():
+        leaf = engine.tree.leaves.get(w.queue)
+        if leaf is None:
+            continue
+        for node in leaf.lineage:
+            if w.state == WorkloadState.PENDING:
+                acc = requested.setdefault(node.name, {})
+                for r, v in w.request.items():
+                    acc[r] = acc.get(r, 0) + v
+                pending_jobs[node.name] = pending_jobs.get(node.name, 0) + 1
+            elif w.state in (WorkloadState.ADMITTED, WorkloadState.PREEMPTING):
+                admitted_jobs[node.name] = admitted_jobs.get(node.name, 0) + 1
+
+    def render(res: Mapping[str, int], always: frozenset[str] | set[str] = frozenset()) -> dict[str, str]:
+        return {r: (str(res.get(r, 0) // 1000) if r == MAX_JOBS else format_quantity(res.get(r, 0), r))
+                for r in sorted(set(always) | {r for r, v in res.items() if v})}
+
+    nodes = {}
+    for node in engine.tree:
+        limited = set(node.min) | set(node.max)
+        nodes[node.name] = {
+            "used": render(node.usage, limited),
+            "requested": render(requested.get(node.name, {})),
+            "borrowed": render(engine.tree.borrowed(node)),
+            "admittedJobs": admitted_jobs.get(node.name, 0),
+            "pendingJobs": pending_jobs.get(node.name, 0),
+        }
+    return {"nodes": nodes}
+
+
+def merge_patch(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch that turns ``before`` into ``after``: keys gone are nulled, maps recursively."""
+    patch: dict[str, Any] = {}
+    for key, value in after.items():
+        old = before.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            patch[key] = merge_patch(old, value)
+        else:
+            patch[key] = value
+    for key in before:
+        if key not in after:
+            patch[key] = None
+    return patch
+
+
 def _node_usable(node: Mapping[str, Any]) -> bool:
     if (node.get("spec") or {}).get("unschedulable"):
         return False
@@ -872,11 +900,6 @@ def _node_usable(node: Mapping[str, Any]) -> bool:
         if c.get("type") == "Ready":
             return bool(c.get("status") == "True")
     return True  # no conditions reported (tests, fresh nodes): count it
-
-
-def _matches(node: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
-    labels = (node.get("metadata") or {}).get("labels") or {}
-    return all(labels.get(k) == v for k, v in selector.items())
 
 
 def dumps(obj: Any) -> str:

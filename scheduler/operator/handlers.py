@@ -10,10 +10,9 @@ import asyncio
 import logging
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import kopf
-from kopf._core.engines.peering import Identity
 
 from rayqueue.quota.tree import QuotaTree, QuotaTreeError
 from rayqueue.scheduler.operator.controller import Controller, OperatorConfig
@@ -66,8 +65,12 @@ def build_registry(controller: Controller, connection: Connection, webhooks: boo
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        return connection.kopf_info()
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        # kopf logs in at start and again whenever the API answers 401: load the credentials again
+        # (a rotated service-account token) instead of handing back the refused ones.
+        await connection.reload()
+        info: kopf.ConnectionInfo = await connection.kopf_info()
+        return info
 
     @kopf.on.startup(registry=registry)
     async def startup(**_: Any) -> None:
@@ -235,7 +238,9 @@ class Operator:
             standalone=self.config.peering is None,
             peering_name=self.config.peering,
             priority=self.config.priority,
-            identity=Identity(self.config.identity),
+            # kopf types this as its Identity, a NewType of str that it does not export (kopf._core):
+            # the plain string is what it holds at run time.
+            identity=cast(Any, self.config.identity),
             stop_flag=self.stop_flag,
             ready_flag=self.ready_flag,
         )

@@ -26,6 +26,9 @@ from rayqueue.scheduler.workloads.rayjob import PRIORITY_LABEL, QUEUE_LABEL, ray
 ADMISSION_ANNOTATION = "rayqueue.io/admission"  # JSON: queue, unit, resource, priority, admittedAt, uid
 CONDITION_ANNOTATION = "rayqueue.io/condition"  # JSON: type, reason, message, position, time
 MUTATED_ANNOTATION = "rayqueue.io/mutated"  # what the webhook changed, for `kubectl describe`
+# JSON: for (the preemptor's uid), reason. Written with the suspend patch, so a restart resumes the
+# preemption in progress instead of deciding (and counting) it again; cleared by the next admission.
+PREEMPTION_ANNOTATION = "rayqueue.io/preemption"
 UNIT_LABEL = "rayqueue.io/unit"
 FINISHED = frozenset({"Complete", "Failed", "ValidationFailed"})
 
@@ -167,6 +170,7 @@ def workload_for(body: Mapping[str, Any], tree: QuotaTree, priorities: PriorityC
         submitted_at=submitted,
         expected_duration=req.expected_duration,
         name=job_ref(body),
+        pod_request=req.largest_pod,
     )
 
 
@@ -243,6 +247,7 @@ def admit_patch(body: Mapping[str, Any], w: Workload, placement: Placement, admi
             "resourceVersion": meta.get("resourceVersion"),
             "annotations": {
                 ADMISSION_ANNOTATION: json.dumps(record, sort_keys=True),
+                PREEMPTION_ANNOTATION: None,  # a preemption of an earlier admission is over
                 CONDITION_ANNOTATION: condition(
                     "Admitted", "Admitted",
                     f"admitted to unit {placement.unit} ({placement.resource}) from queue {w.queue}"),
@@ -252,11 +257,26 @@ def admit_patch(body: Mapping[str, Any], w: Workload, placement: Placement, admi
     }
 
 
-def preempt_patch(reason_code: str, message: str) -> dict[str, Any]:
+def preempt_patch(reason_code: str, message: str, preemptor: str = "") -> dict[str, Any]:
     return {
-        "metadata": {"annotations": {CONDITION_ANNOTATION: condition("Preempted", reason_code, message)}},
+        "metadata": {"annotations": {
+            CONDITION_ANNOTATION: condition("Preempted", reason_code, message),
+            PREEMPTION_ANNOTATION: json.dumps({"for": preemptor, "reason": reason_code}, sort_keys=True),
+        }},
         "spec": {"suspend": True},
     }
+
+
+def preemption_record(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Our preemption annotation (who the job is being preempted for, and why), or None."""
+    raw = ((body.get("metadata") or {}).get("annotations") or {}).get(PREEMPTION_ANNOTATION)
+    if not raw:
+        return None
+    try:
+        record = json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def webhook_patch(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,16 +8,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from rayqueue.quota.quantity import MAX_JOBS, MILLI, format_quantity, is_byte_resource
 
@@ -61,9 +66,23 @@ class Client:
             for problem in body.get("problems") or []:
                 console.print(f"  - {problem}", markup=False, soft_wrap=True)
             raise typer.Exit(2 if resp.status_code == 422 else 1)
+        if resp.status_code >= 300:  # a redirect or the like: not an answer of the API
+            console.print(f"[bold red]error[/] ({resp.status_code}): unexpected answer from {self.url}{path}",
+                          markup=True)
+            raise typer.Exit(1)
         if resp.headers.get("content-type", "").startswith("application/json"):
             return resp.json()
         return resp.text
+
+
+def job_path(job: str, suffix: str = "") -> str:
+    """``/v1/jobs/<job>``, the reference quoted (a ``/`` or ``?`` in it must not change the route); an
+    empty reference is a one-line usage error."""
+    if not job.strip():
+        Console(stderr=True, highlight=False).print("[bold red]error:[/] JOB is empty: give a job id or name "
+                                                    "(see `rayqueue jobs`)")
+        raise typer.Exit(2)
+    return f"/v1/jobs/{quote(job, safe='')}{suffix}"
 
 
 def _when(ts: float | None) -> str:
@@ -115,7 +134,34 @@ def _state(state: str) -> str:
 # ------------------------------------------------------------------------------ renderers
 
 
-def status_tables(status: dict[str, Any]) -> list[Table]:
+def _natural_width(table: Table) -> int:
+    return Console(width=100_000).measure(table).maximum
+
+
+def _fitted(wide: Table, narrow: Callable[[], Table], width: int | None) -> Table:
+    """The wide table where it fits ``width`` (None: always), else the narrow one.
+
+    Every column folds (never an ellipsis), and name columns are kept at their longest name, so a name
+    is only ever broken when it is wider than the terminal itself.
+    """
+    if width is None or _natural_width(wide) <= width:
+        return wide
+    return narrow()
+
+
+def _table(title: str, narrow: bool = False) -> Table:
+    if narrow:  # no vertical rules: two columns more fit in 80
+        return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    return Table(title=title, title_justify="left")
+
+
+def _name_column(table: Table, header: str, names: list[str], wrap: bool = False) -> None:
+    """A column at least as wide as its longest name; ``wrap``: other lines of its cells may wrap."""
+    table.add_column(header, no_wrap=not wrap, overflow="fold", min_width=max((len(n) for n in names), default=0))
+
+
+def status_tables(status: dict[str, Any], width: int | None = None) -> list[Table]:
+    """The quota tree and the capacity units; ``width``: the terminal's, to fit (None: natural width)."""
     nodes = status["nodes"]
     resources: list[str] = []
     for n in nodes:
@@ -123,14 +169,16 @@ def status_tables(status: dict[str, Any]) -> list[Table]:
             if r not in resources:
                 resources.append(r)
     resources.sort(key=lambda r: (r == MAX_JOBS, r))
-    table = Table(title=f"quota tree {status['tree']}  (usage / min / max)", title_justify="left")
-    table.add_column("node")
+    title = f"quota tree {status['tree']}  (usage / min / max)"
+    names = ["  " * n["depth"] + n["name"] for n in nodes]
+    table = _table(title)
+    _name_column(table, "node", names)
     for r in resources:
-        table.add_column(r, justify="right")
-    table.add_column("borrowed")
+        table.add_column(r, justify="right", overflow="fold")
+    table.add_column("borrowed", overflow="fold")
     table.add_column("pending", justify="right")
     table.add_column("running", justify="right")
-    for n in nodes:
+    for n, name in zip(nodes, names, strict=True):
         cells = []
         for r in resources:
             if r not in n["resources"]:
@@ -139,35 +187,63 @@ def status_tables(status: dict[str, Any]) -> list[Table]:
             used = display_quantity(n["usage"].get(r, 0), r)
             cells.append(f"{used} / {_res(n['min'], r)} / {_res(n['max'], r)}")
         borrowed = ", ".join(f"{r}={display_quantity(v, r)}" for r, v in sorted(n["borrowed"].items()))
-        name = "  " * n["depth"] + n["name"]
         table.add_row(
             name, *cells, f"[magenta]{borrowed}[/]" if borrowed else "", str(n["pending"]), str(n["running"])
         )
-    units = Table(title=f"capacity units (Ray at {status['ray']})", title_justify="left")
-    for col in ("unit", "kind", "capacity", "in use", "pods", "nodeSelector"):
-        units.add_column(col)
-    for u in status["units"]:
-        # Ray's resources that no node has (0 TPUs...) are left out: they only add noise here
-        cap = "elastic" if u["capacity"] is None else ", ".join(
-            f"{r}={display_quantity(v, r)}" for r, v in sorted(u["capacity"].items()) if v
-        ) or "none"
-        use = ", ".join(f"{r}={display_quantity(v, r)}" for r, v in sorted(u["usage"].items())) or "-"
-        pods = f"{u['pods']}" + (f" / {u['max_pods']}" if u["max_pods"] is not None else "")
-        sel = ", ".join(f"{k}={v}" for k, v in u["node_selector"].items()) or "(any node)"
-        units.add_row(u["name"], u["resource"], cap, use, pods, sel)
-    return [table, units]
+
+    def by_resource() -> Table:
+        # One line per node and per resource under it: the width no longer grows with the resources.
+        narrow = _table(title.replace("(usage / min / max)", ""), narrow=True)
+        labels = names + ["  " * n["depth"] + "  " + r for n in nodes for r in n["resources"]]
+        _name_column(narrow, "node / resource", labels)
+        for col in ("usage", "min", "max", "borrowed", "pend", "run"):
+            narrow.add_column(col, justify="right", overflow="fold")
+        for n, name in zip(nodes, names, strict=True):
+            narrow.add_row(name, "", "", "", "", str(n["pending"]), str(n["running"]))
+            for r in n["resources"]:
+                borrowed = n["borrowed"].get(r)
+                narrow.add_row(
+                    "  " * n["depth"] + "  " + r, display_quantity(n["usage"].get(r, 0), r), _res(n["min"], r),
+                    _res(n["max"], r), f"[magenta]{display_quantity(borrowed, r)}[/]" if borrowed else "", "", "",
+                )
+        return narrow
+
+    def units_table(narrow: bool) -> Table:
+        units = _table(f"capacity units (Ray at {status['ray']})", narrow=narrow)
+        _name_column(units, "unit", [u["name"] for u in status["units"]])
+        for col in ("kind", "capacity", "in use", "pods", "nodeSelector"):
+            units.add_column(col, overflow="fold")
+        sep = "\n" if narrow else ", "  # narrow: one resource a line
+        for u in status["units"]:
+            # Ray's resources that no node has (0 TPUs...) are left out: they only add noise here
+            cap = "elastic" if u["capacity"] is None else sep.join(
+                f"{r}={display_quantity(v, r)}" for r, v in sorted(u["capacity"].items()) if v
+            ) or "none"
+            use = sep.join(f"{r}={display_quantity(v, r)}" for r, v in sorted(u["usage"].items())) or "-"
+            pods = f"{u['pods']}" + (f" / {u['max_pods']}" if u["max_pods"] is not None else "")
+            sel = sep.join(f"{k}={v}" for k, v in u["node_selector"].items()) or "(any node)"
+            units.add_row(u["name"], u["resource"], cap, use, pods, sel)
+        return units
+
+    return [_fitted(table, by_resource, width), _fitted(units_table(False), lambda: units_table(True), width)]
 
 
-def jobs_table(jobs: list[dict[str, Any]], title: str = "jobs") -> Table:
-    table = Table(title=title, title_justify="left")
-    for col in ("id", "queue", "prio", "state", "pos", "unit", "request", "submitted", "running", "finished"):
-        table.add_column(col, no_wrap=col in ("id", "state"))
+def _prio(j: dict[str, Any]) -> str:
+    return f"{j['priority_class']}({j['priority']})" if j["priority_class"] else str(j["priority"])
+
+
+def jobs_table(jobs: list[dict[str, Any]], title: str = "jobs", width: int | None = None) -> Table:
+    """The jobs; ``width``: the terminal's, to fit (None: natural width)."""
+    table = _table(title)
+    _name_column(table, "id", [j["id"] for j in jobs])
+    _name_column(table, "queue", [j["queue"] for j in jobs])
+    for col in ("prio", "state", "pos", "unit", "request", "submitted", "running", "finished"):
+        table.add_column(col, no_wrap=col == "state", overflow="fold")
     for j in jobs:
-        prio = f"{j['priority_class']}({j['priority']})" if j["priority_class"] else str(j["priority"])
         table.add_row(
             j["id"],
             j["queue"],
-            prio,
+            _prio(j),
             _state(j["state"]),
             "" if j["position"] is None else str(j["position"]),
             j["unit"] or "",
@@ -176,16 +252,48 @@ def jobs_table(jobs: list[dict[str, Any]], title: str = "jobs") -> Table:
             _when(j["running_at"]),
             _when(j["finished_at"]),
         )
-    return table
+
+    def narrow() -> Table:
+        # The queue under the id, the position beside the state, the priority class alone, one time (of
+        # the latest step) instead of three; the request and the unit are left to `rayqueue explain JOB`.
+        small = _table(title, narrow=True)
+        _name_column(small, "id / queue", [j["id"] for j in jobs])
+        for col in ("state", "prio", "since"):
+            small.add_column(col, no_wrap=col == "state", overflow="fold")
+        for j in jobs:
+            since = j["finished_at"] or j["running_at"] or j["submitted_at"]
+            pos = "" if j["position"] is None else f" #{j['position']}"
+            small.add_row(f"{j['id']}\n  [dim]{j['queue']}[/]", _state(j["state"]) + pos,
+                          j["priority_class"] or str(j["priority"]), _when(since)[:8] if since else "-")
+        return small
+
+    return _fitted(table, narrow, width)
 
 
-def history_table(events: list[dict[str, Any]], title: str = "history") -> Table:
-    table = Table(title=title, title_justify="left")
-    for col in ("time", "job", "event", "state", "unit", "message"):
+def history_table(events: list[dict[str, Any]], title: str = "history", width: int | None = None) -> Table:
+    """The events; ``width``: the terminal's, to fit (None: natural width)."""
+    table = _table(title)
+    table.add_column("time", overflow="fold")
+    _name_column(table, "job", [e["job"] for e in events])
+    for col in ("event", "state", "unit", "message"):
         table.add_column(col, overflow="fold")
     for e in events:
         table.add_row(_when(e["at"]), e["job"], e["kind"], e["state"] or "", e["unit"] or "", e["message"])
-    return table
+
+    def narrow() -> Table:
+        # The message under the job, wrapped to its width; the state follows from the event, and the
+        # message names the unit where it matters.
+        small = _table(title, narrow=True)
+        small.add_column("time", no_wrap=True)
+        _name_column(small, "job / message", [e["job"] for e in events], wrap=True)
+        small.add_column("event", no_wrap=True, overflow="fold")
+        for e in events:
+            message = Text(e["job"] + "\n")
+            message.append(e["message"], style="dim")
+            small.add_row(_when(e["at"]), message, e["kind"])
+        return small
+
+    return _fitted(table, narrow, width)
 
 
 def page_note(what: str, shown: int, total: int, offset: int) -> str | None:
@@ -207,6 +315,21 @@ def _page_params(limit: int, offset: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ commands
+
+
+@contextlib.contextmanager
+def _needs_ray(command: str) -> Iterator[None]:
+    """The service's modules come with the [ray] extra; without it, one line says so (exit 1)."""
+    from rayqueue.scheduler.extras import MissingExtra, ensure_extra, requires_extra
+
+    try:
+        with requires_extra("ray", command):
+            yield
+        # Ray itself runs as `ray start` and is imported only when a job is submitted: check it up front.
+        ensure_extra("ray", command, "ray")
+    except MissingExtra as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
 
 
 def serve(
@@ -233,14 +356,23 @@ def serve(
     port: int = typer.Option(8266, "--port"),
     token: str | None = typer.Option(None, "--token", envvar="RAYQUEUE_TOKEN", help="API token (Bearer)."),
     poll_interval: float = typer.Option(0.2, "--poll-interval", help="Seconds between Ray status checks."),
+    max_body_mb: float = typer.Option(4.0, "--max-body-mb", min=0.001, help="Largest HTTP request body in MiB "
+                                      "(413 beyond it)."),
+    ray_wait: float = typer.Option(180.0, "--ray-wait", min=1.0, help="Seconds to wait for the Ray head (the "
+                                   "local one it starts, or --ray-address) to have an alive node."),
+    reattach_wait: float = typer.Option(60.0, "--ray-reattach-wait", min=1.0, help="Seconds to wait for the local "
+                                        "Ray head a crashed run left to answer before stopping it and starting "
+                                        "a new one."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the standalone service: queue RayJobs under the quota tree and run them on Ray."""
     from rayqueue.quota.tree import QuotaTreeError
-    from rayqueue.scheduler.service.core import ServiceConfig, ServiceError
-    from rayqueue.scheduler.service.raycluster import RayClusterError
-    from rayqueue.scheduler.service.server import Runner, ServeOptions
     from rayqueue.scheduler.workloads.resourcepolicy import ResourcePolicyError
+
+    with _needs_ray("rayqueue serve"):
+        from rayqueue.scheduler.service.core import ServiceConfig, ServiceError
+        from rayqueue.scheduler.service.raycluster import RayClusterError
+        from rayqueue.scheduler.service.server import Runner, ServeOptions
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     console = _console()
@@ -255,7 +387,8 @@ def serve(
         tree=tree, policy=policy, priority_classes=priority_classes, ray_address=ray_address, ray_token=ray_token,
         num_gpus=num_gpus,
         num_cpus=num_cpus, unit_gpus=parsed, db=db, state_dir=state_dir, host=host, port=port, token=token,
-        config=ServiceConfig(poll_interval_s=poll_interval),
+        config=ServiceConfig(poll_interval_s=poll_interval, max_body_bytes=int(max_body_mb * 2**20)),
+        ray_wait_s=ray_wait, reattach_wait_s=reattach_wait, say=lambda line: console.print(line, markup=False, soft_wrap=True),
     )
     runner = Runner(opts)
 
@@ -293,33 +426,35 @@ def submit(
     url: str = UrlOption,
     token: str | None = TokenOption,
 ) -> None:
-    """Queue RayJobs; prints each job's id and its position in its queue."""
+    """Queue RayJobs; prints each job's id and its position in its queue. Every file goes in one request:
+    all their RayJobs are queued, or none (the error names each refused document)."""
     client = Client(url, token)
     console = _console()
-    for path in files:
-        text = sys.stdin.read() if str(path) == "-" else _read(path)
-        body = {"yaml": text, "queue": queue, "priority": priority, "ignore_other_kinds": ignore_other_kinds,
-                "source": str(path)}
-        result = client.call("POST", "/v1/jobs", json=body)
-        for job in result["jobs"]:
-            where = (
-                f"position {job['position']} in queue {job['queue']}" if job["position"] is not None
-                else f"queue {job['queue']}"
-            )
-            why = job["reason"] or ""
-            if job["state"] == "Pending" and job.get("reason_code"):
-                why = f"{job['reason_code']}: {why}"  # the code is what `explain` and alerts name
-            console.print(f"[bold]{job['id']}[/] {_state(job['state'])}, {where}" + (f" - {why}" if why else ""),
-                          soft_wrap=True)
-            for note in job.get("notes") or []:
-                console.print(f"  note: {note}", markup=False)
+    sent = [{"source": str(path), "yaml": sys.stdin.read() if str(path) == "-" else _read(path)} for path in files]
+    body = {"files": sent, "queue": queue, "priority": priority, "ignore_other_kinds": ignore_other_kinds}
+    result = client.call("POST", "/v1/jobs", json=body)
+    for job in result["jobs"]:
+        where = (
+            f"position {job['position']} in queue {job['queue']}" if job["position"] is not None
+            else f"queue {job['queue']}"
+        )
+        why = job["reason"] or ""
+        if job["state"] == "Pending" and job.get("reason_code"):
+            why = f"{job['reason_code']}: {why}"  # the code is what `explain` and alerts name
+        console.print(f"[bold]{job['id']}[/] {_state(job['state'])}, {where}" + (f" - {why}" if why else ""),
+                      soft_wrap=True)
+        for note in job.get("notes") or []:
+            console.print(f"  note: {note}", markup=False)
 
 
 def _read(path: Path) -> str:
+    """The file as text, bounded and UTF-8 like every manifest (the service checks the rest)."""
+    from rayqueue.quota.manifests import DocumentError, decode, read_bytes
+
     try:
-        return path.read_text()
-    except OSError as exc:
-        Console(stderr=True).print(f"[red]cannot read {path}:[/] {exc.strerror}")
+        return decode(read_bytes(path), str(path))
+    except DocumentError as exc:
+        Console(stderr=True, highlight=False).print(str(exc), markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -327,7 +462,7 @@ def status(url: str = UrlOption, token: str | None = TokenOption) -> None:
     """The quota tree: usage / min / max per resource, borrowed, pending and running counts; the units."""
     data = Client(url, token).call("GET", "/v1/status")
     console = _console()
-    for table in status_tables(data):
+    for table in status_tables(data, width=console.width):
         console.print(table)
 
 
@@ -348,7 +483,7 @@ def jobs(
         params["queue"] = queue
     data = Client(url, token).call("GET", "/v1/jobs", params=params)
     console = _console()
-    console.print(jobs_table(data["jobs"]))
+    console.print(jobs_table(data["jobs"], width=console.width))
     note = page_note("jobs", len(data["jobs"]), data["total"], offset)
     if note:
         console.print(note, markup=False, soft_wrap=True)
@@ -357,7 +492,7 @@ def jobs(
 def explain(job: str = typer.Argument(..., help="Job id (or name)."), url: str = UrlOption,
             token: str | None = TokenOption) -> None:
     """Why a job waits (reason code and sentence), its position, unit and times."""
-    e = Client(url, token).call("GET", f"/v1/jobs/{job}")
+    e = Client(url, token).call("GET", job_path(job))
     console = _console()
     console.print(f"[bold]{e['id']}[/] ({e['name']}) in queue [bold]{e['queue']}[/]: {_state(e['state'])}")
     prio = f"{e['priority_class']} ({e['priority']})" if e["priority_class"] else str(e["priority"])
@@ -386,7 +521,7 @@ def explain(job: str = typer.Argument(..., help="Job id (or name)."), url: str =
 
 def logs(job: str = typer.Argument(...), url: str = UrlOption, token: str | None = TokenOption) -> None:
     """The driver's log: live from Ray while it runs, from the store once it ended."""
-    data = Client(url, token).call("GET", f"/v1/jobs/{job}/logs")
+    data = Client(url, token).call("GET", job_path(job, "/logs"))
     if not data["logs"]:
         Console(stderr=True).print(f"no logs for {data['id']} ({data['state']})")
         return
@@ -395,7 +530,7 @@ def logs(job: str = typer.Argument(...), url: str = UrlOption, token: str | None
 
 def cancel(job: str = typer.Argument(...), url: str = UrlOption, token: str | None = TokenOption) -> None:
     """Remove a pending job, or stop a running one and release its quota."""
-    data = Client(url, token).call("POST", f"/v1/jobs/{job}/cancel")
+    data = Client(url, token).call("POST", job_path(job, "/cancel"))
     _console().print(f"{data['id']} {_state(data['state'])}")
 
 
@@ -412,7 +547,7 @@ def history(
         params["job"] = job
     data = Client(url, token).call("GET", "/v1/history", params=params)
     console = _console()
-    console.print(history_table(data["events"]))
+    console.print(history_table(data["events"], width=console.width))
     note = page_note("events", len(data["events"]), data["total"], offset)
     if note:
         console.print(note, markup=False, soft_wrap=True)
@@ -437,7 +572,8 @@ def demo_command(
     keep: bool = typer.Option(False, "--keep-state", help="Keep .rayqueue/demo.db afterwards."),
 ) -> None:
     """Start the service on a local Ray cluster with two teams sharing 4 GPUs, run sample RayJobs, stop."""
-    from rayqueue.scheduler.service.demo import run_demo
+    with _needs_ray("rayqueue demo"):
+        from rayqueue.scheduler.service.demo import run_demo
 
     raise typer.Exit(run_demo(keep_state=keep))
 

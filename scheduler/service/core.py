@@ -1,7 +1,10 @@
 """The standalone service: one admission engine, its SQL store, and a Ray cluster it releases jobs to.
 
-Everything that touches the engine runs on one asyncio event loop (the HTTP handlers are ``async``),
-so the engine is never entered from two threads. Blocking Ray calls run in worker threads.
+The service lives on one asyncio event loop, which must stay free to answer (``/healthz`` during a big
+submission). Parsing runs in worker threads without the engine; slow engine work (a submission, a tree, an
+admission cycle, a forecast) runs in a worker thread holding ``engine_lock``, which every other user of the
+engine on the loop takes too, so the engine is used by one thread at a time. Blocking Ray calls run in
+worker threads.
 
 Order of writes, which is what makes a crash at any moment safe:
 
@@ -24,23 +27,24 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from rayqueue.queue.priority import PriorityClasses, UnknownPriorityClass
-from rayqueue.queue.workload import Workload, WorkloadState
+from rayqueue.queue.workload import Reason, ReasonCode, Workload, WorkloadState
 from rayqueue.quota.quantity import MAX_JOBS, Resources, describe
 from rayqueue.quota.tree import QuotaTree, QuotaTreeError
 from rayqueue.scheduler.engine import Engine, EngineConfig
+from rayqueue.scheduler.engine.capacity import apply_node_capacity
 from rayqueue.scheduler.engine.decisions import Admit, Preempt, Reject
 from rayqueue.scheduler.engine.errors import DuplicateJob, UnknownQueue
 from rayqueue.scheduler.presentation import tree_effect_lines
 from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.metrics import ServiceMetrics
-from rayqueue.scheduler.service.raycluster import alive_nodes, capacity_for
+from rayqueue.scheduler.service.raycluster import alive_nodes, node_capacities
 from rayqueue.scheduler.service.rayjobs import (
     RayJobs,
     RayStatus,
@@ -55,13 +59,14 @@ from rayqueue.scheduler.workloads.rayjob import (
     RayJobRejected,
     RayJobRequest,
     expected_duration,
-    load_rayjob_documents,
+    load_submission_documents,
     rayjob_request,
 )
 from rayqueue.scheduler.workloads.resourcepolicy import Units
 from rayqueue.simulations.forecast import forecast_starts
 
 log = logging.getLogger("rayqueue.service")
+T = TypeVar("T")
 
 #: Priority classes known without configuration (a Kubernetes cluster would have PriorityClasses).
 DEFAULT_PRIORITY_CLASSES = {"low": 100, "normal": 500, "high": 1000}
@@ -74,11 +79,48 @@ TREE_SETTING = "quota_tree_yaml"
 
 
 class SubmitError(ValueError):
-    """A submission refused as a whole; ``problems`` name the document and the field."""
+    """A submission refused as a whole; ``problems`` name the document and the field, ``refused`` the
+    documents (``file (document n)``, or a whole file that could not be read as YAML)."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], refused: list[str] | None = None) -> None:
         self.problems = problems
+        self.refused = refused or []
         super().__init__("\n".join(problems))
+
+    @property
+    def summary(self) -> str:
+        """One line: which documents were refused, and that none was queued (all or nothing)."""
+        where = ", ".join(self.refused) if self.refused else "the input"
+        return f"submission refused ({where}); none of its documents was queued: a submission is all or nothing"
+
+
+@dataclass
+class PreparedJob:
+    """One RayJob document checked without the engine: where it came from, its request, its priority."""
+
+    where: str
+    request: RayJobRequest
+    manifest: dict[str, Any]
+    priority: int
+    priority_class: str | None
+
+
+@dataclass
+class Prepared:
+    """A parsed submission on its way to the engine, with every problem found so far."""
+
+    queue: str | None
+    jobs: list[PreparedJob] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def refuse(self, where: str, problem: str) -> None:
+        if where not in self.refused:
+            self.refused.append(where)
+        self.problems.append(problem)
+
+    def error(self) -> SubmitError:
+        return SubmitError(self.problems, self.refused)
 
 
 class ServiceError(RuntimeError):
@@ -98,6 +140,8 @@ class ServiceConfig:
     retry_max_s: float = 10.0
     log_tail_chars: int = 64_000  # how much of a finished driver's log is kept in SQL
     cancel_settle_s: float = 60.0  # how long a cancelled job's end is awaited in Ray (for its status and log)
+    #: the largest HTTP request body read (413 beyond); a KubeRay sample is a few KiB, a batch of them far less
+    max_body_bytes: int = 4 * 2**20
     # No backoff: a parked job is only retried when a release leaves room for it (the engine's wake-up
     # index), and a backoff would let a newly requeued lower-priority job overtake it.
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(backoff_base_s=0.0))
@@ -150,8 +194,6 @@ class Service:
         self.config = config or ServiceConfig()
         self.clock = clock
         self.units = units if units is not None else Units.single(None)
-        # A policy's own capacities stand when no Ray node matches a unit.
-        self._declared_capacity = {u.name: (dict(u.capacity) if u.capacity is not None else None) for u in self.units.units}
         self.engine = Engine(tree, self.units, self.config.engine, clock=clock)
         self.priorities = priorities or PriorityClasses(DEFAULT_PRIORITY_CLASSES)
         self.metrics = ServiceMetrics()
@@ -163,6 +205,9 @@ class Service:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
+        #: Held by whoever uses the engine: the loops and the API on the event loop, and the worker threads
+        #: that run slow engine work for them (a big submission, a tree, a forecast), one at a time.
+        self.engine_lock = asyncio.Lock()
         self._requests: dict[str, RayJobRequest] = {}
         self.started = False
 
@@ -173,17 +218,21 @@ class Service:
         nodes = await asyncio.to_thread(self._nodes, self.ray.address)
         if not nodes:
             raise ServiceError(f"Ray at {self.ray.address} has no alive node (is the cluster up?)")
-        self._apply_capacity(nodes)
-        if self._tree_yaml is not None:
-            self.store.set_setting(TREE_SETTING, self._tree_yaml)
-        await self._recover()
+        async with self.engine_lock:
+            self._apply_capacity(nodes)
+            if self._tree_yaml is not None:
+                self.store.set_setting(TREE_SETTING, self._tree_yaml)
+            await self._recover()
+            # Preemptions are counted from the history, so a restart neither forgets nor repeats one.
+            for (queue, reason), n in self.store.event_counts("Preempting").items():
+                self.metrics.evicted.labels(queue=queue, reason=reason or "Unknown").inc(n)
+            self._run_cycle()
         self._tasks = [
             asyncio.create_task(self._schedule_loop(), name="rayqueue-schedule"),
             asyncio.create_task(self._poll_loop(), name="rayqueue-poll"),
             asyncio.create_task(self._capacity_loop(), name="rayqueue-capacity"),
         ]
         self.started = True
-        self._run_cycle()
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         tasks = self._tasks + list(self._releasing.values()) + list(self._background)
@@ -207,6 +256,11 @@ class Service:
     def wake(self) -> None:
         self._wake.set()
 
+    async def locked(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker thread holding the engine lock: engine work off the event loop."""
+        async with self.engine_lock:
+            return await asyncio.to_thread(fn, *args)
+
     # ================================================================ submissions
 
     def submit_text(
@@ -218,40 +272,106 @@ class Service:
         ignore_other_kinds: bool = False,
         source: str = "input",
     ) -> list[Accepted]:
-        """Accept every RayJob of a (multi-document) YAML text, or none of them."""
-        problems: list[str] = []
-        try:
-            load_rayjob_documents(text, source)  # syntax, with the document and line of an error
-            docs = list(yaml.safe_load_all(text))
-        except RayJobRejected as exc:
-            raise SubmitError([exc.message]) from exc
-        jobs: list[tuple[int, dict[str, Any]]] = []
-        for index, doc in enumerate(docs):
-            if doc is None:
+        """Accept every RayJob of a (multi-document) YAML text, or none of them (on the event loop)."""
+        return self.submit_files([(source, text)], queue=queue, priority=priority,
+                                 ignore_other_kinds=ignore_other_kinds)
+
+    def submit_files(
+        self,
+        files: Sequence[tuple[str, str]],
+        *,
+        queue: str | None = None,
+        priority: str | None = None,
+        ignore_other_kinds: bool = False,
+    ) -> list[Accepted]:
+        """Every RayJob of every ``(source, text)``, or none of them, in one go on the calling thread; the
+        HTTP API uses :meth:`submit`, which does the same off the event loop."""
+        prepared = self.prepare_submission(files, queue=queue, priority=priority,
+                                           ignore_other_kinds=ignore_other_kinds)
+        workloads = self._accept(prepared)
+        self._run_cycle()
+        return self._answers(workloads)
+
+    async def submit(
+        self,
+        files: Sequence[tuple[str, str]],
+        *,
+        queue: str | None = None,
+        priority: str | None = None,
+        ignore_other_kinds: bool = False,
+    ) -> list[Accepted]:
+        """:meth:`submit_files` for the event loop: parsing runs in a worker thread without the engine lock
+        (a big or hostile body only costs that thread), the engine's part in a worker thread under it."""
+        prepared = await asyncio.to_thread(self.prepare_submission, files, queue=queue, priority=priority,
+                                           ignore_other_kinds=ignore_other_kinds)
+        async with self.engine_lock:
+            workloads = await asyncio.to_thread(self._accept, prepared)
+            await self._cycle()
+            return await asyncio.to_thread(self._answers, workloads)
+
+    def prepare_submission(
+        self,
+        files: Sequence[tuple[str, str]],
+        *,
+        queue: str | None = None,
+        priority: str | None = None,
+        ignore_other_kinds: bool = False,
+    ) -> Prepared:
+        """Parse and check every document; touches neither the engine nor the store (any thread may run it)."""
+        out = Prepared(queue=queue)
+        for source, text in files:
+            try:
+                # Bounded (size, UTF-8, nesting, aliases), each document an object with a kind.
+                docs = load_submission_documents(text, source)
+            except RayJobRejected as exc:
+                out.refuse(source, exc.message)
                 continue
-            kind = doc.get("kind") if isinstance(doc, dict) else None
-            if kind != KIND:
-                if ignore_other_kinds and kind:
+            found = False
+            for index, doc in docs:
+                where = f"{source} (document {index})"
+                kind = doc.get("kind")
+                if kind != KIND:
+                    if ignore_other_kinds:
+                        continue
+                    meta = doc.get("metadata")
+                    name = (meta.get("name") if isinstance(meta, dict) else None) or "<unnamed>"
+                    out.refuse(where, f"{where}: kind {kind!r} ({name}) is not a RayJob; standalone mode "
+                                      "queues ray.io/v1 RayJobs only (remove the document, or pass --ignore-other-kinds)")
                     continue
-                name = ((doc.get("metadata") or {}).get("name") if isinstance(doc, dict) else None) or "<unnamed>"
-                problems.append(
-                    f"{source} (document {index}): kind {kind!r} ({name}) is not a RayJob; standalone mode "
-                    "queues ray.io/v1 RayJobs only (remove the document, or pass --ignore-other-kinds)"
-                )
-                continue
-            jobs.append((index, doc))
-        if not jobs and not problems:
-            problems.append(f"{source}: no RayJob document found")
+                found = True
+                try:
+                    req = rayjob_request(doc)
+                    check_runnable(req, f"RayJob {req.name}")
+                except RayJobRejected as exc:
+                    out.refuse(where, f"{where}: {exc.message}")
+                    continue
+                try:
+                    prio, prio_class = self.priorities.resolve(priority if priority is not None else req.priority_class)
+                except UnknownPriorityClass as exc:
+                    label = "--priority" if priority is not None else "label rayqueue.io/priority-class"
+                    out.refuse(where, f"{where}: RayJob {req.name}: {label}: {exc}")
+                    continue
+                out.jobs.append(PreparedJob(where, req, doc, prio, prio_class))
+            if not found and not any(r == source or r.startswith(f"{source} (") for r in out.refused):
+                out.refuse(source, f"{source}: no RayJob document found")
+        return out
+
+    def _accept(self, prepared: Prepared) -> list[tuple[Workload, RayJobRequest, dict[str, Any], list[str]]]:
+        """The engine's and the store's part of a submission, all or nothing (call it holding the engine
+        lock, on any thread: it touches no asyncio object)."""
+        queue = prepared.queue
         workloads: list[tuple[Workload, RayJobRequest, dict[str, Any], list[str]]] = []
         where_of: dict[str, str] = {}  # job id -> "file (document n)", for the engine's refusals
         taken: set[str] = set()  # ids given out in this submission; the store is asked about the rest
-        for index, doc in jobs:
-            where = f"{source} (document {index})"
+        for job in prepared.jobs:
+            where, req, doc = job.where, job.request, job.manifest
             try:
-                req = rayjob_request(doc)
-                check_runnable(req, f"RayJob {req.name}")
-            except RayJobRejected as exc:
-                problems.append(f"{where}: {exc.message}")
+                # like kubectl: no metadata.namespace means the namespace "default"
+                leaf = self.engine.tree.leaf_for(namespace=req.namespace or "default", quota=queue or req.queue)
+            except KeyError as exc:
+                label = "--queue" if queue else ("label rayqueue.io/queue" if req.queue else "metadata.namespace")
+                leaves = ", ".join(sorted(self.engine.tree.leaves))
+                prepared.refuse(where, f"{where}: RayJob {req.name}: {label}: {exc.args[0]} (leaves: {leaves})")
                 continue
             generated: str | None = None
             if req.generate_name:
@@ -261,20 +381,6 @@ class Service:
                 doc = {**doc, "metadata": {**(doc.get("metadata") or {}), "name": generated}}
                 req = dataclasses.replace(req, name=generated, generate_name=False)
                 taken.add(generated)
-            try:
-                # like kubectl: no metadata.namespace means the namespace "default"
-                leaf = self.engine.tree.leaf_for(namespace=req.namespace or "default", quota=queue or req.queue)
-            except KeyError as exc:
-                label = "--queue" if queue else ("label rayqueue.io/queue" if req.queue else "metadata.namespace")
-                leaves = ", ".join(sorted(self.engine.tree.leaves))
-                problems.append(f"{where}: RayJob {req.name}: {label}: {exc.args[0]} (leaves: {leaves})")
-                continue
-            try:
-                prio, prio_class = self.priorities.resolve(priority if priority is not None else req.priority_class)
-            except UnknownPriorityClass as exc:
-                label = "--priority" if priority is not None else "label rayqueue.io/priority-class"
-                problems.append(f"{where}: RayJob {req.name}: {label}: {exc}")
-                continue
             # A generated name is unique already: it is the id too (`cpu-sample-x7k2p`).
             job_id = generated or self._new_id(req.name, taken)
             taken.add(job_id)
@@ -283,34 +389,36 @@ class Service:
                 queue=leaf.name,
                 request=dict(req.total),
                 pods=req.pods,
-                priority=prio,
-                priority_class=prio_class,
+                priority=job.priority,
+                priority_class=job.priority_class,
                 submitted_at=self.clock(),
                 expected_duration=req.expected_duration,
                 name=req.name,
+                pod_request=req.largest_pod,
             )
             workloads.append((w, req, doc, list(req.notes)))
             where_of[job_id] = where
-        if problems:
-            raise SubmitError(problems)
+        if prepared.refused:
+            raise prepared.error()
         # The engine decides what can never fit; all or nothing.
         added: list[Workload] = []
         for w, _req, _doc, _notes in workloads:
             try:
                 rejected = self.engine.submit(w)
             except (UnknownQueue, DuplicateJob) as exc:
-                problems.append(f"{where_of[w.uid]}: RayJob {w.name}: {exc}")
+                prepared.refuse(where_of[w.uid], f"{where_of[w.uid]}: RayJob {w.name}: {exc}")
                 continue
             if rejected is not None:
-                problems.append(
-                    f"{where_of[w.uid]}: RayJob {w.name}: can never run in queue {w.queue}: {rejected.reason.message}"
+                prepared.refuse(
+                    where_of[w.uid],
+                    f"{where_of[w.uid]}: RayJob {w.name}: can never run in queue {w.queue}: {rejected.reason.message}",
                 )
             else:
                 added.append(w)
-        if problems:
+        if prepared.refused:
             for w in added:
                 self.engine.cancel(w.uid)
-            raise SubmitError(problems)
+            raise prepared.error()
         rows = [
             JobRecord(
                 id=w.uid,
@@ -336,7 +444,9 @@ class Service:
         for w, req, _doc, _notes in workloads:
             self._requests[w.uid] = req
             self.metrics.submitted.labels(queue=w.queue).inc()
-        self._run_cycle()
+        return workloads
+
+    def _answers(self, workloads: list[tuple[Workload, RayJobRequest, dict[str, Any], list[str]]]) -> list[Accepted]:
         out = []
         for w, _req, _doc, notes in workloads:
             row = self.store.get(w.uid)
@@ -395,8 +505,22 @@ class Service:
     # ================================================================ the admission cycle
 
     def _run_cycle(self) -> None:
+        """One admission cycle on the calling thread (the event loop's, holding the engine lock)."""
         started = time.perf_counter()
-        decisions = self.engine.schedule(self.clock())
+        self._apply_decisions(self.engine.schedule(self.clock()))
+        self.metrics.cycles.inc()
+        self.metrics.cycle_seconds.observe(time.perf_counter() - started)
+
+    async def _cycle(self) -> None:
+        """One admission cycle, the engine's part in a worker thread (call it holding the engine lock):
+        a cycle over thousands of pending jobs must not stall the event loop."""
+        started = time.perf_counter()
+        decisions = await asyncio.to_thread(self.engine.schedule, self.clock())
+        self._apply_decisions(decisions)  # creates release tasks: on the event loop
+        self.metrics.cycles.inc()
+        self.metrics.cycle_seconds.observe(time.perf_counter() - started)
+
+    def _apply_decisions(self, decisions: Sequence[Admit | Preempt | Reject]) -> None:
         for d in decisions:
             try:
                 if isinstance(d, Admit):
@@ -407,7 +531,6 @@ class Service:
                     self._on_reject(d)
             except Exception:  # one bad decision must not stop the others
                 log.exception("applying %s failed", type(d).__name__)
-        self.metrics.cycle_seconds.observe(time.perf_counter() - started)
 
     def _on_admit(self, d: Admit) -> None:
         w = d.workload
@@ -442,9 +565,13 @@ class Service:
             state=st.PREEMPTING,
             reason_code=d.reason.code.value,
             reason=d.reason.message,
+            preempted_by=d.preemptor,  # a restart resumes this preemption instead of deciding it again
         )
         self._preempting.add(w.uid)
-        self.metrics.preemptions.labels(queue=w.queue, reason=d.reason.code.value).inc()
+        self.metrics.evicted.labels(queue=w.queue, reason=d.reason.code.value).inc()
+        preemptor = self.engine.workloads.get(d.preemptor)
+        self.metrics.preempted.labels(preempting_queue=preemptor.queue if preemptor is not None else "",
+                                      reason=d.reason.code.value).inc()
         if row.released and row.submission_id:
             self._active[w.uid] = row.submission_id
             self._spawn(self._stop_in_ray(w.uid, row.submission_id))
@@ -454,6 +581,7 @@ class Service:
         w = d.workload
         if self.store.get(w.uid) is None:
             return
+        self.metrics.rejected.labels(queue=w.queue, reason=d.reason.code.value).inc()
         self.store.transition(
             w.uid,
             "Rejected",
@@ -495,7 +623,8 @@ class Service:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.config.retry_max_s)
                 except RaySubmitRefused as exc:
-                    self._finalize(job_id, RayStatus("FAILED", f"Ray refused the job: {exc}"), logs=None)
+                    async with self.engine_lock:
+                        self._finalize(job_id, RayStatus("FAILED", f"Ray refused the job: {exc}"), logs=None)
                     return
             self.metrics.release_seconds.observe(time.perf_counter() - started)
             if job_id in self._cancelled:  # cancelled while Ray was being asked: stop what Ray started
@@ -593,14 +722,16 @@ class Service:
                 continue  # cancelled or requeued meanwhile
             changed |= await self._observe(job_id, sid, result)
         if changed:
-            self._run_cycle()
+            async with self.engine_lock:
+                await self._cycle()
 
     async def _observe(self, job_id: str, sid: str, status: RayStatus | None) -> bool:
         if status is None:
             if job_id in self._releasing:
                 return False
             # Released, yet Ray does not know it: the Ray cluster was replaced. Run it again.
-            self._requeue(job_id, "Lost", f"Ray no longer knows submission {sid} (cluster restarted?)")
+            async with self.engine_lock:
+                self._requeue(job_id, "Lost", f"Ray no longer knows submission {sid} (cluster restarted?)")
             return True
         if status.status == "RUNNING":
             row = self.store.get(job_id)
@@ -612,16 +743,18 @@ class Service:
         if not status.terminal:
             return False
         if job_id in self._preempting and status.status == "STOPPED":
-            self._requeue(job_id, "Requeued", f"Ray stopped {sid}; back in the queue", preempted=True)
+            async with self.engine_lock:
+                self._requeue(job_id, "Requeued", f"Ray stopped {sid}; back in the queue", preempted=True)
             return True
         logs = None
         try:
             logs = await asyncio.to_thread(self.ray.logs, sid)
         except RayUnavailable:
             pass
-        if self._active.get(job_id) != sid:
-            return False
-        self._finalize(job_id, status, logs)
+        async with self.engine_lock:
+            if self._active.get(job_id) != sid:
+                return False
+            self._finalize(job_id, status, logs)
         return True
 
     def _finalize(self, job_id: str, status: RayStatus, logs: str | None) -> None:
@@ -659,7 +792,8 @@ class Service:
 
     async def _schedule_loop(self) -> None:
         while True:
-            wakeup = self.engine.next_wakeup()
+            async with self.engine_lock:
+                wakeup = self.engine.next_wakeup()
             timeout = 5.0 if wakeup is None else min(5.0, max(0.0, wakeup - self.clock()))
             # asyncio.wait, not wait_for: Python 3.11's wait_for can swallow a cancellation that
             # arrives as the event is set, and the loop would then never stop.
@@ -670,7 +804,8 @@ class Service:
                 waiter.cancel()
             self._wake.clear()
             try:
-                self._run_cycle()
+                async with self.engine_lock:
+                    await self._cycle()
             except Exception:
                 log.exception("admission cycle failed")
 
@@ -681,24 +816,20 @@ class Service:
                 nodes = await asyncio.to_thread(self._nodes, self.ray.address)
             except Exception:
                 continue
-            if nodes and self._apply_capacity(nodes):
-                self._run_cycle()
+            if not nodes:
+                continue
+            async with self.engine_lock:
+                if self._apply_capacity(nodes):
+                    await self._cycle()
 
     def _apply_capacity(self, nodes: list[dict[str, Any]]) -> bool:
-        """Each unit's capacity = the alive Ray nodes matching its nodeSelector; True if any changed."""
-        changed = False
-        for unit in self.units.units:
-            # A policy unit without a nodeSelector (ACS virtual capacity) names no Ray node: it keeps its
-            # declared capacity (else elastic). Only the no-policy default unit is "the whole cluster".
-            selects = bool(unit.node_selector) or unit.resource == "default"
-            cap = capacity_for(nodes, unit.node_selector) if selects else None
-            if cap is None:
-                cap = self._declared_capacity.get(unit.name)
-            if cap != unit.capacity:
-                log.info("unit %s capacity: %s", unit.name, "elastic" if cap is None else describe(cap))
-                self.engine.set_unit_capacity(unit.name, cap)
-                changed = True
-        return changed
+        """Each unit's capacity from Ray's alive nodes, by the rule both front ends share
+        (``scheduler.engine.capacity``): Ray's nodes are the nodes. True if any unit changed."""
+        changed = apply_node_capacity(self.engine, node_capacities(nodes))
+        for name in changed:
+            unit = self.engine.units.by_name[name]
+            log.info("unit %s capacity: %s", name, unit.describe_capacity())
+        return bool(changed)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -734,9 +865,20 @@ class Service:
                 self._active[row.id] = sid
                 self._finalize(row.id, status, logs)
                 continue
-            # Running (or pending) in Ray, or admitted but maybe never submitted: count it, as it was.
+            if status is None and row.state == st.PREEMPTING:
+                # Preempted before Ray ever had it: that preemption is complete, not to be decided again.
+                self._requeue_row(row, "Requeued", f"preempted before Ray started {sid}; back in the queue",
+                                  preempted=True)
+                continue
+            # Running (or pending) in Ray, or admitted but maybe never submitted: count it, as it was. A job
+            # being preempted stays so, for the job it was preempted for: one decision, one event, one count.
             w = self._workload(row)
-            self.engine.restore(w, row.unit, row.admitted_at or self.clock())
+            preempting = row.state == st.PREEMPTING
+            reason = None
+            if preempting and row.reason_code in ReasonCode.__members__.values():
+                reason = Reason(ReasonCode(row.reason_code), row.reason or "being preempted (restored)")
+            self.engine.restore(w, row.unit, row.admitted_at or self.clock(), preempted_by=row.preempted_by,
+                                preempting=preempting, reason=reason)
             # a transition, not a bare record: the history row then shows the job's state and unit
             self.store.transition(row.id, "Reattached", f"counted again on unit {row.unit} after a restart")
             if status is None:
@@ -780,10 +922,14 @@ class Service:
             admitted_at=None,
             running_at=None,
             preemptions=row.preemptions + (1 if preempted else 0),
+            preempted_by=None,
         )
 
-    @staticmethod
-    def _workload(row: JobRecord) -> Workload:
+    def _workload(self, row: JobRecord) -> Workload:
+        try:
+            pod_request: Resources | None = self._request(row).largest_pod
+        except (RayJobRejected, ValueError):
+            pod_request = None  # a manifest an older version accepted: its pods are not checked per node
         return Workload(
             uid=row.id,
             queue=row.queue,
@@ -794,13 +940,31 @@ class Service:
             submitted_at=row.submitted_at,
             expected_duration=_expected_duration(row),
             name=row.name,
+            pod_request=pod_request,
         )
 
     # ================================================================ the quota tree
 
     def apply_tree(self, text: str, dry_run: bool = False, source: str = "ElasticQuotaTree") -> dict[str, Any]:
-        """Validate a new tree and apply it (or only say what it would change)."""
-        tree = QuotaTree.from_yaml_text(text, source)  # QuotaTreeError names node and field
+        """Validate a new tree and apply it (or only say what it would change), on the calling thread."""
+        result = self._set_tree(parse_tree(text, source), text, dry_run)
+        if result["applied"]:
+            self._run_cycle()
+        return result
+
+    async def apply_tree_async(
+        self, text: str, dry_run: bool = False, source: str = "ElasticQuotaTree"
+    ) -> dict[str, Any]:
+        """:meth:`apply_tree` for the event loop: the tree is parsed in a worker thread without the engine
+        lock, then set (or previewed) in a worker thread under it."""
+        tree = await asyncio.to_thread(parse_tree, text, source)
+        async with self.engine_lock:
+            result = await asyncio.to_thread(self._set_tree, tree, text, dry_run)
+            if result["applied"]:
+                await self._cycle()
+        return result
+
+    def _set_tree(self, tree: QuotaTree, text: str, dry_run: bool) -> dict[str, Any]:
         old = self.engine.tree
         if dry_run:
             # QuotaTreeError if a leaf holding jobs would go
@@ -811,7 +975,6 @@ class Service:
         effects = tree_effect_lines(self.engine.set_tree(tree)) + self._running_job_effects(old, tree)
         self.store.set_setting(TREE_SETTING, text)
         self.store.record("(quota)", "QuotaApplied", f"tree {tree.name}: " + "; ".join(effects))
-        self._run_cycle()
         return {"applied": True, "effects": effects}
 
     def _running_job_effects(self, old: QuotaTree, new: QuotaTree, shown: int = 10) -> list[str]:
@@ -929,53 +1092,7 @@ class Service:
         return out, total
 
     def status(self) -> dict[str, Any]:
-        tree = self.engine.tree
-        pending: dict[str, int] = {}
-        running: dict[str, int] = {}
-        for q in self.engine.queue_views():
-            pending[q.name] = len(q.pending)
-            running[q.name] = len(q.admitted)
-        nodes: list[dict[str, Any]] = []
-
-        def visit(node: Any) -> tuple[int, int]:
-            index = len(nodes)
-            nodes.append({})
-            p, r = (pending.get(node.name, 0), running.get(node.name, 0)) if node.is_leaf else (0, 0)
-            for child in node.children:
-                cp, cr = visit(child)
-                p, r = p + cp, r + cr
-            resources = sorted((set(node.min) | set(node.max) | set(node.usage)) - {MAX_JOBS}) + (
-                [MAX_JOBS] if MAX_JOBS in node.max else []
-            )
-            nodes[index] = {
-                "name": node.name,
-                "path": node.path,
-                "depth": node.depth,
-                "leaf": node.is_leaf,
-                "min": {k: v for k, v in node.min.items()},
-                "max": {k: v for k, v in node.max.items()},
-                "usage": {k: v for k, v in node.usage.items() if v},
-                "borrowed": tree.borrowed(node),
-                "resources": resources,
-                "pending": p,
-                "running": r,
-            }
-            return p, r
-
-        visit(tree.root)
-        units = [
-            {
-                "name": u.name,
-                "resource": u.resource,
-                "capacity": u.capacity,
-                "usage": {k: v for k, v in u.usage.items() if v and k != MAX_JOBS},
-                "pods": u.pods,
-                "max_pods": u.max_pods,
-                "node_selector": u.node_selector,
-            }
-            for u in self.engine.units.units
-        ]
-        return {"tree": tree.name, "nodes": nodes, "units": units, "ray": self.ray.address}
+        return status_view(self.engine, self.ray.address)
 
     def history(
         self, ref: str | None = None, limit: int | None = None, offset: int = 0
@@ -1006,6 +1123,64 @@ class Service:
 
     def refresh_metrics(self) -> None:
         self.metrics.refresh(self)
+
+
+def parse_tree(text: str, source: str = "ElasticQuotaTree") -> QuotaTree:
+    """A tree from YAML text; every refusal is a :class:`QuotaTreeError` naming node and field (the
+    bounded loader refuses size, nesting and alias bombs before anything is built)."""
+    return QuotaTree.from_yaml_text(text, source)
+
+
+def status_view(engine: Engine, ray_address: str) -> dict[str, Any]:
+    """What ``rayqueue status`` shows: per tree node usage / min / max, borrowed, pending and running
+    jobs; per unit its capacity and use."""
+    tree = engine.tree
+    pending: dict[str, int] = {}
+    running: dict[str, int] = {}
+    for name, q in engine.queues.items():
+        pending[name] = len(q)
+        running[name] = len(q.admitted)
+    nodes: list[dict[str, Any]] = []
+
+    def visit(node: Any) -> tuple[int, int]:
+        index = len(nodes)
+        nodes.append({})
+        p, r = (pending.get(node.name, 0), running.get(node.name, 0)) if node.is_leaf else (0, 0)
+        for child in node.children:
+            cp, cr = visit(child)
+            p, r = p + cp, r + cr
+        resources = sorted((set(node.min) | set(node.max) | set(node.usage)) - {MAX_JOBS}) + (
+            [MAX_JOBS] if MAX_JOBS in node.max else []
+        )
+        nodes[index] = {
+            "name": node.name,
+            "path": node.path,
+            "depth": node.depth,
+            "leaf": node.is_leaf,
+            "min": {k: v for k, v in node.min.items()},
+            "max": {k: v for k, v in node.max.items()},
+            "usage": {k: v for k, v in node.usage.items() if v},
+            "borrowed": tree.borrowed(node),
+            "resources": resources,
+            "pending": p,
+            "running": r,
+        }
+        return p, r
+
+    visit(tree.root)
+    units = [
+        {
+            "name": u.name,
+            "resource": u.resource,
+            "capacity": u.capacity,
+            "usage": {k: v for k, v in u.usage.items() if v and k != MAX_JOBS},
+            "pods": u.pods,
+            "max_pods": u.max_pods,
+            "node_selector": u.node_selector,
+        }
+        for u in engine.units.units
+    ]
+    return {"tree": tree.name, "nodes": nodes, "units": units, "ray": ray_address}
 
 
 def _visible(request: Resources) -> Resources:

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 
 from rayqueue.quota.quantity import CPU, GPU, MEMORY, MILLI, Resources
+from rayqueue.scheduler.engine.capacity import NodeCapacity, matches
 
 log = logging.getLogger("rayqueue.service.ray")
 
@@ -43,8 +44,42 @@ TPU = "google.com/tpu"
 RAY_TO_K8S = {"CPU": (CPU, MILLI), "GPU": (GPU, MILLI), "memory": (MEMORY, MILLI), "TPU": (TPU, MILLI)}
 
 
+#: How often a wait for Ray says what it still waits for.
+PROGRESS_EVERY_S = 5.0
+#: `ray start` gives its raylet a fixed 30 s to register, which a busy machine can miss: start it again.
+START_ATTEMPTS = 3
+
+Progress = Callable[[str], None]
+
+
 class RayClusterError(RuntimeError):
     pass
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+class Ticker:
+    """Says ``what`` (a callable: it changes as the wait goes on) every few seconds of a wait."""
+
+    def __init__(self, progress: Progress | None, timeout: float) -> None:
+        self.progress = progress or _quiet
+        self.timeout = timeout
+        self.started = time.monotonic()
+        self.next = self.started + PROGRESS_EVERY_S
+
+    @property
+    def waited(self) -> float:
+        return time.monotonic() - self.started
+
+    def left(self) -> float:
+        return self.timeout - self.waited
+
+    def tick(self, what: Callable[[], str]) -> None:
+        if time.monotonic() >= self.next:
+            self.next = time.monotonic() + PROGRESS_EVERY_S
+            self.progress(f"waiting for {what()} ({self.waited:.0f}s of {self.timeout:.0f}s)")
 
 
 def free_ports(count: int) -> list[int]:
@@ -128,10 +163,43 @@ class LocalRayCluster:
         labels: Mapping[str, str] | None = None,
         resources: Mapping[str, float] | None = None,
         object_store_mb: int = 256,
-        timeout: float = 90.0,
+        timeout: float = 180.0,
         auth_token: str | None = None,
+        progress: Progress | None = None,
     ) -> LocalRayCluster:
-        """Start the head; ``auth_token`` defaults to a fresh random one (see the module's docstring)."""
+        """Start the head and wait up to ``timeout`` seconds until it has an alive node, saying what it waits
+        for every few seconds through ``progress``. ``ray start`` itself gives up after a fixed 30 s on a
+        busy machine ("timed out during startup"): it is then started again, on fresh ports, while time is
+        left. ``auth_token`` defaults to a fresh random one (see the module's docstring)."""
+        ticker = Ticker(progress, timeout)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            cluster = cls._start_once(num_cpus, num_gpus, labels, resources, object_store_mb, auth_token)
+            try:
+                cluster.wait_ready(ticker)
+                log.info("started a local Ray head at %s (temp dir %s)", cluster.url, cluster.info.temp_dir)
+                return cluster
+            except RayStartExited as exc:
+                last = attempt == START_ATTEMPTS or ticker.left() < 10
+                cluster.stop(keep_logs=last)
+                if last:
+                    raise RayClusterError(f"{exc}; its logs are kept in {cluster.info.temp_dir}") from None
+                ticker.progress(f"`ray start` exited early ({exc.reason}); starting the local Ray head again "
+                                f"(attempt {attempt + 1} of {START_ATTEMPTS})")
+            except BaseException:
+                cluster.stop(keep_logs=True)
+                raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _start_once(
+        cls,
+        num_cpus: int,
+        num_gpus: int,
+        labels: Mapping[str, str] | None,
+        resources: Mapping[str, float] | None,
+        object_store_mb: int,
+        auth_token: str | None,
+    ) -> LocalRayCluster:
         ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
         if ray_bin is None:
             raise RayClusterError("the `ray` command is not installed (pip install 'ray[default]')")
@@ -177,20 +245,41 @@ class LocalRayCluster:
             labels=dict(labels or {}),
             auth_token=token,
         )
-        cluster = cls(info, process)
-        try:
-            cluster.wait_ready(timeout)
-        except BaseException:
-            cluster.stop()
-            raise
-        log.info("started a local Ray head at %s (temp dir %s)", info.dashboard_url, temp_dir)
-        return cluster
+        return cls(info, process)
 
     def add_node(
         self, labels: Mapping[str, str], num_gpus: int = 0, num_cpus: int = 2, object_store_mb: int = 128,
-        timeout: float = 90.0,
+        timeout: float = 180.0, progress: Progress | None = None,
     ) -> None:
-        """Another local node joining this head, with node labels (a ResourcePolicy unit's nodeSelector)."""
+        """Another local node joining this head, with node labels (a ResourcePolicy unit's nodeSelector);
+        started again when `ray start` gives up early (see :meth:`start`)."""
+        ticker = Ticker(progress, timeout)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            process = self._add_node_once(labels, num_gpus, num_cpus, object_store_mb)
+            while ticker.left() > 0:
+                if process.poll() is not None:
+                    break
+                if any(matches(n.get("labels") or {}, labels) and not n.get("is_head_node")
+                       for n in alive_nodes(self.url, token=self.auth_token)):
+                    return
+                ticker.tick(lambda: f"the local {labels} Ray node to join {self.url}")
+                time.sleep(0.3)
+            else:
+                raise RayClusterError(f"the local {labels} node did not join within {timeout:.0f}s; its logs are "
+                                      f"under {self.info.temp_dir}; --ray-wait waits longer")
+            if attempt == START_ATTEMPTS or ticker.left() < 10:
+                raise RayClusterError(f"`ray start` of a {labels} node exited with {process.returncode}; its logs "
+                                      f"are under {self.info.temp_dir}")
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # what the failed start left of its group
+            except ProcessLookupError:
+                pass
+            ticker.progress(f"`ray start` of the {labels} node exited early; starting it again")
+        raise AssertionError("unreachable")
+
+    def _add_node_once(
+        self, labels: Mapping[str, str], num_gpus: int, num_cpus: int, object_store_mb: int
+    ) -> subprocess.Popen[bytes]:
         ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray") or "ray"
         node_mgr, obj_mgr, env_agent, agent_http, agent_grpc, metrics = free_ports(6)
         temp_dir = Path(self.info.temp_dir) / f"n{len(self.info.worker_pgids) + 1}"
@@ -219,39 +308,68 @@ class LocalRayCluster:
                 start_new_session=True,
             )
         self.info.worker_pgids.append(process.pid)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RayClusterError(f"`ray start` of a {labels} node exited with {process.returncode}")
-            if any(matches(n.get("labels") or {}, labels) and not n.get("is_head_node")
-                   for n in alive_nodes(self.url, token=self.auth_token)):
-                return
-            time.sleep(0.3)
-        raise RayClusterError(f"the local {labels} node did not join within {timeout:.0f}s")
+        return process
 
     @classmethod
-    def reattach(cls, info: LocalRayInfo) -> LocalRayCluster | None:
-        """The head a crashed service left running, if it still answers."""
-        if not dashboard_alive(info.dashboard_url, token=info.auth_token):
-            return None
-        return cls(info)
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                log_text = (Path(self.info.temp_dir) / "ray-start.log").read_text(errors="replace")[-2000:]
-                raise RayClusterError(f"`ray start` exited with {self.process.returncode}:\n{log_text}")
-            if dashboard_alive(self.url, timeout=1.0, token=self.auth_token) and alive_nodes(
-                self.url, token=self.auth_token
-            ):
-                return
+    def reattach(cls, info: LocalRayInfo, timeout: float = 180.0, progress: Progress | None = None
+                 ) -> LocalRayCluster | None:
+        """The head a crashed service left running, once it answers with an alive node; None when none of
+        its processes is left, or when they do not answer within ``timeout`` (then they are stopped: the
+        caller starts a new head). A busy head is waited for, not mistaken for a dead one."""
+        cluster = cls(info)
+        ticker = Ticker(progress, timeout)
+        while True:
+            if not head_processes(info.temp_dir):
+                return None
+            if cluster.ready():
+                return cluster
+            if ticker.left() <= 0:
+                cluster.stop()
+                return None
+            ticker.tick(lambda: f"the local Ray head a previous run left at {info.dashboard_url} to answer")
             time.sleep(0.3)
-        raise RayClusterError(f"the local Ray head did not come up within {timeout:.0f}s")
 
-    def stop(self) -> None:
-        """Stop every process of this head and its extra nodes (their process groups), remove the temp dir."""
-        for pgid in [*self.info.worker_pgids, self.info.pgid]:
+    @property
+    def log_path(self) -> Path:
+        return Path(self.info.temp_dir) / "ray-start.log"
+
+    def ready(self) -> bool:
+        return dashboard_alive(self.url, timeout=2.0, token=self.auth_token) and bool(
+            alive_nodes(self.url, token=self.auth_token)
+        )
+
+    def waiting_for(self) -> str:
+        """What a wait for this head still lacks, with where to look."""
+        if not dashboard_alive(self.url, timeout=2.0, token=self.auth_token):
+            what = f"its dashboard at {self.url} to answer"
+        else:
+            what = f"an alive node in Ray at {self.url}"
+        return f"the local Ray head: {what}; its log: {self.log_path}"
+
+    def wait_ready(self, ticker: Ticker) -> None:
+        while True:
+            if self.process is not None and self.process.poll() is not None:
+                tail = self.log_path.read_text(errors="replace").strip().splitlines()[-1:] if self.log_path.exists() else []
+                raise RayStartExited(self.process.returncode, tail[0] if tail else "no output")
+            if self.ready():
+                return
+            if ticker.left() <= 0:
+                raise RayClusterError(
+                    f"the local Ray head did not come up within {ticker.timeout:.0f}s ({self.waiting_for()}); "
+                    f"check that log and Ray's own under {self.info.temp_dir}/session_latest/logs, and that the "
+                    f"ports it was given are free (GCS {self.info.gcs_address}, dashboard {self.url}); "
+                    "--ray-wait waits longer"
+                )
+            ticker.tick(self.waiting_for)
+            time.sleep(0.3)
+
+    def stop(self, keep_logs: bool = False) -> None:
+        """Stop every process of this head and its extra nodes (their process groups), remove the temp dir
+        (unless ``keep_logs``: a head that failed to start leaves its logs for the user to read)."""
+        # A head found again after a crash is not our child: its recorded process groups may belong to
+        # someone else by now, so only the processes that carry its marker are stopped.
+        groups = [*self.info.worker_pgids, self.info.pgid] if self.process is not None else []
+        for pgid in groups:
             try:
                 os.killpg(pgid, signal.SIGKILL)  # SIGTERM drains for 30 s; nothing of ours needs it
             except ProcessLookupError:
@@ -264,7 +382,15 @@ class LocalRayCluster:
             except subprocess.TimeoutExpired:
                 pass
         _kill_strays(self.info.temp_dir)
-        shutil.rmtree(self.info.temp_dir, ignore_errors=True)
+        if not keep_logs:
+            shutil.rmtree(self.info.temp_dir, ignore_errors=True)
+
+
+class RayStartExited(RayClusterError):
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"`ray start` exited with {code}: {reason}")
 
 
 def _ray_env(temp_dir: str, auth_token: str | None) -> dict[str, str]:
@@ -278,15 +404,30 @@ def _ray_env(temp_dir: str, auth_token: str | None) -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["RAY_enable_worker_prestart"] = "0"  # no idle workers eating a small machine's cores
     env["RAY_prestart_worker_first_driver"] = "0"
+    # A busy machine answers late: Ray's defaults would declare a node dead (5 missed 10 s health checks),
+    # a worker lost (60 s to register) or the dashboard failed (60 s to start). The user's settings win.
+    for key, value in BUSY_MACHINE_SETTINGS.items():
+        env.setdefault(key, value)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Every process of this head (drivers too) inherits the marker: stop() finds strays by it.
     env[MARKER_ENV] = temp_dir
     return env
 
 
-def _kill_strays(temp_dir: str) -> None:
-    """Processes of this head that left its process group (job drivers): found by its temp dir."""
+BUSY_MACHINE_SETTINGS = {
+    "RAY_health_check_failure_threshold": "30",
+    "RAY_health_check_timeout_ms": "30000",
+    "RAY_worker_register_timeout_seconds": "300",
+    "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "300",
+}
+
+
+def head_processes(temp_dir: str) -> list[int]:
+    """The processes of a local head (its raylet, GCS, dashboard, workers, drivers): found by its temp dir
+    in their command line or by the marker in their environment, never by a process group id that the
+    system may have given to someone else since."""
     me = os.getpid()
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
@@ -296,10 +437,17 @@ def _kill_strays(temp_dir: str) -> None:
         except OSError:
             continue
         if temp_dir.encode() in cmdline or f"{MARKER_ENV}={temp_dir}".encode() in environ.split(b"\0"):
-            try:
-                os.kill(int(entry.name), signal.SIGKILL)
-            except OSError:
-                pass
+            found.append(int(entry.name))
+    return found
+
+
+def _kill_strays(temp_dir: str) -> None:
+    """Processes of this head that left its process group (job drivers)."""
+    for pid in head_processes(temp_dir):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 # ------------------------------------------------------------------------------ capacity
@@ -334,21 +482,9 @@ def node_resources(node: Mapping[str, Any]) -> Resources:
     return out
 
 
-def matches(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in selector.items())
-
-
-def capacity_for(nodes: list[dict[str, Any]], selector: Mapping[str, str]) -> Resources | None:
-    """The sum over the alive nodes whose labels match ``selector``; None when no node matches.
-
-    Every resource Ray has a name for is in the answer, 0 when no node has it: a resource missing from
-    a unit's capacity is unbounded to the engine, so without the 0 a GPU job would be admitted onto a
-    Ray cluster that has no GPU at all."""
-    chosen = [n for n in nodes if matches(n.get("labels") or {}, selector)]
-    if not chosen:
-        return None
-    total: Resources = {name: 0 for name, _scale in RAY_TO_K8S.values()}
-    for n in chosen:
-        for r, v in node_resources(n).items():
-            total[r] = total.get(r, 0) + v
-    return total
+def node_capacities(nodes: list[dict[str, Any]]) -> list[NodeCapacity]:
+    """Ray's alive nodes as capacity sees them (labels, resources in our units)."""
+    return [
+        NodeCapacity(str(n.get("node_id") or n.get("node_name") or ""), dict(n.get("labels") or {}), node_resources(n))
+        for n in nodes
+    ]

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import yaml
 
+from rayqueue.quota.manifests import DocumentError, load_document
 from rayqueue.quota.quantity import CPU, GPU, MEMORY, MILLI
 from rayqueue.scheduler.service.raycluster import auth_headers
 from rayqueue.scheduler.workloads.rayjob import HEAD, RayJobRejected, RayJobRequest
@@ -72,9 +72,9 @@ def runtime_env_of(request: RayJobRequest, ident: str) -> dict[str, Any] | None:
     if not text:
         return None
     try:
-        env = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RayJobRejected(f"{ident}: spec.runtimeEnvYAML is not valid YAML: {exc}") from exc
+        env = load_document(text, "spec.runtimeEnvYAML")
+    except DocumentError as exc:
+        raise RayJobRejected(f"{ident}: {exc}") from exc
     if env is None:
         return None
     if not isinstance(env, dict):

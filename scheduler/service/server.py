@@ -8,14 +8,14 @@ import ipaddress
 import logging
 import signal
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from rayqueue.queue.priority import PriorityClasses
+from rayqueue.quota.manifests import DocumentError, read_documents
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.service.core import (
     DEFAULT_PRIORITY_CLASSES,
@@ -25,7 +25,15 @@ from rayqueue.scheduler.service.core import (
     ServiceError,
     default_tree,
 )
-from rayqueue.scheduler.service.raycluster import LocalRayCluster, LocalRayInfo, dashboard_url
+from rayqueue.scheduler.service.raycluster import (
+    LocalRayCluster,
+    LocalRayInfo,
+    Ticker,
+    alive_nodes,
+    dashboard_alive,
+    dashboard_url,
+    head_processes,
+)
 from rayqueue.scheduler.service.rayjobs import RayJobs
 from rayqueue.scheduler.service.store import Store, default_db_url
 from rayqueue.scheduler.workloads.resourcepolicy import Units, load_resource_policy
@@ -54,6 +62,12 @@ class ServeOptions:
     port: int = DEFAULT_PORT
     token: str | None = None
     config: ServiceConfig = field(default_factory=ServiceConfig)
+    #: how long to wait for Ray (a local head starting, or --ray-address) to have an alive node
+    ray_wait_s: float = 180.0
+    #: how long the head a crashed run left may take to answer before it is stopped and replaced
+    reattach_wait_s: float = 60.0
+    #: where progress lines go (waiting for Ray, re-using or stopping a head a crashed run left)
+    say: Callable[[str], None] = log.warning
 
 
 def is_loopback(host: str) -> bool:
@@ -71,9 +85,9 @@ def load_priority_classes(path: Path | None) -> PriorityClasses:
         return PriorityClasses(DEFAULT_PRIORITY_CLASSES)
     classes: dict[str, int] = {}
     try:
-        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-    except (OSError, yaml.YAMLError) as exc:
-        raise ServiceError(f"{path}: cannot read priority classes: {exc}") from exc
+        docs = [d for d in read_documents(path) if d is not None]
+    except DocumentError as exc:
+        raise ServiceError(f"cannot read priority classes: {exc}") from exc
     for i, doc in enumerate(docs):
         if not isinstance(doc, dict):
             raise ServiceError(f"{path} (document {i}): expected a mapping")
@@ -160,6 +174,7 @@ class Runner:
         priorities = load_priority_classes(opts.priority_classes)
         if opts.ray_address:
             address, ray_token = dashboard_url(opts.ray_address), opts.ray_token
+            await asyncio.to_thread(self._wait_for_nodes, address, ray_token)
         else:
             local = await asyncio.to_thread(self._local_ray, store, units)
             self.local_ray = local
@@ -176,15 +191,40 @@ class Runner:
         self.server = _Server(config)
         return self.service
 
+    def _wait_for_nodes(self, address: str, token: str | None) -> None:
+        """An existing Ray cluster may still be starting: wait for an alive node, saying so every few seconds."""
+        ticker = Ticker(self.opts.say, self.opts.ray_wait_s)
+        while not alive_nodes(address, token=token):
+            if ticker.left() <= 0:
+                answers = dashboard_alive(address, token=token)
+                raise ServiceError(
+                    f"Ray at {address} has no alive node after {self.opts.ray_wait_s:.0f}s: its dashboard "
+                    + ("answers, but lists no alive node" if answers else "does not answer")
+                    + " (is the cluster up? check the address and port, --ray-token, and the head's logs under "
+                    "/tmp/ray/session_latest/logs on its machine; --ray-wait waits longer)"
+                )
+            ticker.tick(lambda: f"Ray at {address} to have an alive node")
+            time.sleep(0.5)
+
     def _local_ray(self, store: Store, units: Units | None) -> LocalRayCluster:
-        """The local head a previous (crashed) run left, or a new one."""
+        """The local head a previous (crashed) run left, or a new one; either way the console says which."""
+        say = self.opts.say
         saved = store.get_setting(LOCAL_RAY_SETTING)
         if saved:
             info = LocalRayInfo.from_json(saved)
-            found = LocalRayCluster.reattach(info)
+            left = head_processes(info.temp_dir)
+            found = LocalRayCluster.reattach(info, self.opts.reattach_wait_s, say) if left else None
             if found is not None:
-                log.info("re-attached to the local Ray head at %s", info.dashboard_url)
+                say(f"re-using the local Ray head a previous run left at {info.dashboard_url} "
+                    f"({len(left)} processes, temp dir {info.temp_dir}): its jobs keep running")
                 return found
+            if left:
+                say(f"stopped the local Ray head a previous run left at {info.dashboard_url}: it did not answer "
+                    f"within {self.opts.reattach_wait_s:.0f}s ({len(left)} processes); starting a new one")
+            else:
+                say(f"the local Ray head a previous run left at {info.dashboard_url} is gone; starting a new one "
+                    "(jobs that ran on it are run again)")
+            store.set_setting(LOCAL_RAY_SETTING, None)
         extra = dict(self.opts.unit_gpus)
         if extra and units is None:
             raise ServiceError("--unit-gpus needs --policy (it starts a local node per ResourcePolicy unit)")
@@ -199,11 +239,15 @@ class Runner:
         first = units.units[0] if units is not None else None
         labels = dict(first.node_selector) if first is not None else {}
         head_gpus = extra.pop(first.name, self.opts.num_gpus) if first is not None else self.opts.num_gpus
-        cluster = LocalRayCluster.start(num_cpus=self.opts.num_cpus, num_gpus=head_gpus, labels=labels)
+        say(f"starting a local Ray head ({self.opts.num_cpus} CPUs, {head_gpus} GPUs; up to "
+            f"{self.opts.ray_wait_s:.0f}s, --ray-wait)")
+        cluster = LocalRayCluster.start(num_cpus=self.opts.num_cpus, num_gpus=head_gpus, labels=labels,
+                                        timeout=self.opts.ray_wait_s, progress=say)
         try:
             for name, gpus in extra.items():
                 assert units is not None
-                cluster.add_node(units.by_name[name].node_selector, num_gpus=gpus, num_cpus=self.opts.num_cpus)
+                cluster.add_node(units.by_name[name].node_selector, num_gpus=gpus, num_cpus=self.opts.num_cpus,
+                                 timeout=self.opts.ray_wait_s, progress=say)
         except BaseException:
             cluster.stop()
             raise

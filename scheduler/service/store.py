@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event as sa_event
-from sqlalchemy import func
+from sqlalchemy import func, text
+from sqlalchemy import inspect as sa_inspect
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 # The service's own job states (the engine's are Pending / Admitted / Preempting only while alive).
@@ -65,6 +66,8 @@ class JobRecord(SQLModel, table=True):
     ray_status: str | None = None
     ray_message: str | None = None
     preemptions: int = 0
+    # While Preempting: the job it is preempted for, so a restart resumes that preemption (decided once).
+    preempted_by: str | None = None
     logs: str | None = None  # the tail of the driver's log, kept once the job ends
 
     def manifest_dict(self) -> dict[str, Any]:
@@ -85,6 +88,7 @@ class EventRecord(SQLModel, table=True):
     state: str | None = None
     unit: str | None = None
     message: str = ""
+    reason_code: str | None = None  # the engine's reason, when the change came with one
 
 
 class SettingRecord(SQLModel, table=True):
@@ -124,6 +128,20 @@ class Store:
                 cur.close()
 
         SQLModel.metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """A store written by an older version lacks the nullable columns added since: add them (no
+        other schema change is ever made in place)."""
+        inspector = sa_inspect(self.engine)
+        with self.engine.begin() as conn:
+            for table in SQLModel.metadata.sorted_tables:
+                present = {c["name"] for c in inspector.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name in present or not column.nullable:
+                        continue
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -163,7 +181,8 @@ class Store:
             for key, value in fields.items():
                 setattr(job, key, value)
             s.add(job)
-            s.add(EventRecord(job_id=job_id, at=at, kind=kind, state=job.state, unit=job.unit, message=message))
+            s.add(EventRecord(job_id=job_id, at=at, kind=kind, state=job.state, unit=job.unit, message=message,
+                              reason_code=fields.get("reason_code")))
             s.commit()
             s.refresh(job)
             return job
@@ -235,6 +254,17 @@ class Store:
             if job_id is not None:
                 query = query.where(EventRecord.job_id == job_id)
             return list(s.exec(query.order_by(col(EventRecord.id))))
+
+    def event_counts(self, kind: str) -> dict[tuple[str, str], int]:
+        """How many events of one kind, per (the job's queue, the event's reason code or "")."""
+        with self.session() as s:
+            query = (
+                select(JobRecord.queue, EventRecord.reason_code, func.count())
+                .join(JobRecord, col(JobRecord.id) == col(EventRecord.job_id))
+                .where(EventRecord.kind == kind)
+                .group_by(col(JobRecord.queue), col(EventRecord.reason_code))
+            )
+            return {(queue, code or ""): int(n) for queue, code, n in s.exec(query)}
 
     def events_page(
         self, job_id: str | None = None, limit: int | None = None, offset: int = 0

@@ -22,14 +22,14 @@ plus ``spec.overhead``.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources as importlib_resources
 from typing import Any
 
-import yaml
-
+from rayqueue.quota.manifests import DocumentError, load_documents
 from rayqueue.quota.quantity import (
     CPU,
     MEMORY,
@@ -118,6 +118,18 @@ class RayJobRequest:
             for _ in range(pod_set.count):
                 yield pod_set.per_pod
 
+    @property
+    def largest_pod(self) -> Resources:
+        """Per resource, the most any one pod asks: a pod runs on one node, so some node must have this."""
+        out: Resources = {}
+        for pod_set in self.pod_sets:
+            if pod_set.count <= 0:
+                continue
+            for r, v in pod_set.per_pod.items():
+                if v > out.get(r, 0):
+                    out[r] = v
+        return out
+
     def summary(self) -> str:
         return f"{self.pods} pods: {describe(self.total)}"
 
@@ -125,25 +137,27 @@ class RayJobRequest:
 # ------------------------------------------------------------------------------------------ loading
 
 
-def load_rayjob_documents(text: str, source: str = "input") -> list[dict[str, Any]]:
+def load_rayjob_documents(text: str | bytes, source: str = "input") -> list[dict[str, Any]]:
     """The ``kind: RayJob`` documents of a multi-document YAML text.
 
     Other Kubernetes objects (ConfigMaps, Queues, ...) are skipped; a document that is not an object,
     or an object without ``kind``, and malformed YAML raise :class:`RayJobRejected` naming the
     document's index (0-based) in ``source``.
     """
+    return [doc for _, doc in load_submission_documents(text, source) if doc.get("kind") == KIND]
+
+
+def load_submission_documents(text: str | bytes, source: str = "input") -> list[tuple[int, dict[str, Any]]]:
+    """Every non-empty document of a submission with its index, each checked to be an object with a kind.
+
+    Loaded by the bounded loader (size, UTF-8, nesting, aliases; see ``rayqueue.quota.manifests``);
+    every refusal is a :class:`RayJobRejected` of one line naming ``source``.
+    """
     try:
-        docs = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        index = _document_index_at(text, mark.line) if mark is not None else None
-        doc = f" (document {index})" if index is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RayJobRejected(f"{source}{doc}: malformed YAML{where}: {problem}") from exc
-    jobs: list[dict[str, Any]] = []
+        docs = load_documents(text, source)
+    except DocumentError as exc:
+        raise RayJobRejected(str(exc)) from exc
+    out: list[tuple[int, dict[str, Any]]] = []
     for index, doc in enumerate(docs):
         if doc is None:
             continue
@@ -155,21 +169,8 @@ def load_rayjob_documents(text: str, source: str = "input") -> list[dict[str, An
         kind = doc.get("kind")
         if not kind:
             raise RayJobRejected(f"{source} (document {index}): the object has no kind")
-        if kind == KIND:
-            jobs.append(doc)
-    return jobs
-
-
-def _document_index_at(text: str, line: int) -> int:
-    index = 0
-    for i, row in enumerate(text.splitlines()):
-        if i >= line:
-            break
-        if row.startswith("---") and i > 0:
-            index += 1
-        elif row.startswith("---") and i == 0:
-            continue
-    return index
+        out.append((index, doc))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ schema
@@ -208,6 +209,8 @@ def crd_violations(manifest: Mapping[str, Any]) -> list[str]:
 def validate_against_crd(manifest: Mapping[str, Any]) -> None:
     """Raise :class:`RayJobRejected` listing every schema violation of ``manifest``."""
     problems = crd_violations(manifest)
+    if len(problems) == 1:
+        raise RayJobRejected(f"{_ident(manifest)} does not match the RayJob CRD: {problems[0]}")
     if problems:
         raise RayJobRejected(
             f"{_ident(manifest)} does not match the RayJob CRD ({len(problems)} problem(s)):\n"
@@ -264,9 +267,12 @@ def rayjob_request(manifest: Mapping[str, Any], *, validate: bool = True) -> Ray
         validate_against_crd(manifest)
     meta = manifest.get("metadata") or {}
     ident = _ident(manifest)
+    if not isinstance(meta, Mapping):
+        raise RayJobRejected(f"{ident}: metadata must be an object")
     name = meta.get("name") or meta.get("generateName")
     if not name:
         raise RayJobRejected(f"{ident}: metadata.name (or metadata.generateName) is required")
+    _check_names(meta, ident)
     spec = manifest.get("spec")
     if not isinstance(spec, Mapping):
         raise RayJobRejected(f"{ident}: spec is required")
@@ -370,8 +376,42 @@ def _ident(manifest: Mapping[str, Any]) -> str:
     meta = meta if isinstance(meta, Mapping) else {}
     name = meta.get("name") or (f"{meta['generateName']}*" if meta.get("generateName") else "<unnamed>")
     namespace = meta.get("namespace")
+    # A hostile name may be megabytes long: the message names it, it does not repeat it.
+    name = name if len(str(name)) <= 70 else f"{str(name)[:60]}...({len(str(name))} characters)"
+    if namespace is not None and len(str(namespace)) > 70:
+        namespace = f"{str(namespace)[:60]}..."
     kind = manifest.get("kind") or "object"
     return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
+
+
+# Kubernetes object names: a DNS-1123 subdomain (names) or label (namespaces).
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS_SUBDOMAIN_RE = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
+_DNS_LABEL_RE = re.compile(rf"^{_DNS_LABEL}$")
+#: KubeRay's replicas, minReplicas, maxReplicas and numOfHosts are int32.
+INT32_MAX = 2**31 - 1
+
+
+def _check_names(meta: Mapping[str, Any], ident: str) -> None:
+    """``metadata.name`` a DNS-1123 subdomain, ``generateName`` a prefix of one, ``namespace`` a DNS label."""
+    for key in ("name", "generateName", "namespace"):
+        value = meta.get(key)
+        if value is None or (key == "generateName" and meta.get("name")):
+            continue
+        text = value if isinstance(value, str) else ""
+        # As the API server does for a prefix: a trailing '-' is fine, the generated suffix follows it.
+        checked = text[:-1] + "a" if key == "generateName" and text.endswith("-") else text
+        if key == "namespace":
+            ok, what, most = _DNS_LABEL_RE.match(checked) is not None, "DNS-1123 label", 63
+        else:
+            ok, what, most = _DNS_SUBDOMAIN_RE.match(checked) is not None, "DNS-1123 subdomain", 253
+        if not ok or len(text) > most:
+            shown = repr(value) if len(repr(value)) <= 70 else repr(value)[:67] + "..."
+            raise RayJobRejected(
+                f"{ident}: metadata.{key}: {shown} is not a valid {what} (at most {most} characters: lower-case "
+                "letters, digits, '-'" + (" and '.'" if key != "namespace" else "") + ", starting and ending with a "
+                "letter or digit)"
+            )
 
 
 def _int_field(group: Mapping[str, Any], key: str, default: int, where: str) -> int:
@@ -379,9 +419,12 @@ def _int_field(group: Mapping[str, Any], key: str, default: int, where: str) -> 
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
-        raise RayJobRejected(f"{where}.{key}: {value!r} must be an integer")
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise RayJobRejected(f"{where}.{key}: {shown} must be an integer")
     if value < 0:
         raise RayJobRejected(f"{where}.{key}: {value} must not be negative")
+    if value > INT32_MAX:
+        raise RayJobRejected(f"{where}.{key}: {value} is larger than an int32 allows ({INT32_MAX})")
     return value
 
 

@@ -5,9 +5,9 @@ each validation would cost a second. We keep the ``v1`` schema of the fields in 
 types, required lists, defaults, enums and quantity patterns) and drop the rest, so extra fields stay
 allowed, as they are by the API server for fields this cut does not know.
 
-Regenerate after a KubeRay upgrade (a test checks the stored copy matches the CRD in shared data)::
+Regenerate after a KubeRay upgrade (a test checks the stored copy matches the CRD in data/kuberay/)::
 
-    python -m rayqueue.scheduler.workloads.rayjob_schema path/to/ray.io_rayjobs.yaml \
+    python -m rayqueue.scheduler.workloads.rayjob_schema data/kuberay/ray.io_rayjobs.yaml \
         scheduler/workloads/schemas/rayjob-v1.schema.json
 """
 

@@ -7,14 +7,15 @@ price), and the engine never half-starts a cluster across pools. Capacity is the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rayqueue.quota.quantity import Resources, parse_quantity
+from rayqueue.quota.manifests import DocumentError, load_documents, read_documents
+from rayqueue.quota.quantity import Resources, check_resource_name, parse_quantity
 from rayqueue.scheduler.engine.units import ResourcePolicyError, Unit, UnitKind, Units, WhenTryNext
 
 __all__ = ["ResourcePolicyError", "Unit", "Units", "UnitKind", "WhenTryNext", "units_from_manifest",
@@ -22,6 +23,8 @@ __all__ = ["ResourcePolicyError", "Unit", "Units", "UnitKind", "WhenTryNext", "u
 
 API_VERSION = "scheduling.alibabacloud.com/v1alpha1"
 KIND = "ResourcePolicy"
+#: ``TimeoutOrExceedMax`` without a ``timeout`` waits this long, as ACK does.
+DEFAULT_TIMEOUT_S = 15 * 60.0
 
 
 # ------------------------------------------------------------------------ the manifest
@@ -32,7 +35,7 @@ class UnitSpec(BaseModel):
 
     resource: Literal["ecs", "acs", "eci"]
     nodeSelector: dict[str, str] = Field(default_factory=dict)
-    max: int | None = Field(default=None, ge=0)
+    max: int | None = Field(default=None, ge=0, le=2**31 - 1)  # int32, as in ACK's CRD
     podLabels: dict[str, str] = Field(default_factory=dict)
     podAnnotations: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
@@ -85,16 +88,16 @@ def units_from_manifest(manifest: Mapping[str, Any], source: str = "ResourcePoli
         problems.append(f"apiVersion: expected {API_VERSION}, got {model.apiVersion}")
     if model.kind != KIND:
         problems.append(f"kind: expected {KIND}, got {model.kind}")
-    timeout_s = 0.0
     when = model.spec.whenTryNextUnits
-    if when.policy == "TimeoutOrExceedMax":
-        if when.timeout is None:
-            problems.append("spec.whenTryNextUnits.timeout: required with policy TimeoutOrExceedMax")
+    timeout_s = DEFAULT_TIMEOUT_S if when.policy == "TimeoutOrExceedMax" else 0.0
+    if when.timeout is not None:
+        try:
+            timeout = parse_duration(when.timeout, unit_required=True)
+        except ValueError as exc:
+            problems.append(f"spec.whenTryNextUnits.timeout: {exc}")
         else:
-            try:
-                timeout_s = parse_duration(when.timeout)
-            except ValueError as exc:
-                problems.append(f"spec.whenTryNextUnits.timeout: {exc}")
+            if when.policy == "TimeoutOrExceedMax":
+                timeout_s = timeout
     counts: dict[str, int] = {}
     for spec in model.spec.units:
         counts[spec.resource] = counts.get(spec.resource, 0) + 1
@@ -108,6 +111,7 @@ def units_from_manifest(manifest: Mapping[str, Any], source: str = "ResourcePoli
             capacity = {}
             for r, v in spec.capacity.items():
                 try:
+                    check_resource_name(r, f"spec.units[{i}].capacity.{r}")
                     capacity[r] = parse_quantity(v, field=f"spec.units[{i}].capacity.{r}")
                 except ValueError as exc:
                     problems.append(str(exc))
@@ -131,17 +135,22 @@ def units_from_manifest(manifest: Mapping[str, Any], source: str = "ResourcePoli
 def load_resource_policy(path: str | Path) -> Units:
     source = str(path)
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ResourcePolicyError([f"cannot read {source}: {exc.strerror}"], source) from exc
-    return load_resource_policy_text(text, source)
+        docs = read_documents(path, source)
+    except DocumentError as exc:
+        raise ResourcePolicyError([exc.problem], source) from exc
+    return _units_from_documents(docs, source)
 
 
-def load_resource_policy_text(text: str, source: str = "ResourcePolicy") -> Units:
+def load_resource_policy_text(text: str | bytes, source: str = "ResourcePolicy") -> Units:
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        raise ResourcePolicyError([f"malformed YAML: {exc}"], source) from exc
+        docs = load_documents(text, source)
+    except DocumentError as exc:
+        raise ResourcePolicyError([exc.problem], source) from exc
+    return _units_from_documents(docs, source)
+
+
+def _units_from_documents(documents: list[Any], source: str) -> Units:
+    docs = [d for d in documents if d is not None]
     policies = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
     if len(policies) != 1:
         raise ResourcePolicyError([f"expected exactly one document of kind {KIND}, found {len(policies)}"], source)
@@ -151,29 +160,46 @@ def load_resource_policy_text(text: str, source: str = "ResourcePolicy") -> Unit
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def parse_duration(value: str | int | float) -> float:
-    """``30s``, ``5m``, ``1h30m``, ``250ms`` or a number of seconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value < 0:
-            raise ValueError(f"{value!r} must not be negative")
+def parse_duration(value: str | int | float, *, unit_required: bool = False) -> float:
+    """``30s``, ``5m``, ``1h30m``, ``250ms``, or (unless ``unit_required``) a number of seconds."""
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    malformed = f"{shown} is not a duration (e.g. 30s, 5m, 1h30m)"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(malformed)
+    if isinstance(value, (int, float)):
+        if unit_required:
+            raise ValueError(f"{shown} has no unit (e.g. 60s, 15m)")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{shown} must be a finite, non-negative number of seconds")
         return float(value)
-    text = str(value).strip()
+    text = value.strip()
     total, number = 0.0, ""
     i = 0
     while i < len(text):
         ch = text[i]
-        if ch.isdigit() or ch == ".":
+        if ch in "0123456789.":
             number += ch
             i += 1
             continue
         unit = "ms" if text.startswith("ms", i) else ch
-        if unit not in _DURATION_UNITS or not number:
-            raise ValueError(f"{value!r} is not a duration (e.g. 30s, 5m, 1h30m)")
+        if unit not in _DURATION_UNITS or not _is_number(number):
+            raise ValueError(malformed)
         total += float(number) * _DURATION_UNITS[unit]
         number = ""
         i += len(unit)
     if number:
-        if total:
-            raise ValueError(f"{value!r} is not a duration (e.g. 30s, 5m, 1h30m)")
+        if total or not _is_number(number):
+            raise ValueError(malformed)
+        if unit_required:
+            raise ValueError(f"{shown} has no unit (e.g. 60s, 15m)")
         total = float(number)
+    elif not text:
+        raise ValueError(malformed)
+    if not math.isfinite(total):
+        raise ValueError(f"{shown} is longer than any duration can be")
     return total
+
+
+def _is_number(text: str) -> bool:
+    """Digits with at most one decimal point, and at least one digit."""
+    return text.count(".") <= 1 and text.strip(".") != ""
