@@ -18,7 +18,6 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
-from rayqueue.queue.workload import WorkloadState
 from rayqueue.quota.quantity import MILLI
 from rayqueue.scheduler.engine import Engine
 
@@ -131,13 +130,11 @@ class Metrics:
                 unit_capacity[(unit.name, res)] = counted(v)
         self._publish("unit_usage", self.unit_usage, unit_usage)
         self._publish("unit_capacity", self.unit_capacity, unit_capacity)
-        pending: dict[Labels, float] = {(q,): 0.0 for q in engine.queues}
-        active: dict[Labels, float] = {(q,): 0.0 for q in engine.queues}
-        for w in engine.workloads.values():
-            if w.state == WorkloadState.PENDING:
-                pending[(w.queue,)] = pending.get((w.queue,), 0.0) + 1
-            elif w.state in (WorkloadState.ADMITTED, WorkloadState.PREEMPTING):
-                active[(w.queue,)] = active.get((w.queue,), 0.0) + 1
+        pending: dict[Labels, float] = {}
+        active: dict[Labels, float] = {}
+        for q in engine.queue_views():
+            pending[(q.name,)] = float(len(q.pending))
+            active[(q.name,)] = float(len(q.admitted))  # preempting jobs still hold their quota
         self._publish("pending", self.pending, pending)
         self._publish("admitted_active", self.admitted_active, active)
 

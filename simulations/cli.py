@@ -40,10 +40,10 @@ def simulate(
     from rich.console import Console
 
     from rayqueue.quota.tree import QuotaTreeError
+    from rayqueue.scheduler.engine.driver import SimulationError
     from rayqueue.scheduler.extras import MissingExtra, ensure_extra
     from rayqueue.scheduler.workloads.resourcepolicy import ResourcePolicyError
     from rayqueue.simulations.config import ConfigError, TraceRef
-    from rayqueue.simulations.driver import SimulationError
     from rayqueue.simulations.trace import TraceError
 
     console = Console(stderr=True)

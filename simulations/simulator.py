@@ -31,9 +31,10 @@ from rayqueue.quota.quantity import CPU, GPU
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.engine import Engine, EngineConfig
 from rayqueue.scheduler.engine.decisions import Admit, Decision, Preempt, Reject
-from rayqueue.scheduler.workloads.resourcepolicy import Unit, Units
+from rayqueue.scheduler.engine.driver import Driver, VirtualClock
+from rayqueue.scheduler.engine.units import fresh_units
+from rayqueue.scheduler.workloads.resourcepolicy import Units
 from rayqueue.simulations.config import ClusterConfig, EngineOptions, Scenario, TraceRef
-from rayqueue.simulations.driver import Driver, VirtualClock
 from rayqueue.simulations.trace import RowProblem, Trace, TraceError, load_trace
 
 
@@ -115,23 +116,6 @@ def engine_config(options: EngineOptions) -> EngineConfig:
     if options.backoff.maxSeconds is not None:
         cfg.backoff_max_s = options.backoff.maxSeconds
     return cfg
-
-
-def fresh_units(units: Units) -> Units:
-    """A copy with nothing in use, so one scenario can be run more than once."""
-    copies = [
-        Unit(
-            name=u.name,
-            resource=u.resource,
-            capacity=None if u.capacity is None else dict(u.capacity),
-            max_pods=u.max_pods,
-            node_selector=dict(u.node_selector),
-            pod_labels=dict(u.pod_labels),
-            tolerations=list(u.tolerations),
-        )
-        for u in units.units
-    ]
-    return Units(copies, units.when_try_next, units.timeout_s, name=units.name)
 
 
 def summary_resource(trace: Trace, tree: QuotaTree) -> str:

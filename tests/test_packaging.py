@@ -111,7 +111,7 @@ def test_the_blocker_refuses_what_an_extra_brings() -> None:
 
 def test_the_core_install_runs_the_engine_the_cli_and_the_simulator(tmp_path: Path) -> None:
     imports = only("", "-c", "import rayqueue.scheduler.engine, rayqueue.simulations.simulator, "
-                   "rayqueue.simulations.report, rayqueue.simulations.forecast, rayqueue.scheduler.cli.quota, "
+                   "rayqueue.simulations.report, rayqueue.scheduler.engine.forecast, rayqueue.scheduler.cli.quota, "
                    "rayqueue.scheduler.service.cli, rayqueue.scheduler.operator.cli")
     assert imports.returncode == 0, imports.stderr
     helped = only("", "-m", "rayqueue", "--help")

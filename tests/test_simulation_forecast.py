@@ -6,8 +6,8 @@ from rayqueue.queue.workload import Workload, WorkloadState
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.engine import Engine
 from rayqueue.scheduler.engine.decisions import Admit
+from rayqueue.scheduler.engine.forecast import forecast_starts
 from rayqueue.scheduler.workloads.resourcepolicy import Units
-from rayqueue.simulations.forecast import forecast_starts
 
 GPU = "nvidia.com/gpu"
 

@@ -25,10 +25,11 @@ from rayqueue.queue.workload import Workload
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.engine import Engine, EngineConfig
 from rayqueue.scheduler.engine.decisions import Admit, Decision, Preempt
+from rayqueue.scheduler.engine.forecast import forecast_starts
+from rayqueue.scheduler.engine.units import fresh_units
 from rayqueue.scheduler.workloads.resourcepolicy import Unit, Units
 from rayqueue.simulations.config import cluster_from_dict, load_scenario
-from rayqueue.simulations.forecast import forecast_starts
-from rayqueue.simulations.simulator import Simulator, engine_config, fresh_units
+from rayqueue.simulations.simulator import Simulator, engine_config
 from rayqueue.simulations.trace import Trace, TraceJob, load_trace
 
 GPU = "nvidia.com/gpu"

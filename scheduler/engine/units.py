@@ -179,3 +179,20 @@ class Units:
     def single(cls, capacity: Resources | None = None, name: str = "default") -> Units:
         """No ResourcePolicy: one pool with the cluster's capacity (None: unbounded)."""
         return cls([Unit(name=name, resource="default", capacity=capacity)])
+
+
+def fresh_units(units: Units) -> Units:
+    """A copy with nothing in use, so one scenario can be run more than once."""
+    copies = [
+        Unit(
+            name=u.name,
+            resource=u.resource,
+            capacity=None if u.capacity is None else dict(u.capacity),
+            max_pods=u.max_pods,
+            node_selector=dict(u.node_selector),
+            pod_labels=dict(u.pod_labels),
+            tolerations=list(u.tolerations),
+        )
+        for u in units.units
+    ]
+    return Units(copies, units.when_try_next, units.timeout_s, name=units.name)

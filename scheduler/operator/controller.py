@@ -847,7 +847,7 @@ def tree_status(engine: Engine) -> dict[str, Any]:
     requested: dict[str, Resources] = {}
     pending_jobs: dict[str, int] = {}
     admitted_jobs: dict[str, int] = {}
-    for w in engine.workloads.values():
+    for w in engine.jobs():
         leaf = engine.tree.leaves.get(w.queue)
         if leaf is None:
             continue

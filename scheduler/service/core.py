@@ -41,6 +41,7 @@ from rayqueue.scheduler.engine import Engine, EngineConfig
 from rayqueue.scheduler.engine.capacity import apply_node_capacity
 from rayqueue.scheduler.engine.decisions import Admit, Preempt, Reject
 from rayqueue.scheduler.engine.errors import DuplicateJob, UnknownQueue
+from rayqueue.scheduler.engine.forecast import forecast_starts
 from rayqueue.scheduler.presentation import tree_effect_lines
 from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.metrics import ServiceMetrics
@@ -63,7 +64,6 @@ from rayqueue.scheduler.workloads.rayjob import (
     rayjob_request,
 )
 from rayqueue.scheduler.workloads.resourcepolicy import Units
-from rayqueue.simulations.forecast import forecast_starts
 
 log = logging.getLogger("rayqueue.service")
 T = TypeVar("T")
@@ -569,7 +569,7 @@ class Service:
         )
         self._preempting.add(w.uid)
         self.metrics.evicted.labels(queue=w.queue, reason=d.reason.code.value).inc()
-        preemptor = self.engine.workloads.get(d.preemptor)
+        preemptor = self.engine.job(d.preemptor)
         self.metrics.preempted.labels(preempting_queue=preemptor.queue if preemptor is not None else "",
                                       reason=d.reason.code.value).inc()
         if row.released and row.submission_id:
@@ -1137,9 +1137,9 @@ def status_view(engine: Engine, ray_address: str) -> dict[str, Any]:
     tree = engine.tree
     pending: dict[str, int] = {}
     running: dict[str, int] = {}
-    for name, q in engine.queues.items():
-        pending[name] = len(q)
-        running[name] = len(q.admitted)
+    for q in engine.queue_views():
+        pending[q.name] = len(q.pending)
+        running[q.name] = len(q.admitted)
     nodes: list[dict[str, Any]] = []
 
     def visit(node: Any) -> tuple[int, int]:

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from rayqueue.queue.workload import Workload, WorkloadState
 from rayqueue.quota.tree import QuotaTree
-from rayqueue.scheduler.engine import Engine
 from rayqueue.scheduler.engine.decisions import Admit, Decision
-from rayqueue.simulations.driver import Driver, SimulationError, VirtualClock
-from rayqueue.simulations.simulator import fresh_units
+from rayqueue.scheduler.engine.driver import Driver, SimulationError, VirtualClock
+from rayqueue.scheduler.engine.facade import Engine
+from rayqueue.scheduler.engine.units import fresh_units
 
 #: Bounds that keep a forecast cheap on a large backlog (a cycle admits many jobs at once).
 MAX_INSTANTS = 20_000

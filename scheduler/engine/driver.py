@@ -24,8 +24,8 @@ import heapq
 from collections.abc import Callable
 
 from rayqueue.queue.workload import Workload
-from rayqueue.scheduler.engine import Engine
 from rayqueue.scheduler.engine.decisions import Admit, Decision, Preempt
+from rayqueue.scheduler.engine.facade import Engine
 
 _NONE: list[str] = []  # returned, never changed: most instants finish nothing
 
