@@ -5,6 +5,7 @@ from __future__ import annotations
 from rayqueue.queue.workload import Workload, WorkloadState
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.engine import Engine
+from rayqueue.scheduler.engine.capacity import NodeCapacity, apply_node_capacity
 from rayqueue.scheduler.engine.decisions import Admit
 from rayqueue.scheduler.engine.forecast import forecast_starts
 from rayqueue.scheduler.workloads.resourcepolicy import Units
@@ -72,3 +73,17 @@ def test_a_large_backlog_is_forecast_exactly() -> None:
     # 8 run at a time for 10 s each: job k (0-based, after the 8 running) starts at 15 + 10 * (k // 8).
     pending = sorted(u for u, s in starts.items())
     assert starts[pending[0]] == 15 and starts[pending[-1]] == 15 + 10 * ((len(pending) - 1) // 8)
+
+
+def test_a_job_needing_what_no_node_has_gets_no_expected_start() -> None:
+    # The unit is measured from its nodes, none of which has a GPU: the live engine keeps the GPU job
+    # waiting for such nodes, and the copy the forecast runs must hold the same unit (a resource its
+    # nodes lack is 0 there, not unbounded as in a policy's declared capacity).
+    engine = _engine(max_gpu=8)
+    apply_node_capacity(engine, [NodeCapacity("cpu-node", {}, {"cpu": 4000})])
+    engine.submit(Workload(uid="gpu", queue="q", request={GPU: 1000}, submitted_at=0, expected_duration=5, name="gpu"))
+    engine.submit(Workload(uid="cpu", queue="q", request={"cpu": 3000}, submitted_at=1, expected_duration=5, name="cpu"))
+    engine.submit(Workload(uid="next", queue="q", request={"cpu": 2000}, submitted_at=2, expected_duration=5, name="next"))
+    assert [d.workload.uid for d in engine.schedule(3) if isinstance(d, Admit)] == ["cpu"]
+    assert engine.explain("gpu").state == WorkloadState.PENDING
+    assert forecast_starts(engine, 3) == {"gpu": None, "next": 8}

@@ -182,9 +182,12 @@ class Units:
 
 
 def fresh_units(units: Units) -> Units:
-    """A copy with nothing in use, so one scenario can be run more than once."""
-    copies = [
-        Unit(
+    """A copy with nothing in use, so one scenario can be run more than once, or a forecast can run on
+    the live engine's units: a unit measured from its nodes stays measured (a resource none of its nodes
+    has is 0, a pod larger than its largest node never runs there), as in the engine it was copied from."""
+    copies: list[Unit] = []
+    for u in units.units:
+        c = Unit(
             name=u.name,
             resource=u.resource,
             capacity=None if u.capacity is None else dict(u.capacity),
@@ -192,7 +195,9 @@ def fresh_units(units: Units) -> Units:
             node_selector=dict(u.node_selector),
             pod_labels=dict(u.pod_labels),
             tolerations=list(u.tolerations),
+            complete=u.complete,
+            largest=None if u.largest is None else dict(u.largest),
         )
-        for u in units.units
-    ]
+        c.declared = None if u.declared is None else dict(u.declared)
+        copies.append(c)
     return Units(copies, units.when_try_next, units.timeout_s, name=units.name)
