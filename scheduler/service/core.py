@@ -826,9 +826,10 @@ class Service:
         """Each unit's capacity from Ray's alive nodes, by the rule both front ends share
         (``scheduler.engine.capacity``): Ray's nodes are the nodes. True if any unit changed."""
         changed = apply_node_capacity(self.engine, node_capacities(nodes))
-        for name in changed:
-            unit = self.engine.units.by_name[name]
-            log.info("unit %s capacity: %s", name, unit.describe_capacity())
+        if changed:
+            described = {u.name: u.description for u in self.engine.unit_views()}
+            for name in changed:
+                log.info("unit %s capacity: %s", name, described[name])
         return bool(changed)
 
     def _spawn(self, coro: Any) -> None:
