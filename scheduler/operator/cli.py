@@ -48,13 +48,13 @@ def operator(
     import asyncio
     import logging
 
-    from kubernetes_asyncio.config import ConfigException
-
     from rayqueue.scheduler.engine import EngineConfig
     from rayqueue.scheduler.extras import MissingExtra, requires_extra
 
     try:
         with requires_extra("operator", "rayqueue operator"):
+            from kubernetes_asyncio.config import ConfigException
+
             from rayqueue.scheduler.operator.controller import OperatorConfig
             from rayqueue.scheduler.operator.handlers import Operator, WebhookConfig
             from rayqueue.scheduler.operator.kube import Connection
