@@ -95,8 +95,10 @@ spec:
 """
 
 
-def tree(*leaves: tuple[str, int, int], root_min: int | None = None, root_max: int | None = None) -> str:
-    """An ElasticQuotaTree: leaves (name, min gpus, max gpus), namespace = leaf name."""
+def tree(*leaves: tuple[str, int, int], root_min: int | None = None, root_max: int | None = None,
+         preemption: str | None = None) -> str:
+    """An ElasticQuotaTree: leaves (name, min gpus, max gpus), namespace = leaf name; ``preemption`` sets
+    every leaf's preemptionPolicy (the engine's default is LowerPriority)."""
     lines = [
         "apiVersion: scheduling.sigs.k8s.io/v1beta1",
         "kind: ElasticQuotaTree",
@@ -112,7 +114,8 @@ def tree(*leaves: tuple[str, int, int], root_min: int | None = None, root_max: i
     lines.append("    children:")
     for name, lo, hi in leaves:
         gpu = "nvidia.com/gpu"
-        lines.append(f"      - {{name: {name}, namespaces: [{name}], min: {{{gpu}: {lo}}}, max: {{{gpu}: {hi}}}}}")
+        attributes = f", attributes: {{preemptionPolicy: {preemption}}}" if preemption else ""
+        lines.append(f"      - {{name: {name}, namespaces: [{name}], min: {{{gpu}: {lo}}}, max: {{{gpu}: {hi}}}{attributes}}}")
     return "\n".join(lines) + "\n"
 
 

@@ -138,7 +138,8 @@ async def test_a_quota_for_two_jobs_makes_the_third_wait_until_one_finishes(harn
 
 
 async def test_higher_priority_is_admitted_first_and_cancel_frees_quota(harness: Any) -> None:
-    h = await harness(tree(("team-a", 0, 1), root_max=1))
+    # Never: the running blocker is not preempted, so the queue's order decides who comes next
+    h = await harness(tree(("team-a", 0, 1), root_max=1, preemption="Never"))
     blocker = h.submit("blocker")
     low = h.submit("low", priority="low")
     high = h.submit("high", priority="high")

@@ -17,9 +17,11 @@ from dataclasses import asdict
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rayqueue.quota.quantity import ManifestError
 from rayqueue.quota.tree import QuotaTreeError
@@ -125,10 +127,16 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+NOT_JSON = 'request body is not valid JSON: send UTF-8 JSON such as {"yaml": "..."}'
+
+
 def _one_line(exc: RequestValidationError) -> str:
     """FastAPI's validation errors as one line a person reads: where, what is wrong, and the value sent."""
     parts = []
     for error in exc.errors():
+        if error.get("type") == "json_invalid":
+            parts.append(f"{NOT_JSON} (a JSON decode error at position {error.get('loc', ('', '?'))[-1]})")
+            continue
         loc = [str(x) for x in error.get("loc", ())]
         where = {"query": "query parameter", "path": "path parameter", "body": "body field"}.get(loc[0], loc[0]) \
             if loc else "request"
@@ -173,6 +181,13 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": _one_line(exc)})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's words for a body that is not text (bytes that are not UTF-8): say what is expected
+            return JSONResponse(status_code=400, content={"detail": f"{NOT_JSON} (bytes that are not UTF-8)"})
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
