@@ -21,7 +21,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # a hang guard; waits
 
 async def test_priority_order_within_a_queue() -> None:
     async with environment(runtime=0.4) as env:
-        await env.create(TREES, tree_manifest({"team-a": ("2", "2")}, root_min="2", root_max="2"))
+        # Never: the running job is not preempted (LowerPriority is the default), so the queue's order alone
+        # decides who comes next
+        await env.create(TREES, tree_manifest({"team-a": ("2", "2")}, root_min="2", root_max="2",
+                                              attributes={"team-a": {"preemptionPolicy": "Never"}}))
         await env.create(PRIORITY_CLASSES, {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
                                             "metadata": {"name": "urgent"}, "value": 1000})
         await env.start_operator()
