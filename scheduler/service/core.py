@@ -948,7 +948,7 @@ class Service:
 
     def apply_tree(self, text: str, dry_run: bool = False, source: str = "ElasticQuotaTree") -> dict[str, Any]:
         """Validate a new tree and apply it (or only say what it would change), on the calling thread."""
-        result = self._set_tree(parse_tree(text, source), text, dry_run)
+        result = self._set_tree(QuotaTree.from_yaml_text(text, source), text, dry_run)
         if result["applied"]:
             self._run_cycle()
         return result
@@ -958,7 +958,7 @@ class Service:
     ) -> dict[str, Any]:
         """:meth:`apply_tree` for the event loop: the tree is parsed in a worker thread without the engine
         lock, then set (or previewed) in a worker thread under it."""
-        tree = await asyncio.to_thread(parse_tree, text, source)
+        tree = await asyncio.to_thread(QuotaTree.from_yaml_text, text, source)
         async with self.engine_lock:
             result = await asyncio.to_thread(self._set_tree, tree, text, dry_run)
             if result["applied"]:
@@ -1124,12 +1124,6 @@ class Service:
 
     def refresh_metrics(self) -> None:
         self.metrics.refresh(self)
-
-
-def parse_tree(text: str, source: str = "ElasticQuotaTree") -> QuotaTree:
-    """A tree from YAML text; every refusal is a :class:`QuotaTreeError` naming node and field (the
-    bounded loader refuses size, nesting and alias bombs before anything is built)."""
-    return QuotaTree.from_yaml_text(text, source)
 
 
 def status_view(engine: Engine, ray_address: str) -> dict[str, Any]:
