@@ -77,7 +77,7 @@ async def service_url(tmp_path: Path) -> AsyncIterator[str]:
             svc.submit_text(rayjob(name, "python train.py", namespace=namespace, priority=priority, gpus=gpus))
         for _ in range(200):  # until every release reached the (fake) Ray
             await svc.poll_once()
-            if not svc._releasing and not svc._background:
+            if not svc.state.releasing and not svc.state.background:
                 break
             await asyncio.sleep(0.01)
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"

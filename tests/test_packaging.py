@@ -145,7 +145,8 @@ def test_a_command_without_its_extra_says_which_to_install(tmp_path: Path, args:
     assert list(tmp_path.iterdir()) == []  # refused before any work
 
 
-SERVICE_MODULES = ["api", "cli", "core", "demo", "metrics", "raycluster", "rayjobs", "server", "store"]
+SERVICE_MODULES = ["admission", "api", "capacity", "cli", "core", "demo", "intake", "metrics", "queries", "raycluster",
+                   "rayjobs", "recovery", "release", "server", "state", "store", "tree_changes"]
 OPERATOR_MODULES = ["cli", "controller", "handlers", "kube", "metrics", "rayjobs"]
 
 

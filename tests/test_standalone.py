@@ -353,7 +353,7 @@ async def test_admitted_but_not_yet_released_job_is_submitted_once_after_a_crash
     # and had we asked Ray again, the submission id would have refused a second start
     row = h2.svc.store.get(one)
     assert row is not None
-    again = submission_for(h2.svc._request(row), one, job_id=one, queue="team-a", unit="default")
+    again = submission_for(h2.svc.state.request(row), one, job_id=one, queue="team-a", unit="default")
     assert ray.submit(again) is False
 
 
@@ -372,7 +372,7 @@ async def test_a_preemption_in_progress_at_a_crash_is_resumed_not_decided_again(
     async def crashed_before_asking_ray(job_id: str, sid: str) -> None:
         return None
 
-    h.svc._stop_in_ray = crashed_before_asking_ray  # type: ignore[method-assign]
+    h.svc.release.stop_in_ray = crashed_before_asking_ray  # type: ignore[method-assign]
     b1 = h.submit("b1", namespace="team-b")  # within team-b's guarantee: a2 is reclaimed
     assert h.state(a2) == st.PREEMPTING
     await h.svc.stop()  # the service dies here; Ray still runs the victim

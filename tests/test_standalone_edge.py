@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.cli import app as cli_app
-from rayqueue.scheduler.service import core
+from rayqueue.scheduler.service import intake
 from rayqueue.scheduler.service.api import create_app
 from rayqueue.scheduler.service.core import Service, ServiceConfig
 from rayqueue.scheduler.service.raycluster import free_ports
@@ -101,7 +101,7 @@ async def test_healthz_and_status_answer_while_a_submission_is_being_parsed(
     they can only come first if the parse runs off the event loop (on the loop, the parse would hold it
     until the gate's own time-out, and the submission would return before any answer)."""
     entered, gate = threading.Event(), threading.Event()
-    parse: Any = core.load_submission_documents if route == "/v1/jobs" else QuotaTree.from_yaml_text
+    parse: Any = intake.load_submission_documents if route == "/v1/jobs" else QuotaTree.from_yaml_text
 
     def held(text: str, source: str = "input") -> Any:
         entered.set()
@@ -109,7 +109,7 @@ async def test_healthz_and_status_answer_while_a_submission_is_being_parsed(
         return parse(text, source)
 
     if route == "/v1/jobs":
-        monkeypatch.setattr(core, "load_submission_documents", held)
+        monkeypatch.setattr(intake, "load_submission_documents", held)
         body = {"yaml": rayjob("big", "python x.py")}
     else:
         monkeypatch.setattr(QuotaTree, "from_yaml_text", staticmethod(held))

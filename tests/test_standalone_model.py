@@ -154,7 +154,7 @@ async def _settle(svc: Service) -> None:
     for _ in range(50):
         await asyncio.sleep(0)
         await svc.poll_once()
-        if not svc._releasing and not svc._background:
+        if not svc.state.releasing and not svc.state.background:
             return
         await asyncio.sleep(0.002)
 
@@ -170,7 +170,7 @@ async def _start(store: Store, ray: FakeRay) -> Service:
 
 async def _crash(svc: Service) -> None:
     """Lose the process: its tasks vanish; no shutdown code runs."""
-    for task in svc._tasks + list(svc._releasing.values()) + list(svc._background):
+    for task in svc._tasks + list(svc.state.releasing.values()) + list(svc.state.background):
         task.cancel()
     await asyncio.sleep(0)
 
@@ -413,7 +413,7 @@ async def test_a_cancelled_running_job_keeps_its_log_and_a_crash_before_ray_stop
     assert [e.kind for e in svc.store.events(first)][-2:] == ["Cancelled", "RayStopped"]
 
     # kill -9 right after the cancel was committed, before Ray was asked to stop the job
-    svc._spawn = lambda coro: coro.close()  # type: ignore[method-assign]  # the stop never starts
+    svc.state.spawn = lambda coro: coro.close()  # type: ignore[method-assign]  # the stop never starts
     svc.cancel(second)
     await _crash(svc)
     assert ray.jobs[second] == "RUNNING" and svc.store.unsettled_cancelled()[0].id == second
