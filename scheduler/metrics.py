@@ -93,8 +93,8 @@ class Metrics:
         self._exported: dict[str, set[Labels]] = {}
 
     def update(self, engine: Engine) -> None:
-        """The gauges from the engine's state now (quota, units, queues)."""
-        tree = engine.tree
+        """The gauges from the engine's views now (quota, units, queues)."""
+        guaranteed = engine.tree_view().guaranteed
         usage: dict[Labels, float] = {}
         mins: dict[Labels, float] = {}
         maxes: dict[Labels, float] = {}
@@ -103,9 +103,9 @@ class Metrics:
         shown: dict[str, set[str]] = {}
         for labels in before:
             shown.setdefault(labels[0], set()).add(labels[1])
-        for node in tree:
-            used = node.usage
-            lent = tree.borrowed(node)
+        for node in engine.node_views():
+            used = node.used
+            lent = node.borrowed
             # Every resource the node limits, uses, or showed before (now 0): a gauge goes back to 0.
             for res in set(used) | set(node.min) | set(node.max) | shown.get(node.name, set()):
                 usage[(node.name, res)] = counted(used.get(res, 0))
@@ -113,7 +113,7 @@ class Metrics:
                 mins[(node.name, res)] = counted(v)
             for res, v in node.max.items():
                 maxes[(node.name, res)] = counted(v)
-            for res in tree.guaranteed:
+            for res in guaranteed:
                 borrowed[(node.name, res)] = counted(lent.get(res, 0))
         self._publish("usage", self.usage, usage)
         self._publish("min", self.min, mins)
@@ -122,8 +122,8 @@ class Metrics:
         unit_usage: dict[Labels, float] = {}
         unit_capacity: dict[Labels, float] = {}
         before_units = self._exported.get("unit_usage", set())
-        for unit in engine.units.units:
-            used = unit.usage
+        for unit in engine.unit_views():
+            used = unit.used
             for res in set(used) | set(unit.capacity or {}) | {r for (u, r) in before_units if u == unit.name}:
                 unit_usage[(unit.name, res)] = counted(used.get(res, 0))
             for res, v in (unit.capacity or {}).items():

@@ -9,7 +9,7 @@ from rayqueue.scheduler.engine.errors import DuplicateJob, UnknownQueue
 from rayqueue.scheduler.engine.facade import Engine
 from rayqueue.scheduler.engine.preview import TreeEffect
 from rayqueue.scheduler.engine.state import EngineConfig, EngineStats
-from rayqueue.scheduler.engine.views import Explanation, JobView, NodeView, QueueView, UnitView
+from rayqueue.scheduler.engine.views import Explanation, JobView, NodeView, QueueView, TreeView, UnitView
 
 __all__ = [
     "Admit",
@@ -26,6 +26,7 @@ __all__ = [
     "QueueView",
     "Reject",
     "TreeEffect",
+    "TreeView",
     "UnitView",
     "UnknownQueue",
 ]

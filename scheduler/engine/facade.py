@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from rayqueue.queue.queues import LeafQueue
 from rayqueue.queue.workload import Reason, Workload, WorkloadState
@@ -44,7 +45,7 @@ from rayqueue.scheduler.engine.preemption import Preemption
 from rayqueue.scheduler.engine.preview import TreeEffect, preview_tree
 from rayqueue.scheduler.engine.state import EngineConfig, EngineState, EngineStats
 from rayqueue.scheduler.engine.units import Units
-from rayqueue.scheduler.engine.views import Explanation, JobView, NodeView, QueueView, UnitView
+from rayqueue.scheduler.engine.views import Explanation, JobView, NodeView, QueueView, TreeView, UnitView
 
 
 class Engine:
@@ -131,10 +132,12 @@ class Engine:
         """Swap the ResourcePolicy; running jobs keep their unit when it still exists."""
         self._changes.set_units(units)
 
-    def preview_tree(self, tree: QuotaTree, also: Callable[[QuotaTree], None] | None = None) -> list[TreeEffect]:
+    def preview_tree(
+        self, tree: QuotaTree, also: Callable[[list[NodeView]], None] | None = None
+    ) -> list[TreeEffect]:
         """What applying ``tree`` would change, as data (``scheduler.presentation`` words it); raises
-        ``QuotaTreeError`` if it would lose a job. ``also`` runs while ``tree`` accounts every admitted job,
-        for a front end's own effects."""
+        ``QuotaTreeError`` if it would lose a job. ``also`` is given ``tree``'s node views as they would be
+        with every admitted job counted, for a front end's own effects."""
         return preview_tree(self._s, tree, also)
 
     def set_tree(self, tree: QuotaTree) -> list[TreeEffect]:
@@ -179,6 +182,16 @@ class Engine:
 
     def unit_views(self) -> list[UnitView]:
         return views.unit_views(self._s)
+
+    def tree_view(self) -> TreeView:
+        return views.tree_view(self._s)
+
+    def leaf_for(self, namespace: str | None = None, quota: str | None = None) -> str:
+        """The queue (leaf) a job of ``namespace``, or naming ``quota``, goes to; ``KeyError`` if none."""
+        return views.leaf_for(self._s, namespace, quota)
+
+    def tree_manifest(self) -> dict[str, Any]:
+        return views.tree_manifest(self._s)
 
     # The engine's live state, for the engine's own tests and the simulator's checks; front ends read
     # the views above instead, so that what they may rely on stays small.

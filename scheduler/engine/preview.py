@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from rayqueue.quota.quantity import Resources
 from rayqueue.quota.tree import QuotaTree, QuotaTreeError, QuotaViolation, diff_trees
 from rayqueue.scheduler.engine.state import EngineState
-from rayqueue.scheduler.engine.views import admitted, pending
+from rayqueue.scheduler.engine.views import NodeView, admitted, pending, tree_node_views
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,13 +84,15 @@ def tree_effects(s: EngineState, tree: QuotaTree) -> list[TreeEffect]:
     return effects
 
 
-def preview_tree(s: EngineState, tree: QuotaTree, also: Callable[[QuotaTree], None] | None = None) -> list[TreeEffect]:
-    """What applying ``tree`` would change; raises ``QuotaTreeError`` if it would lose a job. ``also``
-    runs while ``tree`` accounts every admitted job (a front end's own effects)."""
+def preview_tree(
+    s: EngineState, tree: QuotaTree, also: Callable[[list[NodeView]], None] | None = None
+) -> list[TreeEffect]:
+    """What applying ``tree`` would change; raises ``QuotaTreeError`` if it would lose a job. ``also`` is
+    given ``tree``'s node views while it accounts every admitted job (a front end's own effects)."""
     try:
         effects = tree_effects(s, tree)
         if also is not None:
-            also(tree)
+            also(tree_node_views(tree))
         return effects
     finally:
         tree.reset_usage()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from rayqueue.queue.workload import Reason, ReasonCode, Workload, WorkloadState
 from rayqueue.quota.quantity import Resources
+from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.engine.state import EngineState
 
 
@@ -109,7 +111,20 @@ class NodeView:
     min: Resources
     max: Resources
     used: Resources
-    borrowed: Resources
+    borrowed: Resources  # on the tree's guaranteed resources only (see ``TreeView.guaranteed``)
+    depth: int  # the root's is 0
+    children: tuple[str, ...]  # in the tree's order
+
+
+@dataclass(frozen=True, slots=True)
+class TreeView:
+    """The quota tree as a whole: its name, its leaves (one queue each) and what it guarantees."""
+
+    name: str
+    root: str
+    leaves: tuple[str, ...]
+    #: the resources some node has a ``min`` of: borrowing and reclaim speak only of these
+    guaranteed: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +138,7 @@ class UnitView:
     used: Resources
     pods: int
     description: str  # the capacity in words, as the engine's reasons name it
+    node_selector: dict[str, str]  # where its pods go
 
 
 def job_view(w: Workload) -> JobView:
@@ -178,8 +194,13 @@ def queue_views(s: EngineState) -> list[QueueView]:
 
 def node_views(s: EngineState) -> list[NodeView]:
     """Every quota node, root first (the tree's own order)."""
+    return tree_node_views(s.tree)
+
+
+def tree_node_views(tree: QuotaTree) -> list[NodeView]:
+    """Every node of ``tree`` (the engine's, or one it previews), root first."""
     out: list[NodeView] = []
-    for node in s.tree:
+    for node in tree:
         out.append(NodeView(
             name=node.name,
             path=node.path,
@@ -188,9 +209,27 @@ def node_views(s: EngineState) -> list[NodeView]:
             min=dict(node.min),
             max=dict(node.max),
             used=node.usage,
-            borrowed=s.tree.borrowed(node),
+            borrowed=tree.borrowed(node),
+            depth=node.depth,
+            children=tuple(c.name for c in node.children),
         ))
     return out
+
+
+def tree_view(s: EngineState) -> TreeView:
+    tree = s.tree
+    return TreeView(name=tree.name, root=tree.root.name, leaves=tuple(tree.leaves), guaranteed=tree.guaranteed)
+
+
+def leaf_for(s: EngineState, namespace: str | None, quota: str | None) -> str:
+    """The leaf (queue) a job maps to: an explicit quota name first, else its namespace. ``KeyError``
+    saying why when there is none."""
+    return s.tree.leaf_for(namespace=namespace, quota=quota).name
+
+
+def tree_manifest(s: EngineState) -> dict[str, Any]:
+    """The tree as an ``ElasticQuotaTree`` manifest (what was applied, without usage)."""
+    return s.tree.to_dict()
 
 
 def unit_views(s: EngineState) -> list[UnitView]:
@@ -204,6 +243,7 @@ def unit_views(s: EngineState) -> list[UnitView]:
             used=u.usage,
             pods=u.pods,
             description=u.describe_capacity(),
+            node_selector=dict(u.node_selector),
         )
         for u in s.units.units
     ]

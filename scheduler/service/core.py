@@ -93,7 +93,7 @@ class Service:
         config = config or ServiceConfig()
         units = units if units is not None else Units.single(None)
         engine = Engine(tree, units, config.engine, clock=clock)
-        s = self.state = ServiceState(store, ray, engine, units,
+        s = self.state = ServiceState(store, ray, engine,
                                       priorities or PriorityClasses(DEFAULT_PRIORITY_CLASSES), config, clock)
         self.intake = Intake(s)
         self.release = Release(s, self._cycle)

@@ -165,10 +165,10 @@ class Intake:
             where, req, doc = job.where, job.request, job.manifest
             try:
                 # like kubectl: no metadata.namespace means the namespace "default"
-                leaf = s.engine.tree.leaf_for(namespace=req.namespace or "default", quota=queue or req.queue)
+                leaf = s.engine.leaf_for(namespace=req.namespace or "default", quota=queue or req.queue)
             except KeyError as exc:
                 label = "--queue" if queue else ("label rayqueue.io/queue" if req.queue else "metadata.namespace")
-                leaves = ", ".join(sorted(s.engine.tree.leaves))
+                leaves = ", ".join(sorted(s.engine.tree_view().leaves))
                 prepared.refuse(where, f"{where}: RayJob {req.name}: {label}: {exc.args[0]} (leaves: {leaves})")
                 continue
             generated: str | None = None
@@ -184,7 +184,7 @@ class Intake:
             taken.add(job_id)
             w = Workload(
                 uid=job_id,
-                queue=leaf.name,
+                queue=leaf,
                 request=dict(req.total),
                 pods=req.pods,
                 priority=job.priority,

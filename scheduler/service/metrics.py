@@ -22,7 +22,7 @@ class ServiceMetrics(Metrics):
         counts: dict[Labels, float] = {}
         for row in service.store.jobs(st.LIVE_STATES):
             counts[(row.queue, row.state)] = counts.get((row.queue, row.state), 0) + 1
-        for q in service.engine.tree.leaves:  # one queue per leaf
+        for q in service.engine.tree_view().leaves:  # one queue per leaf
             for state in st.LIVE_STATES:
                 counts.setdefault((q, state), 0)
         self.publish_jobs(counts)

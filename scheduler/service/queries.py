@@ -13,7 +13,7 @@ import yaml
 
 from rayqueue.queue.workload import WorkloadState
 from rayqueue.quota.quantity import MAX_JOBS, describe
-from rayqueue.scheduler.engine import Engine
+from rayqueue.scheduler.engine import Engine, NodeView
 from rayqueue.scheduler.engine.forecast import forecast_starts
 from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.rayjobs import RayUnavailable
@@ -89,7 +89,7 @@ class Queries:
         return status_view(self.s.engine, self.s.ray.address)
 
     def tree_yaml(self) -> str:
-        return yaml.safe_dump(self.s.engine.tree.to_dict(), sort_keys=False)
+        return yaml.safe_dump(self.s.engine.tree_manifest(), sort_keys=False)
 
     def history(
         self, ref: str | None = None, limit: int | None = None, offset: int = 0
@@ -144,7 +144,8 @@ def job_view(row: JobRecord, position: int | None) -> dict[str, Any]:
 def status_view(engine: Engine, ray_address: str) -> dict[str, Any]:
     """What ``rayqueue status`` shows: per tree node usage / min / max, borrowed, pending and running
     jobs; per unit its capacity and use."""
-    tree = engine.tree
+    tree = engine.tree_view()
+    by_name = {n.name: n for n in engine.node_views()}
     pending: dict[str, int] = {}
     running: dict[str, int] = {}
     for q in engine.queue_views():
@@ -152,14 +153,14 @@ def status_view(engine: Engine, ray_address: str) -> dict[str, Any]:
         running[q.name] = len(q.admitted)
     nodes: list[dict[str, Any]] = []
 
-    def visit(node: Any) -> tuple[int, int]:
+    def visit(node: NodeView) -> tuple[int, int]:
         index = len(nodes)
         nodes.append({})
         p, r = (pending.get(node.name, 0), running.get(node.name, 0)) if node.is_leaf else (0, 0)
         for child in node.children:
-            cp, cr = visit(child)
+            cp, cr = visit(by_name[child])
             p, r = p + cp, r + cr
-        resources = sorted((set(node.min) | set(node.max) | set(node.usage)) - {MAX_JOBS}) + (
+        resources = sorted((set(node.min) | set(node.max) | set(node.used)) - {MAX_JOBS}) + (
             [MAX_JOBS] if MAX_JOBS in node.max else []
         )
         nodes[index] = {
@@ -167,27 +168,27 @@ def status_view(engine: Engine, ray_address: str) -> dict[str, Any]:
             "path": node.path,
             "depth": node.depth,
             "leaf": node.is_leaf,
-            "min": {k: v for k, v in node.min.items()},
-            "max": {k: v for k, v in node.max.items()},
-            "usage": {k: v for k, v in node.usage.items() if v},
-            "borrowed": tree.borrowed(node),
+            "min": dict(node.min),
+            "max": dict(node.max),
+            "usage": {k: v for k, v in node.used.items() if v},
+            "borrowed": dict(node.borrowed),
             "resources": resources,
             "pending": p,
             "running": r,
         }
         return p, r
 
-    visit(tree.root)
+    visit(by_name[tree.root])
     units = [
         {
             "name": u.name,
             "resource": u.resource,
             "capacity": u.capacity,
-            "usage": {k: v for k, v in u.usage.items() if v and k != MAX_JOBS},
+            "usage": {k: v for k, v in u.used.items() if v and k != MAX_JOBS},
             "pods": u.pods,
             "max_pods": u.max_pods,
             "node_selector": u.node_selector,
         }
-        for u in engine.units.units
+        for u in engine.unit_views()
     ]
     return {"tree": tree.name, "nodes": nodes, "units": units, "ray": ray_address}

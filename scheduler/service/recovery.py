@@ -29,12 +29,13 @@ class Recovery:
         """Rebuild the engine from the store's live jobs (call it holding the engine lock, once, at start)."""
         s = self.s
         rows = s.store.jobs(st.LIVE_STATES)
-        missing = sorted({r.queue for r in rows} - set(s.engine.tree.leaves))
+        missing = sorted({r.queue for r in rows} - set(s.engine.tree_view().leaves))
         if missing:
             raise ServiceError(
                 f"the quota tree has no leaf {', '.join(missing)} but the store holds live jobs there; "
                 "start with a tree that has these leaves (nothing was changed)"
             )
+        selectors = {u.name: u.node_selector for u in s.engine.unit_views()}
         active = [r for r in rows if r.state in st.ACTIVE_STATES and r.submission_id]
         statuses = await asyncio.gather(
             *(asyncio.to_thread(s.ray.status, r.submission_id or "") for r in active), return_exceptions=True
@@ -71,8 +72,8 @@ class Recovery:
             # a transition, not a bare record: the history row then shows the job's state and unit
             s.store.transition(row.id, "Reattached", f"counted again on unit {row.unit} after a restart")
             if status is None:
-                node_selector = s.units.by_name[w.unit or ""].node_selector if w.unit in s.units.by_name else {}
-                s.releasing[row.id] = asyncio.create_task(self.release.release(row.id, sid, dict(node_selector)))
+                node_selector = dict(selectors.get(row.unit or "", {}))
+                s.releasing[row.id] = asyncio.create_task(self.release.release(row.id, sid, node_selector))
                 continue
             if not row.released:
                 s.store.transition(row.id, "Released", f"Ray has {sid} (found after a restart)", released=True)

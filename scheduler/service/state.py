@@ -19,7 +19,6 @@ from rayqueue.scheduler.service.metrics import ServiceMetrics
 from rayqueue.scheduler.service.rayjobs import RayJobs
 from rayqueue.scheduler.service.store import JobRecord, Store
 from rayqueue.scheduler.workloads.rayjob import RayJobRequest, rayjob_request
-from rayqueue.scheduler.workloads.resourcepolicy import Units
 
 #: Priority classes known without configuration (a Kubernetes cluster would have PriorityClasses).
 DEFAULT_PRIORITY_CLASSES = {"low": 100, "normal": 500, "high": 1000}
@@ -60,7 +59,6 @@ class ServiceState:
         store: Store,
         ray: RayJobs,
         engine: Engine,
-        units: Units,
         priorities: PriorityClasses,
         config: ServiceConfig,
         clock: Callable[[], float],
@@ -68,7 +66,6 @@ class ServiceState:
         self.store = store
         self.ray = ray
         self.engine = engine
-        self.units = units
         self.priorities = priorities
         self.config = config
         self.clock = clock
