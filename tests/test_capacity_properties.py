@@ -26,8 +26,8 @@ from rayqueue.scheduler.engine.decisions import Admit
 from rayqueue.scheduler.engine.units import Unit, Units
 from rayqueue.scheduler.metrics import Metrics
 from rayqueue.scheduler.operator.controller import tree_status
-from rayqueue.scheduler.service.cli import display_quantity, status_tables
 from rayqueue.scheduler.service.core import status_view
+from rayqueue.scheduler.service.tables import display_quantity, status_tables
 
 HELD = (WorkloadState.ADMITTED, WorkloadState.PREEMPTING)
 POOLS = ("ecs", "acs")

@@ -146,7 +146,7 @@ def test_a_command_without_its_extra_says_which_to_install(tmp_path: Path, args:
 
 
 SERVICE_MODULES = ["admission", "api", "capacity", "cli", "core", "demo", "intake", "metrics", "queries", "raycluster",
-                   "rayjobs", "recovery", "release", "server", "state", "store", "tree_changes"]
+                   "rayjobs", "recovery", "release", "server", "state", "store", "tables", "tree_changes"]
 OPERATOR_MODULES = ["cli", "controller", "handlers", "kube", "metrics", "rayjobs"]
 
 

@@ -24,11 +24,11 @@ from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.cli import app as cli_app
 from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.api import create_app
-from rayqueue.scheduler.service.cli import display_quantity, status_tables
 from rayqueue.scheduler.service.core import Service, ServiceConfig, ServiceError, SubmitError
 from rayqueue.scheduler.service.rayjobs import RayStatus, submission_for
 from rayqueue.scheduler.service.server import Runner, ServeOptions, is_loopback, load_priority_classes
 from rayqueue.scheduler.service.store import Store, submission_id
+from rayqueue.scheduler.service.tables import display_quantity, status_tables
 from rayqueue.scheduler.workloads.rayjob import rayjob_request
 
 TWO_TEAMS = tree(("team-a", 1, 3), ("team-b", 1, 3), root_min=2, root_max=3)

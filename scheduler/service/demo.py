@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from rayqueue.scheduler.service.cli import history_table, jobs_table, status_tables
 from rayqueue.scheduler.service.core import ServiceConfig
 from rayqueue.scheduler.service.raycluster import free_ports
 from rayqueue.scheduler.service.server import Runner, ServeOptions
+from rayqueue.scheduler.service.tables import history_table, jobs_table, status_tables
 
 FINAL = ("Succeeded", "Failed", "Stopped", "Cancelled", "Rejected")
 EVENT_STYLE = {
