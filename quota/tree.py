@@ -2,6 +2,11 @@
 
 Admit and release walk from a leaf to the root, so both cost O(depth x resources). The tree knows
 nothing of queues or jobs: it accounts resource vectors against named leaves.
+
+Why one module of about 550 lines: the tree's validation, its accounting and its diff share the node
+structure and its slot vectors, and the accounting is the engine's hot path (compiled with mypyc, where
+calls between modules cost more than calls within one); split apart, each half would need the other's
+internals.
 """
 
 from __future__ import annotations

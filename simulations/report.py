@@ -1,401 +1,23 @@
-"""What a simulation run writes: ``summary.json``, ``jobs.csv``, ``report.html`` and its plots as PNG.
+"""What a simulation run writes: ``summary.json``, ``jobs.csv``, ``report.html`` and its plots as PNG, and
+the side-by-side comparison of several runs.
 
-Figures are of the *summary resource* (GPUs, or CPU for a CPU-only trace), in its whole units. Cost:
-an ECS (or ``default``) unit with a finite capacity is prepaid (subscription), so it costs ``capacity x
-makespan x price`` whether used or not; ACS and ECI units, and any elastic unit, are billed per use,
-``GPU-hours used x price``, even when a capacity caps them.
+The numbers are ``summary``'s, the plots ``plots``'s; this module puts them into files and HTML.
 """
 
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rayqueue.quota.quantity import GPU
-from rayqueue.scheduler.extras import requires_extra
-from rayqueue.simulations.simulator import JobRecord, SimulationResult, format_duration
-
-MILLI = 1000.0
-#: Unit kinds billed per use whatever their capacity: a capacity there is a cap on elastic capacity (an
-#: ACS quota), not nodes bought in advance.
-ON_DEMAND_KINDS = ("acs", "eci")
-GRID_POINTS = 1200
-#: Above this many queues the wait CDF names only the WORST_QUEUES_NAMED that wait longest.
-MAX_NAMED_CURVES = 20
-WORST_QUEUES_NAMED = 8
-
-
-def short_name(resource: str) -> str:
-    return "gpu" if resource == GPU else resource.rsplit("/", 1)[-1]
-
-
-# ------------------------------------------------------------------ numbers
-
-
-def _percentiles(waits: np.ndarray) -> dict[str, float | None]:
-    if waits.size == 0:
-        return {"wait_mean_s": None, "wait_p50_s": None, "wait_p95_s": None, "wait_p99_s": None, "wait_max_s": None}
-    p50, p95, p99 = np.percentile(waits, [50, 95, 99])
-    return {
-        "wait_mean_s": round(float(waits.mean()), 6),
-        "wait_p50_s": round(float(p50), 6),
-        "wait_p95_s": round(float(p95), 6),
-        "wait_p99_s": round(float(p99), 6),
-        "wait_max_s": round(float(waits.max()), 6),
-    }
-
-
-def _steps(result: SimulationResult, key: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Per unit (``key="unit"``) or leaf: the times usage changed and the usage (whole units) after."""
-    t = np.frombuffer(result.change_t, dtype=np.float64) if len(result.change_t) else np.zeros(0)
-    which = np.asarray(result.change_unit if key == "unit" else result.change_leaf, dtype=np.int64)
-    delta = np.asarray(result.change_delta, dtype=np.float64) / MILLI
-    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    if t.size == 0:
-        return out
-    order = np.argsort(which, kind="stable")
-    which_sorted = which[order]
-    bounds = np.flatnonzero(np.diff(which_sorted)) + 1
-    for chunk in np.split(order, bounds):
-        i = int(which[chunk[0]])
-        out[i] = (t[chunk], np.cumsum(delta[chunk]))
-    return out
-
-
-def _area(times: np.ndarray, values: np.ndarray, end: float) -> float:
-    """Integral of a step function (value after each change) up to ``end``."""
-    if times.size == 0:
-        return 0.0
-    widths = np.diff(np.append(times, max(end, float(times[-1]))))
-    return float(np.sum(values * widths))
-
-
-def _sample(times: np.ndarray, values: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    if times.size == 0:
-        return np.zeros_like(grid)
-    idx = np.searchsorted(times, grid, side="right") - 1
-    out = np.where(idx >= 0, values[np.clip(idx, 0, None)], 0.0)
-    return out
-
-
-def summarize(result: SimulationResult) -> dict[str, Any]:
-    res = result.resource
-    short = short_name(res)
-    records = result.records
-    start = min((r.submit for r in records), default=0.0)
-    makespan = max(result.end - start, 0.0)
-    hours = makespan / 3600.0
-    unit_steps = _steps(result, "unit")
-    leaf_steps = _steps(result, "leaf")
-
-    queues: dict[str, Any] = {}
-    by_queue: dict[str, list[JobRecord]] = {leaf.name: [] for leaf in result.leaves}
-    for r in records:
-        by_queue.setdefault(r.queue, []).append(r)
-    for i, leaf in enumerate(result.leaves):
-        recs = by_queue.get(leaf.name, [])
-        waits = np.array([r.first_admit - r.submit for r in recs if r.first_admit is not None], dtype=np.float64)
-        used_h = sum(r.amount * r.busy_seconds for r in recs) / MILLI / 3600.0
-        borrowed_h = 0.0
-        if i in leaf_steps:
-            times, values = leaf_steps[i]
-            borrowed_h = _area(times, np.maximum(values - leaf.min / MILLI, 0.0), result.end) / 3600.0
-        queues[leaf.name] = {
-            "path": leaf.path,
-            "min": leaf.min / MILLI,
-            "max": None if leaf.max is None else leaf.max / MILLI,
-            "jobs": len(recs),
-            "finished": sum(1 for r in recs if r.status == "finished"),
-            "rejected": sum(1 for r in recs if r.status == "rejected"),
-            "unfinished": sum(1 for r in recs if r.status == "unfinished"),
-            **_percentiles(waits),
-            f"{short}_hours": round(used_h, 6),
-            f"borrowed_{short}_hours": round(borrowed_h, 6),
-            "preemptions": sum(r.preemptions for r in recs),
-        }
-
-    classes: dict[str, Any] = {}
-    by_class: dict[str, list[JobRecord]] = {}
-    for r in records:
-        by_class.setdefault(r.priority_class or str(r.priority), []).append(r)
-    for name, recs in sorted(by_class.items(), key=lambda kv: -kv[1][0].priority):
-        waits = np.array([r.first_admit - r.submit for r in recs if r.first_admit is not None], dtype=np.float64)
-        classes[name] = {"priority": recs[0].priority, "jobs": len(recs), **_percentiles(waits)}
-
-    units: dict[str, Any] = {}
-    elastic_cost = prepaid_cost = 0.0
-    is_gpu = res == GPU
-    for i, u in enumerate(result.units):
-        used = 0.0
-        peak = 0.0
-        if i in unit_steps:
-            times, values = unit_steps[i]
-            used = _area(times, values, result.end) / 3600.0
-            peak = float(values.max())
-        cap = None if u.capacity is None else u.capacity / MILLI
-        entry: dict[str, Any] = {
-            "resource": u.resource,
-            "capacity": cap,
-            f"{short}_hours": round(used, 6),
-            f"peak_{short}": peak,
-            "utilisation": None if not cap or hours == 0 else round(used / (cap * hours), 4),
-            "price_per_gpu_hour": u.price,
-        }
-        if is_gpu:
-            if cap is None or u.resource in ON_DEMAND_KINDS:
-                cost = used * u.price
-                elastic_cost += cost
-                entry["billing"] = "on demand"
-            else:
-                cost = cap * hours * u.price
-                prepaid_cost += cost
-                entry["billing"] = "prepaid"
-            entry["cost"] = round(cost, 4)
-        units[u.name] = entry
-
-    all_waits = np.array([r.first_admit - r.submit for r in records if r.first_admit is not None])
-    finished = sum(1 for r in records if r.status == "finished")
-    summary: dict[str, Any] = {
-        "scenario": result.name,
-        "description": result.description,
-        "resource": res,
-        "trace": {
-            "source": result.trace_source,
-            "rows": result.trace_rows,
-            "jobs": len(records),
-            "skipped_rows": len(result.problems),
-            "skipped_examples": [str(p) for p in result.problems[:20]],
-            "rejected": sum(1 for r in records if r.status == "rejected"),
-            "unfinished": sum(1 for r in records if r.status == "unfinished"),
-            "finished": finished,
-        },
-        "cluster": {
-            "makespan_s": round(makespan, 6),
-            "makespan": format_duration(makespan),
-            "units": units,
-            f"acs_{short}_hours": round(
-                sum(units[u.name][f"{short}_hours"] for u in result.units if u.resource in ("acs", "eci")), 6
-            ),
-            "currency": result.cluster.currency,
-            "elastic_cost": round(elastic_cost, 4),
-            "acs_cost": round(sum(units[u.name].get("cost", 0.0) for u in result.units if u.resource in ("acs", "eci")), 4),
-            "prepaid_cost": round(prepaid_cost, 4),
-            "total_cost": round(elastic_cost + prepaid_cost, 4),
-            "preemptions": sum(r.preemptions for r in records),
-            "all_queues": _percentiles(all_waits),
-        },
-        "queues": queues,
-        "priority_classes": classes,
-        "run": {
-            "wall_seconds": round(result.wall_seconds, 3),
-            "jobs_per_second": round(len(records) / result.wall_seconds, 1) if result.wall_seconds else None,
-            "admission_cycles": result.cycles,
-            "events": result.events,
-            "engine": result.engine_stats,
-        },
-    }
-    return summary
-
-
-# ------------------------------------------------------------------ files
-
-
-JOB_COLUMNS = [
-    "job",
-    "queue",
-    "priority",
-    "submit",
-    "admit",
-    "finish",
-    "unit",
-    "preemptions",
-    "wait",
-    "status",
-    "last_admit",
-    "priority_class",
-    "row",
-    "reason",
-]
-
-
-def _num(x: float | None) -> str:
-    if x is None:
-        return ""
-    return repr(round(x, 6)) if not float(x).is_integer() else str(int(x))
-
-
-def write_jobs_csv(result: SimulationResult, path: Path) -> None:
-    """One row per job: ``admit`` is the first admission, ``last_admit`` the one whose run finished."""
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(JOB_COLUMNS)
-        for r in result.records:
-            w.writerow(
-                [
-                    r.job,
-                    r.queue,
-                    r.priority,
-                    _num(r.submit),
-                    _num(r.first_admit),
-                    _num(r.finish),
-                    r.unit or "",
-                    r.preemptions,
-                    _num(r.wait),
-                    r.status,
-                    _num(r.admit),
-                    r.priority_class or "",
-                    r.uid[1:],
-                    r.reason,
-                ]
-            )
-        for p in result.problems:
-            w.writerow([p.job or "", "", "", "", "", "", "", 0, "", "skipped", "", "", p.row, p.message])
-
-
-def _cdf(values: np.ndarray, points: int = 800) -> tuple[np.ndarray, np.ndarray]:
-    """An empirical CDF drawn with at most ``points`` steps (exact for smaller samples)."""
-    w = np.sort(values)
-    if w.size <= points:
-        return w, np.arange(1, w.size + 1) / w.size
-    y = np.linspace(0.0, 1.0, points + 1)[1:]
-    idx = np.ceil(y * w.size).astype(np.int64) - 1
-    return w[idx], y
-
-
-def _time_axis(end: float) -> tuple[float, str]:
-    if end <= 300:
-        return 1.0, "seconds"
-    if end <= 3 * 3600:
-        return 60.0, "minutes"
-    if end <= 3 * 86400:
-        return 3600.0, "hours"
-    return 86400.0, "days"
-
-
-#: Line styles that, combined with ten colours, tell up to 40 curves apart.
-_DASHES = ["-", "--", ":", "-."]
-
-
-def _curve_style(k: int) -> dict[str, Any]:
-    """Colour and dash of the k-th curve: matplotlib's default ten colours repeat, so the dash changes
-    every ten curves (Philly has 15 queues; two of them drawn alike would be read as one)."""
-    return {"color": f"C{k % 10}", "linestyle": _DASHES[(k // 10) % len(_DASHES)]}
-
-
-def queues_named_in_cdf(waits: dict[str, list[float]]) -> list[str]:
-    """The queues the wait CDF draws in colour and names: all of them up to MAX_NAMED_CURVES, else
-    (thirty curves cannot be told apart) the WORST_QUEUES_NAMED with the longest p95 wait, worst first."""
-    if len(waits) <= MAX_NAMED_CURVES:
-        return sorted(waits)
-    return sorted(waits, key=lambda q: (-float(np.percentile(waits[q], 95)), q))[:WORST_QUEUES_NAMED]
-
-
-def _pyplot() -> Any:
-    """matplotlib's pyplot drawing off-screen; it comes with the [report] extra."""
-    with requires_extra("report", "the simulation report (for its plots; --no-plots skips them)"):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    return plt
-
-
-def _figures(result: SimulationResult) -> dict[str, bytes]:
-    plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
-
-    res = short_name(result.resource).upper()
-    out: dict[str, bytes] = {}
-    scale, unit_label = _time_axis(result.end)
-    grid = np.linspace(0.0, max(result.end, 1e-9), GRID_POINTS)
-
-    def save(fig: Any, name: str) -> None:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        plt.close(fig)
-        out[name] = buf.getvalue()
-
-    # Wait-time CDF per queue.
-    fig, ax = plt.subplots(figsize=(9, 5))
-    by_queue: dict[str, list[float]] = {}
-    for r in result.records:
-        if r.first_admit is not None:
-            by_queue.setdefault(r.queue, []).append(r.first_admit - r.submit)
-    wmax = max((max(v) for v in by_queue.values() if v), default=0.0)
-    wscale, wlabel = _time_axis(wmax)
-    named = queues_named_in_cdf(by_queue)
-    title = "Wait-time CDF per queue"
-    if len(named) < len(by_queue):
-        # The rest in grey, and all queues together for reference.
-        for name in sorted(set(by_queue) - set(named)):
-            x, y = _cdf(np.asarray(by_queue[name]) / wscale)
-            ax.step(x, y, where="post", color="0.8", linewidth=0.6)
-        x, y = _cdf(np.concatenate([np.asarray(v) for v in by_queue.values()]) / wscale)
-        ax.step(x, y, where="post", color="black", linewidth=2, label=f"all {len(by_queue)} queues")
-        title += f" (the {len(named)} with the longest p95 wait named, the others in grey)"
-    for k, name in enumerate(named):
-        x, y = _cdf(np.asarray(by_queue[name]) / wscale)
-        ax.step(x, y, where="post", label=f"{name} ({len(by_queue[name])})", **_curve_style(k))
-    ax.set_xscale("symlog", linthresh=max(wmax / wscale / 1000, 1e-3))
-    ax.set_xlabel(f"wait before first admission ({wlabel}, symlog)")
-    ax.set_ylabel("fraction of jobs")
-    ax.set_title(title, fontsize=11 if len(title) < 60 else 9)
-    ax.grid(alpha=0.3)
-    if by_queue:
-        ax.legend(fontsize=7, ncol=2)
-    save(fig, "wait_cdf.png")
-
-    # Utilisation over time, stacked by unit.
-    steps = _steps(result, "unit")
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    series = [_sample(*steps[i], grid) if i in steps else np.zeros_like(grid) for i in range(len(result.units))]
-    ax.stackplot(grid / scale, series, labels=[f"{u.name} ({u.resource})" for u in result.units], alpha=0.8)
-    finite = sum(u.capacity for u in result.units if u.capacity is not None) / MILLI
-    if finite:
-        ax.axhline(finite, color="black", linestyle="--", linewidth=1, label=f"finite capacity ({finite:g})")
-    ax.set_xlabel(f"virtual time ({unit_label})")
-    ax.set_ylabel(f"{res} in use")
-    ax.set_title("Usage over time, stacked by unit")
-    ax.legend(fontsize=8, loc="upper right")
-    ax.grid(alpha=0.3)
-    save(fig, "utilisation.png")
-
-    # Each queue's usage against its min and max.
-    leaf_steps = _steps(result, "leaf")
-    n = len(result.leaves)
-    cols = min(4, max(n, 1))
-    rows = math.ceil(n / cols) if n else 1
-    # At least 9 inches wide, so the title fits above one or two small panels.
-    fig, axes = plt.subplots(rows, cols, figsize=(max(3.2 * cols, 9.0), 2.3 * rows + 0.4), squeeze=False, sharex=True)
-    for k, leaf in enumerate(result.leaves):
-        ax = axes[k // cols][k % cols]
-        usage = _sample(*leaf_steps[k], grid) if k in leaf_steps else np.zeros_like(grid)
-        ax.fill_between(grid / scale, usage, step="post", alpha=0.5, label="usage")
-        ax.axhline(leaf.min / MILLI, color="green", linestyle="--", linewidth=1, label="min")
-        if leaf.max is not None:
-            ax.axhline(leaf.max / MILLI, color="red", linestyle=":", linewidth=1, label="max")
-        ax.set_title(leaf.name, fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.yaxis.set_major_locator(MaxNLocator(4))
-        ax.xaxis.set_major_locator(MaxNLocator(4))
-    for k in range(n, rows * cols):
-        axes[k // cols][k % cols].axis("off")
-    axes[0][0].legend(fontsize=6)
-    # Margins in inches, so the title clears the first row of panels however many rows there are.
-    height = 2.3 * rows + 0.4
-    fig.suptitle(f"{res} usage per queue against min (dashed) and max (dotted); time in {unit_label}", y=1 - 0.12 / height)
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.35 / height, top=1 - 0.75 / height, hspace=0.45, wspace=0.3)
-    save(fig, "queues.png")
-    return out
-
+from rayqueue.simulations.plots import DASHES, cdf_points, figures_of, pyplot, time_axis
+from rayqueue.simulations.simulator import SimulationResult, format_duration
+from rayqueue.simulations.summary import short_name, summarize, write_jobs_csv
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
@@ -523,7 +145,7 @@ def write_outputs(result: SimulationResult, out: str | Path, *, plots: bool = Tr
     (d / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_jobs_csv(result, d / "jobs.csv")
     if plots:
-        figures = _figures(result)
+        figures = figures_of(result)
         for name, png in figures.items():
             (d / name).write_bytes(png)
         (d / "report.html").write_text(render_html(summary, figures))
@@ -565,7 +187,7 @@ def write_comparison(
     (d / "compare.json").write_text(json.dumps(data, indent=2) + "\n")
     if not plots:
         return data
-    plt = _pyplot()
+    plt = pyplot()
 
     figures: dict[str, bytes] = {}
 
@@ -578,15 +200,15 @@ def write_comparison(
 
     fig, ax = plt.subplots(figsize=(9, 5))
     wmax = max((r.first_admit - r.submit for res in results for r in res.records if r.first_admit is not None), default=0.0)
-    wscale, wlabel = _time_axis(wmax)
+    wscale, wlabel = time_axis(wmax)
     for k, res in enumerate(results):
         w = np.array([r.first_admit - r.submit for r in res.records if r.first_admit is not None]) / wscale
         if w.size:
-            x, y = _cdf(w)
+            x, y = cdf_points(w)
             # What-ifs often leave the waits unchanged: the earlier curves are drawn wider, so one drawn
             # over another still shows beside it rather than vanishing.
             width = 1.5 + 1.5 * (len(results) - 1 - k) / max(len(results) - 1, 1)
-            dash = _DASHES[k % len(_DASHES)]
+            dash = DASHES[k % len(DASHES)]
             ax.step(x, y, where="post", label=res.name, linewidth=width, color=f"C{k % 10}", linestyle=dash)
     ax.set_xscale("symlog", linthresh=max(wmax / wscale / 1000, 1e-3))
     ax.set_xlabel(f"wait before first admission ({wlabel}, symlog)")
@@ -666,3 +288,6 @@ def write_comparison(
     ]
     (d / "compare.html").write_text("\n".join(page))
     return data
+
+
+__all__ = ["format_duration", "short_name", "summarize", "write_comparison", "write_jobs_csv", "write_outputs"]

@@ -154,9 +154,9 @@ def test_usage_errors(tmp_path: Path) -> None:
 
 def test_up_to_forty_queues_get_curves_told_apart() -> None:
     # Philly has 15 queues; with matplotlib's ten colours alone, vc-23dbec and vc-ed69ec were drawn alike.
-    from rayqueue.simulations.report import _curve_style
+    from rayqueue.simulations.plots import curve_style
 
-    styles = [(s["color"], s["linestyle"]) for s in map(_curve_style, range(40))]
+    styles = [(s["color"], s["linestyle"]) for s in map(curve_style, range(40))]
     assert len(set(styles)) == 40
 
 
@@ -192,7 +192,7 @@ def test_progress_is_reported_during_a_long_run() -> None:
 
 
 def test_the_wait_cdf_names_every_queue_or_the_worst_eight() -> None:
-    from rayqueue.simulations.report import queues_named_in_cdf
+    from rayqueue.simulations.plots import queues_named_in_cdf
 
     few = {f"q{k:02d}": [float(k)] for k in range(20)}
     assert queues_named_in_cdf(few) == sorted(few)
