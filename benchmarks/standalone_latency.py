@@ -1,4 +1,23 @@
-"""Standalone mode latency: submit-to-running through the real service on a real Ray cluster.
+"""Standalone mode latency: the service's own overhead per submission, and submit-to-running on real Ray.
+
+``--overhead``: the service's OWN cost, Ray excluded (issue 14's goal: submit to admitted <= 5 ms at p50).
+The service runs in this process behind its real HTTP API (uvicorn, FastAPI) and SQLite store (WAL, the
+same durability settings as ``rayqueue serve``); Ray is a stand-in that accepts every submission at once
+and reports every job RUNNING, so what is measured is ours: HTTP, parsing, the engine, the SQL commits,
+the release bookkeeping and the status poll. A client in another process submits ``--jobs`` one-job
+RayJobs one after another (after ``--warmup`` unmeasured ones), all admitted at once. It prints p50 / p99 /
+max of:
+
+* arrival -> admitted: from the request reaching the ASGI app to the ``Admitted`` row committed;
+* arrival -> answered: to the HTTP answer's first byte (it says ``Admitted``);
+* client round trip: what the submitting process waits (connection kept alive);
+
+and the service process's CPU time per submission (user + system, every thread, the poll loop and the
+release tasks included), beside the wall time, since other work shares the machine.
+
+    python benchmarks/standalone_latency.py --overhead [--jobs 500] [--warmup 50] [--out overhead.json]
+
+Without ``--overhead``: submit-to-running through the real service on a real Ray cluster.
 
 Input: a local Ray head (started here), the service in this process behind its HTTP API, a quota tree
 whose one leaf admits ``--concurrency`` jobs of 1 GPU at a time, and ``--jobs`` RayJobs (head + one
@@ -24,6 +43,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -34,9 +54,15 @@ from typing import Any
 
 import httpx
 
-from rayqueue.scheduler.service.core import ServiceConfig
+from rayqueue.quota.tree import QuotaTree
+from rayqueue.scheduler.service.core import Service, ServiceConfig
 from rayqueue.scheduler.service.raycluster import LocalRayCluster, free_ports
+from rayqueue.scheduler.service.rayjobs import RayStatus
 from rayqueue.scheduler.service.server import Runner, ServeOptions
+from rayqueue.scheduler.service.store import Store
+
+#: The goal (issue 14): the service's own overhead from submit to admitted, at p50.
+OVERHEAD_GOAL_S = 0.005
 
 TREE = """\
 apiVersion: scheduling.sigs.k8s.io/v1beta1
@@ -90,7 +116,8 @@ def pct(values: list[float], q: float) -> float:
 def row(label: str, values: list[float]) -> dict[str, Any]:
     out = {"metric": label, "n": len(values)}
     if values:
-        out.update(p50=pct(values, 0.5), p95=pct(values, 0.95), max=max(values), mean=statistics.fmean(values))
+        out.update(p50=pct(values, 0.5), p95=pct(values, 0.95), p99=pct(values, 0.99), max=max(values),
+                   mean=statistics.fmean(values))
     return out
 
 
@@ -165,6 +192,190 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+# ------------------------------------------------------------------------------ --overhead
+
+OVERHEAD_TREE = """\
+apiVersion: scheduling.sigs.k8s.io/v1beta1
+kind: ElasticQuotaTree
+metadata: {name: bench}
+spec:
+  root:
+    name: root
+    children:
+      - {name: bench, namespaces: [bench]}
+"""
+
+CPU_JOB = """\
+apiVersion: ray.io/v1
+kind: RayJob
+metadata: {{name: job-{i:05d}, namespace: bench}}
+spec:
+  entrypoint: python -c "print(1)"
+  rayClusterSpec:
+    headGroupSpec:
+      rayStartParams: {{}}
+      template:
+        spec:
+          containers:
+            - name: head
+              image: rayproject/ray:2.52.0
+              resources: {{requests: {{cpu: 100m, memory: 128Mi}}}}
+    workerGroupSpecs:
+      - groupName: cpu
+        replicas: 1
+        rayStartParams: {{}}
+        template:
+          spec:
+            containers:
+              - name: worker
+                image: rayproject/ray:2.52.0
+                resources: {{requests: {{cpu: "1", memory: 1Gi}}}}
+"""
+
+#: One Ray node far larger than the jobs: every submission is admitted at once.
+BIG_NODE = [{"state": "ALIVE", "labels": {}, "resources_total": {"CPU": 1e6, "memory": 2.0**60}}]
+
+
+class StandInRay:
+    """Ray's Job Submission API answered at once: every job is accepted and then RUNNING."""
+
+    address = "stand-in://ray"
+    auth_token = None
+
+    def __init__(self) -> None:
+        self.jobs: set[str] = set()
+
+    def submit(self, sub: Any) -> bool:
+        fresh = sub.submission_id not in self.jobs
+        self.jobs.add(sub.submission_id)
+        return fresh
+
+    def status(self, sid: str) -> RayStatus | None:
+        return RayStatus("RUNNING") if sid in self.jobs else None
+
+    def statuses(self, sids: list[str]) -> dict[str, RayStatus | None]:
+        return {sid: self.status(sid) for sid in sids}
+
+    def stop(self, sid: str) -> None:
+        pass
+
+    def logs(self, sid: str) -> str | None:
+        return ""
+
+    def close(self) -> None:
+        pass
+
+
+class Timed:
+    """ASGI wrapper: when each ``POST /v1/jobs`` reached the app and when its answer started."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.arrived: list[float] = []
+        self.answered: list[float] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/v1/jobs":
+            await self.app(scope, receive, send)
+            return
+        self.arrived.append(time.perf_counter())
+
+        async def timed_send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                self.answered.append(time.perf_counter())
+            await send(message)
+
+        await self.app(scope, receive, timed_send)
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def client(url: str, jobs: int, warmup: int) -> None:
+    """The submitting process: one job per request, one after another; prints each (id, state, seconds)."""
+    out = []
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for i in range(warmup + jobs):
+            started = time.perf_counter()
+            resp = http.post("/v1/jobs", json={"yaml": CPU_JOB.format(i=i)})
+            took = time.perf_counter() - started
+            resp.raise_for_status()
+            job = resp.json()["jobs"][0]
+            out.append({"id": job["id"], "state": job["state"], "s": took})
+    print(json.dumps(out))
+
+
+async def overhead(args: argparse.Namespace) -> dict[str, Any]:
+    import uvicorn
+
+    from rayqueue.scheduler.service.api import create_app
+
+    state = Path(tempfile.mkdtemp(prefix="rq-overhead-"))
+    store = Store(f"sqlite:///{state}/bench.db")
+    service = Service(store, StandInRay(), QuotaTree.from_yaml_text(OVERHEAD_TREE),  # type: ignore[arg-type]
+                      config=ServiceConfig(poll_interval_s=args.poll), nodes=lambda _: BIG_NODE)
+    admitted: dict[str, float] = {}
+    transition = store.transition
+
+    def timed_transition(job_id: str, kind: str, *a: Any, **kw: Any) -> Any:
+        row = transition(job_id, kind, *a, **kw)
+        if kind == "Admitted":
+            admitted[job_id] = time.perf_counter()  # committed
+        return row
+
+    store.transition = timed_transition  # type: ignore[method-assign]
+    await service.start()
+    app = Timed(create_app(service))
+    port = free_ports(1)[0]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--client", f"http://127.0.0.1:{port}", "--jobs", str(args.jobs),
+            "--warmup", str(args.warmup), stdout=asyncio.subprocess.PIPE)
+        # The warm-up ends when its last answer is out; CPU and wall time count from there.
+        while len(app.answered) < args.warmup:
+            await asyncio.sleep(0.001)
+        cpu0, wall0 = cpu_seconds(), time.perf_counter()
+        out, _ = await proc.communicate()
+        cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
+        if proc.returncode != 0:
+            raise RuntimeError(f"the client failed (exit {proc.returncode})")
+    finally:
+        server.should_exit = True
+        await serving
+        await service.stop()
+        store.close()
+        shutil.rmtree(state, ignore_errors=True)
+    answers = json.loads(out)[args.warmup:]
+    arrived, answered = app.arrived[args.warmup:], app.answered[args.warmup:]
+    not_admitted = [a["id"] for a in answers if a["state"] != "Admitted"]
+    if not_admitted:
+        raise RuntimeError(f"{len(not_admitted)} jobs were not admitted at once, e.g. {not_admitted[:3]}")
+    rows = [
+        row("arrival -> admitted (committed)", [admitted[a["id"]] - t for a, t in zip(answers, arrived, strict=True)]),
+        row("arrival -> answered", [b - t for t, b in zip(arrived, answered, strict=True)]),
+        row("client round trip", [a["s"] for a in answers]),
+    ]
+    n = len(answers)
+    p50 = rows[0]["p50"]
+    print(f"\nservice overhead, Ray excluded: {n} submissions one after another (+{args.warmup} warm-up), "
+          f"one job each, all admitted at once; status poll {args.poll}s; {os.cpu_count()} cores")
+    print(f"{'metric':<34} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for r in rows:
+        print(f"{r['metric']:<34} {r['n']:>5} {r['p50'] * 1e3:>8.2f} {r['p99'] * 1e3:>8.2f} {r['max'] * 1e3:>8.2f}")
+    print(f"service CPU per submission: {cpu / n * 1e3:.2f} ms (user + system, every thread; "
+          f"{cpu:.2f} s CPU in {wall:.2f} s wall for {n} submissions)")
+    print(f"goal: p50 arrival -> admitted <= {OVERHEAD_GOAL_S * 1e3:.0f} ms: "
+          + ("met" if p50 <= OVERHEAD_GOAL_S else "NOT met") + f" ({p50 * 1e3:.2f} ms)")
+    return {"rows": rows, "cpu_per_submission_s": cpu / n, "cpu_s": cpu, "wall_s": wall, "submissions": n,
+            "goal_p50_s": OVERHEAD_GOAL_S, "goal_met": p50 <= OVERHEAD_GOAL_S}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=20)
@@ -173,10 +384,21 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=0.2, help="the service's Ray status poll interval")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--out", type=Path, help="write the figures as JSON")
+    parser.add_argument("--overhead", action="store_true", help="the service's own overhead, Ray excluded")
+    parser.add_argument("--warmup", type=int, default=50, help="--overhead: unmeasured submissions first")
+    parser.add_argument("--client", metavar="URL", help=argparse.SUPPRESS)  # --overhead's submitting process
     args = parser.parse_args()
-    rows = asyncio.run(run(args))
+    if args.client:
+        client(args.client, args.jobs, args.warmup)
+        return
+    if args.overhead:
+        if "--jobs" not in sys.argv:
+            args.jobs = 500
+        figures: Any = asyncio.run(overhead(args))
+    else:
+        figures = asyncio.run(run(args))
     if args.out:
-        args.out.write_text(json.dumps({"input": vars(args) | {"out": str(args.out)}, "rows": rows}, indent=2))
+        args.out.write_text(json.dumps({"input": vars(args) | {"out": str(args.out)}, "figures": figures}, indent=2))
 
 
 if __name__ == "__main__":

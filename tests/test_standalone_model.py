@@ -509,6 +509,44 @@ spec:
         await svc.stop()
 
 
+async def test_the_status_poll_reads_no_row_of_a_job_already_known_running_and_follows_a_new_attempt(
+    tmp_path: Path,
+) -> None:
+    """Following running jobs costs the store nothing once their Running is recorded (a row read per job per
+    poll was most of the service's CPU with hundreds running); a job run again under a new submission id
+    is still seen to run."""
+    ray = FakeRay()
+    svc = await _start(Store(f"sqlite:///{tmp_path}/poll.db"), ray)
+    try:
+        ids = [svc.submit_text(rayjob(f"j{i}", "python x.py", gpus=1))[0].id for i in range(3)]
+        await _settle(svc)
+        for job in ids:
+            ray.jobs[job] = "RUNNING"
+        await svc.poll_once()
+        assert [svc.store.get(j).state for j in ids] == [st.RUNNING] * 3  # type: ignore[union-attr]
+        reads: list[str] = []
+        get = svc.store.get
+
+        def counted_get(job_id: str) -> st.JobRecord | None:
+            reads.append(job_id)
+            return get(job_id)
+
+        svc.store.get = counted_get  # type: ignore[method-assign]
+        for _ in range(3):
+            await svc.poll_once()
+        assert reads == []
+        del ray.jobs[ids[0]]  # the Ray cluster lost it: requeued, admitted again as a new attempt
+        await svc.poll_once()
+        await _settle(svc)
+        again = submission_id(ids[0], 1)
+        assert svc.store.get(ids[0]).submission_id == again  # type: ignore[union-attr]
+        ray.jobs[again] = "RUNNING"
+        await svc.poll_once()
+        assert svc.store.get(ids[0]).state == st.RUNNING  # type: ignore[union-attr]
+    finally:
+        await svc.stop()
+
+
 async def test_a_gpu_job_on_a_ray_cluster_without_gpus_waits_naming_the_gpu_until_a_gpu_node_joins(
     tmp_path: Path,
 ) -> None:

@@ -92,7 +92,7 @@ class Release:
         was = row.state
         if s.engine.has_job(row.id):
             s.engine.cancel(row.id)
-        sid = s.active.pop(row.id, None) or row.submission_id
+        sid = s.unfollow(row.id) or row.submission_id
         s.preempting.discard(row.id)
         s.cancelled.add(row.id)
         row = s.store.transition(
@@ -186,11 +186,16 @@ class Release:
                 self.requeue(job_id, "Lost", f"Ray no longer knows submission {sid} (cluster restarted?)")
             return True
         if status.status == "RUNNING":
+            if sid in s.past_admitted:
+                return False
             row = s.store.get(job_id)
-            if row is not None and row.state == st.ADMITTED:
+            if row is None:
+                return False
+            if row.state == st.ADMITTED:
                 now = s.clock()
                 s.store.transition(job_id, "Running", f"Ray runs {sid}", at=now, state=st.RUNNING, running_at=now)
                 s.metrics.start_seconds.labels(queue=row.queue).observe(max(0.0, now - row.submitted_at))
+            s.past_admitted.add(sid)  # a row leaves Admitted once per submission id (a new attempt, a new id)
             return False
         if not status.terminal:
             return False
@@ -224,7 +229,7 @@ class Release:
             ray_message=status.message,
             logs=tail,
         )
-        s.active.pop(job_id, None)
+        s.unfollow(job_id)
         s.preempting.discard(job_id)
         if s.engine.has_job(job_id):
             s.engine.finish(job_id)
@@ -237,7 +242,7 @@ class Release:
         row = s.store.get(job_id)
         if row is None:
             return
-        s.active.pop(job_id, None)
+        s.unfollow(job_id)
         s.preempting.discard(job_id)
         requeue_row(s.store, row, kind, message, preempted)
         if s.engine.has_job(job_id):

@@ -74,6 +74,10 @@ class ServiceState:
         #: that run slow engine work for them (a big submission, a tree, a forecast), one at a time.
         self.engine_lock = asyncio.Lock()
         self.active: dict[str, str] = {}  # job id -> Ray submission id being followed
+        # Followed submissions whose row is past Admitted (Running recorded, or being preempted): the
+        # status poll need not read their row again, which at hundreds of running jobs cost most of the
+        # service's CPU (a row read per job, every poll interval).
+        self.past_admitted: set[str] = set()
         self.preempting: set[str] = set()
         self.cancelled: set[str] = set()
         self.releasing: dict[str, asyncio.Task[None]] = {}  # job id -> the task submitting it to Ray
@@ -91,6 +95,13 @@ class ServiceState:
         task = asyncio.create_task(coro)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+
+    def unfollow(self, job_id: str) -> str | None:
+        """Stop following the job in Ray (it ended, was requeued or cancelled); its submission id, if any."""
+        sid = self.active.pop(job_id, None)
+        if sid is not None:
+            self.past_admitted.discard(sid)
+        return sid
 
     def request(self, row: JobRecord) -> RayJobRequest:
         """The job's RayJob request, from this process's cache or its stored manifest."""
