@@ -56,6 +56,24 @@ class Intake:
                     self.sync_job(body)
         s.wake.set()
 
+    async def on_rayjob_list(self, bodies: list[dict[str, Any]]) -> None:
+        """A fresh list of every RayJob (the watch's first, or after 410 Gone): jobs not in it are gone."""
+        s = self.s
+        async with s.lock:
+            listed = {job_uid(b): b for b in bodies}
+            for uid in [uid for uid in s.jobs if uid not in listed]:
+                s.jobs.pop(uid, None)
+                s.rejected.pop(uid, None)
+                s.announced.pop(uid, None)
+                if s.engine is not None and s.engine.has_job(uid):
+                    s.engine.finish(uid)
+                    s.status_dirty = True
+            for uid, body in listed.items():
+                s.jobs[uid] = body
+                if s.engine is not None:
+                    self.sync_job(body)
+        s.wake.set()
+
     async def on_tree(self, event_type: str, body: Mapping[str, Any]) -> None:
         s = self.s
         body = dict(body)
