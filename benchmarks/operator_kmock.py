@@ -113,18 +113,21 @@ def burst_scenario(jobs: int, queues: int) -> tuple[dict[str, Any], list[JobSpec
     return tree, specs, 10.0 * queues
 
 
-def kueue_baseline(scale: float) -> tuple[dict[str, Any], list[JobSpec], float]:
-    groups = {f"cohort-{c}": [f"c{c}-q{q}" for q in range(6)] for c in range(5)}
-    tree = tree_body(groups, "20", "120", "120", "600")
+def kueue_baseline(scale: float, cohorts: int = 5, queues: int = 6,
+                   per_queue: float = 1.0) -> tuple[dict[str, Any], list[JobSpec], float]:
+    """Kueue's baseline (5 cohorts x 6 queues, 500 jobs a queue); with ``cohorts=10, queues=100,
+    per_queue=0.1`` its "large-scale" shape (10 x 100 queues, 50 jobs a queue: 50,000 jobs)."""
+    groups = {f"cohort-{c}": [f"c{c}-q{q}" for q in range(queues)] for c in range(cohorts)}
+    tree = tree_body(groups, "20", "120", str(20 * queues), str(20 * queues * cohorts))
     specs: list[JobSpec] = []
-    classes = [("small", 350, 1000, 0.2, 0.1, 50), ("medium", 100, 5000, 0.5, 0.5, 100),
-               ("large", 50, 20000, 1.0, 1.2, 200)]
+    classes = [("small", 350 * per_queue, 1000, 0.2, 0.1, 50), ("medium", 100 * per_queue, 5000, 0.5, 0.5, 100),
+               ("large", 50 * per_queue, 20000, 1.0, 1.2, 200)]
     for leaves in groups.values():
         for q in leaves:
             for klass, count, cpu, runtime, every, prio in classes:
                 for i in range(max(1, int(count * scale))):
                     specs.append(JobSpec(q, f"{klass}-{i:04d}", cpu, runtime, prio, i * every, klass))
-    return tree, specs, 600.0
+    return tree, specs, 20.0 * queues * cohorts
 
 
 # ------------------------------------------------------------------------------------------ cluster side
@@ -288,7 +291,7 @@ def report(name: str, specs: list[JobSpec], quota_cpu: float, r: dict[str, Any])
 
 
 def run(name: str, tree: dict[str, Any], specs: list[JobSpec], quota_cpu: float,
-        max_wait: float = MAX_JOB_WAIT_S, default_gc: bool = False) -> dict[str, Any]:
+        max_wait: float = MAX_JOB_WAIT_S, default_gc: bool = False, profile: str | None = None) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=cluster_side, args=(child, tree, specs, max_wait), daemon=True)
@@ -296,7 +299,14 @@ def run(name: str, tree: dict[str, Any], specs: list[JobSpec], quota_cpu: float,
     child.close()  # the child's copy only: if the cluster side dies, recv() raises EOFError, never hangs
     try:
         url = parent.recv()
-        result = asyncio.run(run_operator(url, parent, default_gc))
+        if profile:  # cProfile of the operator process (it slows it down: CPU figures are not comparable)
+            import cProfile
+
+            with cProfile.Profile() as prof:
+                result = asyncio.run(run_operator(url, parent, default_gc))
+            prof.dump_stats(profile)
+        else:
+            result = asyncio.run(run_operator(url, parent, default_gc))
     finally:
         proc.join(timeout=30)
         if proc.is_alive():
@@ -334,21 +344,27 @@ def main() -> None:
     parser.add_argument("--queues", type=int, default=20)
     parser.add_argument("--kueue-baseline", action="store_true", help="also run Kueue's baseline (minutes)")
     parser.add_argument("--only-baseline", action="store_true", help="run only Kueue's baseline")
+    parser.add_argument("--large-scale", action="store_true",
+                        help="the baseline run in Kueue's large-scale shape instead: 10 cohorts x 100 queues, "
+                             "50 jobs a queue (50,000 RayJobs; --scale still applies)")
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the baseline's jobs per queue")
     parser.add_argument("--max-wait", type=float, default=MAX_JOB_WAIT_S,
                         help="seconds after the last arrival to wait for completions")
     parser.add_argument("--json", help="write the figures to this file")
     parser.add_argument("--default-gc", action="store_true",
                         help="leave the operator process's GC at CPython's defaults (to measure the tuning)")
+    parser.add_argument("--profile", help="write a cProfile of the operator process to this file")
     args = parser.parse_args()
     results = []
     if not args.only_baseline:
         tree, specs, quota = burst_scenario(args.jobs, args.queues)
-        results.append(run("burst", tree, specs, quota, args.max_wait, args.default_gc))
+        results.append(run("burst", tree, specs, quota, args.max_wait, args.default_gc, args.profile))
         print_report(results[-1])
     if args.kueue_baseline or args.only_baseline:
-        tree, specs, quota = kueue_baseline(args.scale)
-        results.append(run("kueue-baseline", tree, specs, quota, args.max_wait, args.default_gc))
+        tree, specs, quota = kueue_baseline(args.scale, 10, 100, 0.1) if args.large_scale else \
+            kueue_baseline(args.scale)
+        name = "kueue-large-scale" if args.large_scale else "kueue-baseline"
+        results.append(run(name, tree, specs, quota, args.max_wait, args.default_gc, args.profile))
         print_report(results[-1])
     if args.json:
         with open(args.json, "w") as f:

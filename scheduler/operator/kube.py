@@ -432,7 +432,7 @@ def _decode(data: bytes) -> Any:
     if not data:
         return {}
     try:
-        return json.loads(data)
+        return orjson.loads(data)  # every answer carries a whole object: 4-6x faster than json
     except ValueError:
         return {"raw": data[:200].decode("utf-8", "replace")}
 
