@@ -113,18 +113,21 @@ def burst_scenario(jobs: int, queues: int) -> tuple[dict[str, Any], list[JobSpec
     return tree, specs, 10.0 * queues
 
 
-def kueue_baseline(scale: float) -> tuple[dict[str, Any], list[JobSpec], float]:
-    groups = {f"cohort-{c}": [f"c{c}-q{q}" for q in range(6)] for c in range(5)}
-    tree = tree_body(groups, "20", "120", "120", "600")
+def kueue_baseline(scale: float, cohorts: int = 5, queues: int = 6,
+                   per_queue: float = 1.0) -> tuple[dict[str, Any], list[JobSpec], float]:
+    """Kueue's baseline (5 cohorts x 6 queues, 500 jobs a queue); with ``cohorts=10, queues=100,
+    per_queue=0.1`` its "large-scale" shape (10 x 100 queues, 50 jobs a queue: 50,000 jobs)."""
+    groups = {f"cohort-{c}": [f"c{c}-q{q}" for q in range(queues)] for c in range(cohorts)}
+    tree = tree_body(groups, "20", "120", str(20 * queues), str(20 * queues * cohorts))
     specs: list[JobSpec] = []
-    classes = [("small", 350, 1000, 0.2, 0.1, 50), ("medium", 100, 5000, 0.5, 0.5, 100),
-               ("large", 50, 20000, 1.0, 1.2, 200)]
+    classes = [("small", 350 * per_queue, 1000, 0.2, 0.1, 50), ("medium", 100 * per_queue, 5000, 0.5, 0.5, 100),
+               ("large", 50 * per_queue, 20000, 1.0, 1.2, 200)]
     for leaves in groups.values():
         for q in leaves:
             for klass, count, cpu, runtime, every, prio in classes:
                 for i in range(max(1, int(count * scale))):
                     specs.append(JobSpec(q, f"{klass}-{i:04d}", cpu, runtime, prio, i * every, klass))
-    return tree, specs, 600.0
+    return tree, specs, 20.0 * queues * cohorts
 
 
 # ------------------------------------------------------------------------------------------ cluster side
@@ -195,12 +198,15 @@ async def _cluster_main(conn: Any, tree: dict[str, Any], specs: list[JobSpec], m
 # ------------------------------------------------------------------------------------------ operator side
 
 
-async def run_operator(url: str, conn: Any) -> dict[str, Any]:
+async def run_operator(url: str, conn: Any, default_gc: bool = False) -> dict[str, Any]:
     from rayqueue.scheduler.engine import EngineConfig
     from rayqueue.scheduler.operator.controller import OperatorConfig
     from rayqueue.scheduler.operator.handlers import Operator
     from rayqueue.scheduler.operator.kube import Connection
+    from rayqueue.scheduler.process import tune_gc
 
+    if not default_gc:
+        tune_gc()  # as the `rayqueue` command (hence `rayqueue operator`) does at start
     config = OperatorConfig(identity="bench", peering=None,
                             engine=EngineConfig(backoff_base_s=0.05, backoff_max_s=1.0))
     op = Operator(Connection(server=url), config)
@@ -260,6 +266,9 @@ def report(name: str, specs: list[JobSpec], quota_cpu: float, r: dict[str, Any])
         "heard_p50_s": pct(heard, 0.5),
         "heard_p99_s": pct(heard, 0.99),
         "cluster_cpu_s": r["cluster_cpu_s"],
+        # per admitted job, so that the two processes compare on a machine shared with other work
+        "operator_cpu_ms_per_admission": r["operator_cpu_s"] * 1000 / max(1, len(lat)),
+        "cluster_cpu_ms_per_job": r["cluster_cpu_s"] * 1000 / max(1, len(specs)),
     }
     cpu_seconds = sum(by_key[k].cpu_milli / 1000 * t for k, t in r["ran_for"].items() if k in by_key)
     out["usage"] = cpu_seconds / (quota_cpu * out["wall_s"]) if out["wall_s"] > 0 else 0.0
@@ -282,7 +291,7 @@ def report(name: str, specs: list[JobSpec], quota_cpu: float, r: dict[str, Any])
 
 
 def run(name: str, tree: dict[str, Any], specs: list[JobSpec], quota_cpu: float,
-        max_wait: float = MAX_JOB_WAIT_S) -> dict[str, Any]:
+        max_wait: float = MAX_JOB_WAIT_S, default_gc: bool = False, profile: str | None = None) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=cluster_side, args=(child, tree, specs, max_wait), daemon=True)
@@ -290,7 +299,14 @@ def run(name: str, tree: dict[str, Any], specs: list[JobSpec], quota_cpu: float,
     child.close()  # the child's copy only: if the cluster side dies, recv() raises EOFError, never hangs
     try:
         url = parent.recv()
-        result = asyncio.run(run_operator(url, parent))
+        if profile:  # cProfile of the operator process (it slows it down: CPU figures are not comparable)
+            import cProfile
+
+            with cProfile.Profile() as prof:
+                result = asyncio.run(run_operator(url, parent, default_gc))
+            prof.dump_stats(profile)
+        else:
+            result = asyncio.run(run_operator(url, parent, default_gc))
     finally:
         proc.join(timeout=30)
         if proc.is_alive():
@@ -304,6 +320,8 @@ def print_report(out: dict[str, Any]) -> None:
           f"events posted {out['events_posted']}")
     print(f"CPU seconds: operator {out['operator_cpu_s']:.1f}, API server + fake KubeRay + submitter "
           f"{out['cluster_cpu_s']:.1f}")
+    print(f"CPU per job: operator {out['operator_cpu_ms_per_admission']:.2f} ms per admission, "
+          f"stand-in API server + fake KubeRay + submitter {out['cluster_cpu_ms_per_job']:.2f} ms per job")
     print(f"create request p99 {out['create_request_p99_s'] * 1000:.0f} ms; "
           f"create-to-watch-event at the operator: p50 {out['heard_p50_s'] * 1000:.0f} ms, "
           f"p99 {out['heard_p99_s'] * 1000:.0f} ms")
@@ -326,19 +344,27 @@ def main() -> None:
     parser.add_argument("--queues", type=int, default=20)
     parser.add_argument("--kueue-baseline", action="store_true", help="also run Kueue's baseline (minutes)")
     parser.add_argument("--only-baseline", action="store_true", help="run only Kueue's baseline")
+    parser.add_argument("--large-scale", action="store_true",
+                        help="the baseline run in Kueue's large-scale shape instead: 10 cohorts x 100 queues, "
+                             "50 jobs a queue (50,000 RayJobs; --scale still applies)")
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the baseline's jobs per queue")
     parser.add_argument("--max-wait", type=float, default=MAX_JOB_WAIT_S,
                         help="seconds after the last arrival to wait for completions")
     parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument("--default-gc", action="store_true",
+                        help="leave the operator process's GC at CPython's defaults (to measure the tuning)")
+    parser.add_argument("--profile", help="write a cProfile of the operator process to this file")
     args = parser.parse_args()
     results = []
     if not args.only_baseline:
         tree, specs, quota = burst_scenario(args.jobs, args.queues)
-        results.append(run("burst", tree, specs, quota, args.max_wait))
+        results.append(run("burst", tree, specs, quota, args.max_wait, args.default_gc, args.profile))
         print_report(results[-1])
     if args.kueue_baseline or args.only_baseline:
-        tree, specs, quota = kueue_baseline(args.scale)
-        results.append(run("kueue-baseline", tree, specs, quota, args.max_wait))
+        tree, specs, quota = kueue_baseline(args.scale, 10, 100, 0.1) if args.large_scale else \
+            kueue_baseline(args.scale)
+        name = "kueue-large-scale" if args.large_scale else "kueue-baseline"
+        results.append(run(name, tree, specs, quota, args.max_wait, args.default_gc, args.profile))
         print_report(results[-1])
     if args.json:
         with open(args.json, "w") as f:

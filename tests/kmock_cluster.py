@@ -5,8 +5,10 @@ Test code, kept out of the package: used by the tests and by ``benchmarks/operat
 
 ``FakeApiServer`` is kmock's in-memory Kubernetes emulator plus what the operator relies on in a real API
 server: ``metadata.uid``, ``creationTimestamp`` and an increasing ``resourceVersion`` on every write, a 409
-when a patch carries a stale ``metadata.resourceVersion``, JSON merge-patch semantics (``null`` deletes) and
-fault injection (409/500/timeouts on chosen requests, dropped watch streams).
+when a patch carries a stale ``metadata.resourceVersion``, JSON merge-patch semantics (``null`` deletes),
+lists that carry their ``resourceVersion`` and watches that resume from one (or answer ``410 Gone`` once
+:meth:`FakeApiServer.compact` has dropped it), and fault injection (409/500/timeouts on chosen requests,
+dropped watch streams).
 
 ``FakeKubeRay`` moves RayJob status the way KubeRay's controller does for the fields the operator reads:
 created suspended -> ``Suspended``; ``suspend: false`` -> ``Initializing`` -> ``Running`` -> ``Complete``
@@ -93,6 +95,7 @@ class Fault:
     subresource: str | None = "*"  # "*" any, None only the main resource, "status" only /status
     after: bool = False  # apply the request, then hang ``timeout`` seconds and fail (a lost answer)
     retry_after: str | None = None  # a Retry-After header on the answer (as API Priority and Fairness sends)
+    watch: bool | None = None  # True: only watch requests; False: none; None: any
     hits: int = 0
 
     def matches(self, request: kmock.Request) -> bool:
@@ -104,11 +107,19 @@ class Fault:
             return False
         if self.subresource != "*" and request.subresource != self.subresource:
             return False
+        if self.watch is not None and (request.action == kmock.action.WATCH) != self.watch:
+            return False
         return True
 
 
 #: put on the event buses by ``FakeApiServer.drop_watches`` to wake the watches up; never sent to clients
 _DROP: dict[str, Any] = {"type": "DROP"}
+
+
+def _deleted_event(raw: dict[str, Any], version: int) -> dict[str, Any]:
+    """A DELETED event carries the version of the deletion, as an API server's does."""
+    obj = {**raw, "metadata": {**(raw.get("metadata") or {}), "resourceVersion": str(version)}}
+    return {"type": "DELETED", "object": obj}
 
 
 def _now_iso() -> str:
@@ -191,6 +202,13 @@ class FakeApiServer(kmock.KubernetesEmulator, _DirectRouting):
     seen: list[Seen] = attrs.field(factory=list)
     _rv: Any = attrs.field(factory=lambda: itertools.count(1000), init=False)
     _watch_epoch: int = attrs.field(default=0, init=False)
+    #: versions at or below this are "compacted": a watch asked to resume from one gets 410 Gone
+    compacted: int = attrs.field(default=0, init=False)
+    #: writes take a version and are applied in one step, so that versions are in the order of the writes
+    #: (a watch resumed from version N must find every later write above N)
+    _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+    _last_rv: int = attrs.field(default=0, init=False)
+    _deleted_rv: dict[Any, int] = attrs.field(factory=dict, init=False)
     _background: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
     _builtin_payloads: int = attrs.field(default=-1, init=False)  # the emulator's own reactions
 
@@ -203,11 +221,21 @@ class FakeApiServer(kmock.KubernetesEmulator, _DirectRouting):
     # ---- fault injection
     def inject(self, method: str, plural: str | None = None, *, status: int = 500, times: int = 1,
                timeout: float = 0.0, subresource: str | None = "*", after: bool = False,
-               retry_after: str | None = None) -> Fault:
+               retry_after: str | None = None, watch: bool | None = None) -> Fault:
         fault = Fault(method=method, plural=plural, status=status, times=times, timeout=timeout,
-                      subresource=subresource, after=after, retry_after=retry_after)
+                      subresource=subresource, after=after, retry_after=retry_after, watch=watch)
         self.faults.append(fault)
         return fault
+
+    def _next_rv(self) -> int:
+        self._last_rv = next(self._rv)
+        return self._last_rv
+
+    def compact(self) -> int:
+        """Forget history up to now, as etcd compaction does: resuming a watch from an older version is
+        answered 410 Gone (the client must list again). Returns the compacted version."""
+        self.compacted = self._last_rv
+        return self.compacted
 
     def drop_watches(self) -> None:
         """End every open watch stream (as an API server restart or a load balancer would)."""
@@ -266,30 +294,12 @@ class FakeApiServer(kmock.KubernetesEmulator, _DirectRouting):
                                             {"Retry-After": fault.retry_after})
                 raise kmock.KubernetesError(status=fault.status, reason="Injected",
                                             message=f"injected fault {fault.status}")
-        if request.resource is not None and isinstance(request.data, dict):
-            if request.action == kmock.action.CREATE:
-                meta = request.data.setdefault("metadata", {})
-                if not meta.get("name") and meta.get("generateName"):
-                    meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
-                meta.setdefault("uid", str(uuid.uuid4()))
-                meta.setdefault("creationTimestamp", _now_iso())
-                meta["resourceVersion"] = str(next(self._rv))
-                meta.setdefault("generation", 1)
-            elif request.action == kmock.action.UPDATE and request.name is not None:
-                key = (request.resource, request.namespace, request.name)
-                current = self.objects[key] if key in self.objects else None
-                if current is not None and not current.deleted:
-                    expected = (request.data.get("metadata") or {}).get("resourceVersion")
-                    actual = (current.get("metadata") or {}).get("resourceVersion")
-                    if expected is not None and expected != actual:
-                        raise kmock.KubernetesError(
-                            status=409, reason="Conflict",
-                            message=f"the object has been modified (resourceVersion {expected} != {actual})")
-                    meta = request.data.setdefault("metadata", {})
-                    meta["resourceVersion"] = str(next(self._rv))
-                    if "spec" in request.data and request.subresource is None:
-                        meta["generation"] = int((current.get("metadata") or {}).get("generation", 1)) + 1
-        response = await super()._handle(request)
+        if request.resource is not None and request.action in (
+                kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE):
+            async with self._write_lock:
+                response = await self._apply_write(request)
+        else:
+            response = await super()._handle(request)
         if request.resource is not None and request.action in (
                 kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE) and self.listeners:
             data = request.data if isinstance(request.data, dict) else {}
@@ -302,6 +312,38 @@ class FakeApiServer(kmock.KubernetesEmulator, _DirectRouting):
             raise kmock.KubernetesError(status=late.status, reason="Injected",
                                         message=f"injected fault {late.status} after applying the request")
         return response
+
+    async def _apply_write(self, request: kmock.Request) -> Any:
+        if request.action == kmock.action.DELETE and request.name is not None:
+            response = await super()._handle(request)
+            key = (request.resource, request.namespace, request.name)
+            if key in self.objects and self.objects[key].deleted:  # type: ignore[operator,index]
+                self._deleted_rv[key] = self._next_rv()
+            return response
+        if isinstance(request.data, dict):
+            if request.action == kmock.action.CREATE:
+                meta = request.data.setdefault("metadata", {})
+                if not meta.get("name") and meta.get("generateName"):
+                    meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+                meta.setdefault("uid", str(uuid.uuid4()))
+                meta.setdefault("creationTimestamp", _now_iso())
+                meta["resourceVersion"] = str(self._next_rv())
+                meta.setdefault("generation", 1)
+            elif request.action == kmock.action.UPDATE and request.name is not None:
+                key = (request.resource, request.namespace, request.name)
+                current = self.objects[key] if key in self.objects else None
+                if current is not None and not current.deleted:
+                    expected = (request.data.get("metadata") or {}).get("resourceVersion")
+                    actual = (current.get("metadata") or {}).get("resourceVersion")
+                    if expected is not None and expected != actual:
+                        raise kmock.KubernetesError(
+                            status=409, reason="Conflict",
+                            message=f"the object has been modified (resourceVersion {expected} != {actual})")
+                    meta = request.data.setdefault("metadata", {})
+                    meta["resourceVersion"] = str(self._next_rv())
+                    if "spec" in request.data and request.subresource is None:
+                        meta["generation"] = int((current.get("metadata") or {}).get("generation", 1)) + 1
+        return await super()._handle(request)
 
     # kmock finds an object by scanning all of them; with thousands of RayJobs, look it up by key.
     def _lookup(self, request: kmock.Request) -> Any:
@@ -325,6 +367,30 @@ class FakeApiServer(kmock.KubernetesEmulator, _DirectRouting):
     async def _serve_delete(self, request: kmock.Request) -> Any:
         return self._lookup(request).last.raw
 
+    def _version_of(self, key: Any, obj: Any) -> int:
+        if obj.deleted:
+            return self._deleted_rv.get(key, 0)
+        try:
+            return int((obj.raw.get("metadata") or {}).get("resourceVersion") or 0)
+        except ValueError:
+            return 0
+
+    async def _serve_list(self, request: kmock.Request) -> Any:  # type: ignore[override]
+        """The objects and the list's ``resourceVersion`` (the newest write among them, deletions
+        included): a watch from it sees every later write and none that the list already shows."""
+        assert request.resource is not None
+        resource = request.resource
+        async with self._lock:
+            items, version = [], 0
+            for key, obj in self.objects.items():
+                res, ns, _ = key
+                if res != resource:
+                    continue
+                version = max(version, self._version_of(key, obj))
+                if not obj.deleted and (request.namespace is None or ns == request.namespace):
+                    items.append(obj.raw)
+        return {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": str(version)}, "items": items}
+
     async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:  # type: ignore[override]
         """A watch: the current objects as ``ADDED``, then every later event, until :meth:`drop_watches`.
 
@@ -342,6 +408,13 @@ class FakeApiServer(kmock.KubernetesEmulator, _DirectRouting):
         resource = request.resource
         bus = self._buses[resource]
         epoch = self._watch_epoch
+        since_text = str(request.params.get("resourceVersion") or "")
+        since = int(since_text) if since_text.isdigit() and since_text != "0" else None
+        if since is not None and since < self.compacted:
+            yield {"type": "ERROR", "object": {
+                "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410, "reason": "Expired",
+                "message": f"too old resource version: {since} ({self.compacted})"}}
+            return
 
         def wanted(namespace: str | None, name: str | None) -> bool:
             return (request.namespace is None or namespace == request.namespace) and \
@@ -349,8 +422,15 @@ class FakeApiServer(kmock.KubernetesEmulator, _DirectRouting):
 
         async with self._lock:  # every write puts its event on the bus under this lock
             marker = await bus.mark()
-            initial = [{"type": "ADDED", "object": obj.raw} for (res, ns, name), obj in self.objects.items()
-                       if res == resource and not obj.deleted and wanted(ns, name)]
+            if since is None:  # no version: the current objects first, as ADDED
+                initial = [{"type": "ADDED", "object": obj.raw} for (res, ns, name), obj in self.objects.items()
+                           if res == resource and not obj.deleted and wanted(ns, name)]
+            else:  # resumed: what changed after ``since``, each object once in its latest state, in order
+                changed = sorted(
+                    ((self._version_of(key, obj), key, obj) for key, obj in self.objects.items()
+                     if key[0] == resource and wanted(key[1], key[2])), key=lambda c: c[0])
+                initial = [_deleted_event(obj.last.raw, v) if obj.deleted else {"type": "MODIFIED", "object": obj.raw}
+                           for v, _, obj in changed if v > since]
         try:
             for event in initial:
                 yield event

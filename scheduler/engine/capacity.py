@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from rayqueue.quota.quantity import Resources
 from rayqueue.scheduler.engine.facade import Engine
 from rayqueue.scheduler.engine.units import Unit
+from rayqueue.scheduler.engine.views import UnitCapacityView
 
 ELASTIC_KINDS = ("acs", "eci")
 
@@ -49,7 +50,7 @@ def matches(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-def unit_capacity(unit: Unit, nodes: Sequence[NodeCapacity] | None) -> UnitCapacity:
+def unit_capacity(unit: Unit | UnitCapacityView, nodes: Sequence[NodeCapacity] | None) -> UnitCapacity:
     """What ``unit`` holds given the usable nodes seen (see the module's rule)."""
     declared = UnitCapacity(dict(unit.declared) if unit.declared is not None else None)
     if nodes is None:
@@ -72,7 +73,7 @@ def unit_capacity(unit: Unit, nodes: Sequence[NodeCapacity] | None) -> UnitCapac
 def apply_node_capacity(engine: Engine, nodes: Sequence[NodeCapacity] | None) -> list[str]:
     """Set every unit of ``engine`` to what ``nodes`` hold; returns the names of the units that changed."""
     changed: list[str] = []
-    for unit in engine.units.units:
+    for unit in engine.unit_capacity_views():
         cap = unit_capacity(unit, nodes)
         if (cap.capacity, cap.largest, cap.complete) != (unit.capacity, unit.largest, unit.complete):
             engine.set_unit_capacity(unit.name, cap.capacity, largest=cap.largest, complete=cap.complete)

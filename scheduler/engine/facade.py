@@ -193,6 +193,10 @@ class Engine:
     def tree_manifest(self) -> dict[str, Any]:
         return views.tree_manifest(self._s)
 
+    def unit_capacity_views(self) -> list[views.UnitCapacityView]:
+        """What the capacity rule reads of each unit (``scheduler.engine.capacity``)."""
+        return views.unit_capacity_views(self._s)
+
     # The engine's live state, for the engine's own tests and the simulator's checks; front ends read
     # the views above instead, so that what they may rely on stays small.
 

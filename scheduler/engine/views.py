@@ -7,7 +7,7 @@ stays small and the engine may change how it keeps its state.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -244,6 +244,36 @@ def unit_views(s: EngineState) -> list[UnitView]:
             pods=u.pods,
             description=u.describe_capacity(),
             node_selector=dict(u.node_selector),
+        )
+        for u in s.units.units
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class UnitCapacityView:
+    """What the capacity rule (``scheduler.engine.capacity``) reads of a unit: where its nodes are, what
+    its policy declares, and the capacity it holds now."""
+
+    name: str
+    resource: str
+    node_selector: Mapping[str, str]
+    declared: Resources | None  # the ResourcePolicy's own figure, if any
+    capacity: Resources | None
+    largest: Resources | None
+    complete: bool
+
+
+def unit_capacity_views(s: EngineState) -> list[UnitCapacityView]:
+    """Every unit's capacity inputs, in the ResourcePolicy's order."""
+    return [
+        UnitCapacityView(
+            name=u.name,
+            resource=u.resource,
+            node_selector=dict(u.node_selector),
+            declared=dict(u.declared) if u.declared is not None else None,
+            capacity=dict(u.capacity) if u.capacity is not None else None,
+            largest=dict(u.largest) if u.largest is not None else None,
+            complete=u.complete,
         )
         for u in s.units.units
     ]

@@ -1,5 +1,8 @@
 """kopf wiring: watch handlers that feed the controller, admission webhooks, and how to run it all.
 
+RayJobs, the hot path, are watched by the controller itself (``watch.py``); kopf watches the tree, the
+ResourcePolicy, PriorityClasses and Nodes, serves the webhooks and runs peering.
+
 Every watch handler is a raw ``on.event`` handler: kopf neither patches our objects nor keeps progress
 annotations on them; the controller's state is derived from the objects themselves.
 """
@@ -80,9 +83,7 @@ def build_registry(controller: Controller, connection: Connection, webhooks: boo
     async def cleanup(**_: Any) -> None:
         await controller.stop()
 
-    @kopf.on.event("ray.io", "v1", "rayjobs", registry=registry)
-    async def rayjob_event(event: Mapping[str, Any], **_: Any) -> None:
-        await controller.on_rayjob(_event_type(event), event["object"])
+    # RayJobs are not watched through kopf: the controller runs its own list+watch (``watch.py``).
 
     @kopf.on.event("scheduling.sigs.k8s.io", "v1beta1", "elasticquotatrees", registry=registry)
     async def tree_event(event: Mapping[str, Any], **_: Any) -> None:

@@ -30,11 +30,12 @@ import os
 import random
 import urllib.parse
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client import ApiClient, Configuration
 
@@ -86,6 +87,10 @@ class NotFound(ApiError):
 
 class Conflict(ApiError):
     pass
+
+
+class Gone(ApiError):
+    """410: the resourceVersion a watch asked to resume from is older than the server keeps: list again."""
 
 
 #: loads a Configuration's server and credentials (again): files are read anew, exec plugins rerun
@@ -213,6 +218,8 @@ class RetryPolicy:
         d = min(self.max_s, self.base_s * 2**attempt)
         return d * (0.5 + random.random() / 2)
 
+
+Objects = list[dict[str, Any]]
 
 RETRYABLE = {429, 500, 502, 503, 504}
 
@@ -354,6 +361,54 @@ class KubeClient:
             item.setdefault("kind", res.kind)
         return items
 
+    async def list_versioned(self, res: Resource, namespace: str | None = None) -> tuple[Objects, str]:
+        """Every object, and the list's ``resourceVersion``: a watch from it misses nothing written after."""
+        data = await self.request("GET", res.path(namespace))
+        items: Objects = [*(data.get("items") or [])]
+        for item in items:
+            item.setdefault("apiVersion", res.api_version)
+            item.setdefault("kind", res.kind)
+        return items, str((data.get("metadata") or {}).get("resourceVersion") or "")
+
+    async def watch(self, res: Resource, resource_version: str, *, timeout_s: int = 300,
+                    inactivity_s: float = 70.0) -> AsyncIterator[dict[str, Any]]:
+        """The raw watch events after ``resource_version`` (``type``, ``object``), decoded with orjson.
+
+        One attempt, no retries: the caller resumes from the last version it saw. Raises ``Gone`` on 410
+        (as a status or an ``ERROR`` event: list again), ``ApiError`` on any other refusal (a 401 has loaded
+        the credentials again first); a stream silent for ``inactivity_s`` ends with ``TimeoutError``.
+        """
+        if self._api is None:
+            await self.start()
+        assert self._api is not None
+        api = self._api
+        headers = {"Accept": "application/json", **api.default_headers}
+        generation = self.connection.generation
+        await api.update_params_for_auth(headers, [], ["BearerToken"])
+        query = [("watch", "true"), ("resourceVersion", resource_version), ("allowWatchBookmarks", "true"),
+                 ("timeoutSeconds", str(timeout_s))]
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.retry.timeout_s, sock_read=inactivity_s)
+        rsp = await api.request("GET", self.connection.server + res.path(), query_params=query, headers=headers,
+                                _preload_content=False, _request_timeout=timeout)
+        async with rsp:
+            if rsp.status >= 300:
+                message = f"watch {res.plural}: {_status_message(await rsp.read())}"
+                if rsp.status == 410:
+                    raise Gone(410, message)
+                if rsp.status == 401:
+                    await self.connection.reload(generation)
+                raise ApiError(rsp.status, message)
+            async for line in rsp.content:
+                if not line.strip():
+                    continue
+                event: dict[str, Any] = orjson.loads(line)
+                if event.get("type") == "ERROR":
+                    status = event.get("object") or {}
+                    code = int(status.get("code") or 500)
+                    message = f"watch {res.plural}: {status.get('message') or status.get('reason') or code}"
+                    raise Gone(410, message) if code == 410 else ApiError(code, message)
+                yield event
+
     async def patch(self, res: Resource, namespace: str | None, name: str, patch: dict[str, Any],
                     sub: str | None = None) -> dict[str, Any]:
         result: dict[str, Any] = await self.request(
@@ -377,7 +432,7 @@ def _decode(data: bytes) -> Any:
     if not data:
         return {}
     try:
-        return json.loads(data)
+        return orjson.loads(data)  # every answer carries a whole object: 4-6x faster than json
     except ValueError:
         return {"raw": data[:200].decode("utf-8", "replace")}
 
@@ -396,17 +451,27 @@ def now_iso() -> str:
 
 
 class EventPoster:
-    """Posts Kubernetes Events in the background so that a cycle never waits on them."""
+    """Posts Kubernetes Events in the background so that a cycle never waits on them.
+
+    The same event again (same object, reason, type and message) is not a new Event: as Kubernetes'
+    event correlator does, the Event already posted is patched with ``count + 1`` and a new
+    ``lastTimestamp`` (an event series), so a job requeued ten times shows one ``Queued`` line with
+    ``x10``, not ten. The series are remembered for the last ``series_limit`` distinct events.
+    """
 
     def __init__(self, client: KubeClient, component: str = "rayqueue", instance: str = "rayqueue-operator",
-                 on_posted: Callable[[str], None] | None = None) -> None:
+                 on_posted: Callable[[str], None] | None = None, series_limit: int = 4096) -> None:
         self.client = client
         self.component = component
         self.instance = instance
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.on_posted = on_posted
-        self.posted = 0
+        self.posted = 0  # Events created
+        self.repeated = 0  # Events patched as a series (count + 1)
         self.failed = 0
+        self.series_limit = series_limit
+        # (namespace, uid, reason, type, message) -> [Event name, count]; insertion order = age
+        self._series: dict[tuple[str, str, str, str, str], list[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self, workers: int = 4) -> None:
@@ -455,12 +520,37 @@ class EventPoster:
         while not self.queue.empty() and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
 
+    @staticmethod
+    def _key(event: dict[str, Any]) -> tuple[str, str, str, str, str]:
+        obj = event["involvedObject"]
+        return (event["metadata"]["namespace"], str(obj.get("uid") or obj.get("name")), event["reason"],
+                event["type"], event["message"])
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        key = self._key(event)
+        namespace = event["metadata"]["namespace"]
+        series = self._series.get(key)
+        if series is not None:
+            name, count = series
+            try:
+                await self.client.patch(EVENTS, namespace, name,
+                                        {"count": count + 1, "lastTimestamp": event["lastTimestamp"]})
+                series[1] = count + 1
+                self.repeated += 1
+                return
+            except NotFound:  # the Event expired (an hour by default): start a new series
+                self._series.pop(key, None)
+        created = await self.client.create(EVENTS, namespace, event)
+        self._series[key] = [(created.get("metadata") or {}).get("name"), 1]
+        if len(self._series) > self.series_limit:
+            del self._series[next(iter(self._series))]
+        self.posted += 1
+
     async def _run(self) -> None:
         while True:
             event = await self.queue.get()
             try:
-                await self.client.create(EVENTS, event["metadata"]["namespace"], event)
-                self.posted += 1
+                await self._send(event)
                 if self.on_posted is not None:
                     self.on_posted(event["reason"])
             except asyncio.CancelledError:
