@@ -162,9 +162,12 @@ class Events:
     def release(self, w: Workload) -> None:
         leaf = self.s.tree.leaves[w.queue]
         unit = self.s.units.by_name[w.unit or ""]
-        self.s.tree.release(leaf, w.demand)
+        if w.handed_over:  # its quota went to a service when it was preempted (serving.hand_over)
+            w.handed_over = False
+        else:
+            self.s.tree.release(leaf, w.demand)
+            unit.give_back(w.demand, w.pods)
         self.ledger.note_borrowing(leaf)
-        unit.give_back(w.demand, w.pods)
         if w.state == WorkloadState.PREEMPTING:
             unit.terminating_pods -= w.pods
             if not unit.terminating_pods:

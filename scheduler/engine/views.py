@@ -8,10 +8,11 @@ stays small and the engine may change how it keeps its state.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rayqueue.queue.workload import Reason, ReasonCode, Workload, WorkloadState
 from rayqueue.quota.quantity import Resources
+from rayqueue.scheduler.engine.serving import reserved_by_node
 from rayqueue.scheduler.engine.state import EngineState
 
 
@@ -110,6 +111,9 @@ class NodeView:
     max: Resources
     used: Resources
     borrowed: Resources
+    # Services' headroom up to their maxReplicas beyond their hot reserve (the hot reserve is in
+    # ``used``): batch may run on it only as borrowers a scale-up takes back.
+    reserved: Resources = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +183,7 @@ def queue_views(s: EngineState) -> list[QueueView]:
 def node_views(s: EngineState) -> list[NodeView]:
     """Every quota node, root first (the tree's own order)."""
     out: list[NodeView] = []
+    reserved = reserved_by_node(s) if s.services else {}
     for node in s.tree:
         out.append(NodeView(
             name=node.name,
@@ -189,6 +194,7 @@ def node_views(s: EngineState) -> list[NodeView]:
             max=dict(node.max),
             used=node.usage,
             borrowed=s.tree.borrowed(node),
+            reserved=reserved.get(node.name, {}),
         ))
     return out
 
