@@ -3,11 +3,12 @@ reserve, scale-down, upgrades, RayCluster scale-ups (docs/admission.md, "Service
 
 from __future__ import annotations
 
+from engine_helpers import admitted, engine, gpus, job, node, preempted, tree
+
 from rayqueue.queue.workload import ReasonCode, WorkloadState
 from rayqueue.quota.quantity import CPU, GPU
 from rayqueue.scheduler.engine import Engine, Service, ServiceSpec, ServiceState
 from rayqueue.scheduler.engine.units import Unit, Units
-from tests.engine_helpers import admitted, engine, gpus, job, node, preempted, tree
 
 NEVER = {"preemptionPolicy": "Never"}
 
