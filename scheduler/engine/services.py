@@ -13,6 +13,9 @@ from enum import StrEnum
 from rayqueue.queue.workload import Reason
 from rayqueue.quota.quantity import MAX_JOBS, MILLI, Resources
 
+#: KubeRay's default maxReplicas (int32 max): "unset", so the reservation is capped by the quota instead.
+UNSET_MAX_REPLICAS = 2**31 - 1
+
 
 class ServiceError(ValueError):
     """A service event the engine cannot take (unknown service, bad replica counts): one line."""
@@ -107,6 +110,7 @@ class Service:
     scale_wait_since: float | None = None  # a scale-up waits since then (None: none waits)
     scale_waited_s: float = 0.0  # seconds scale-ups waited, in all
     preemptions: int = 0  # batch jobs preempted for it
+    notes: list[str] = field(default_factory=list)  # what the engine changed of what was asked (an event each)
 
     @property
     def display_name(self) -> str:

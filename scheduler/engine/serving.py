@@ -37,6 +37,7 @@ from rayqueue.scheduler.engine.borrowing import BorrowLedger
 from rayqueue.scheduler.engine.decisions import Placement, Preempt, ServiceGrant
 from rayqueue.scheduler.engine.errors import DuplicateJob, UnknownQueue
 from rayqueue.scheduler.engine.services import (
+    UNSET_MAX_REPLICAS,
     Cluster,
     Service,
     ServiceError,
@@ -72,6 +73,11 @@ class Serving:
         svc.spec = _interned(svc.spec)
         svc.spec.check(f"service {svc.display_name}")
         leaf = s.tree.leaves[svc.queue]
+        if svc.spec.max_replicas >= UNSET_MAX_REPLICAS:
+            cap = self.most_replicas(svc.spec, leaf)
+            svc.spec.max_replicas = max(cap, svc.spec.min_replicas)
+            svc.notes.append(f"maxReplicas is unset: the reservation is capped at {svc.spec.max_replicas} replicas "
+                             f"by the quota on {leaf.path}")
         never = self.never_fits(svc.spec, leaf)
         if never is not None:
             svc.state = ServiceState.REJECTED
@@ -309,6 +315,17 @@ class Serving:
                     f"min of {leaf.path} is {format_quantity(leaf.min.get(r, 0), r)}",
                 )
         return None
+
+    def most_replicas(self, spec: ServiceSpec, leaf: QuotaNode) -> int:
+        """The most replicas whose head + replicas stay within every ``max`` on the path."""
+        most = UNSET_MAX_REPLICAS
+        head = spec.head_charge()
+        for node in leaf.lineage:
+            for r, limit in node.max.items():
+                per = spec.replica.get(r, 0)
+                if per > 0:
+                    most = min(most, max(0, (limit - head.get(r, 0)) // per))
+        return most
 
     def reservation_problem(self, spec: ServiceSpec, leaf: QuotaNode, replacing: Service | None) -> str | None:
         """Why ``spec``'s reservation does not fit beside the running services' (None: it does).
