@@ -202,6 +202,8 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
             "engine": result.engine_stats,
         },
     }
+    if result.services:
+        summary["services"] = result.services
     return summary
 
 
@@ -559,6 +561,8 @@ def write_comparison(
                 "total_cost": c["total_cost"],
                 "utilisation": {u: v["utilisation"] for u, v in c["units"].items()},
                 "queue_wait_mean_s": {q: v["wait_mean_s"] for q, v in s["queues"].items()},
+                "finished": s["trace"]["finished"],
+                "services": s.get("services", {}),
             }
         )
     data = {"scenarios": rows}
