@@ -178,3 +178,59 @@ def test_a_raycluster_scale_up_beyond_its_admitted_size_waits_with_a_reason() ->
     assert reason.code == ReasonCode.QUOTA_MAX_EXCEEDED and "8" in reason.message
     e.finish("other")
     assert admitted(e.schedule(3.0)) == ["notebook/scale-up-1"]
+
+
+def test_metrics_show_reserved_beside_used_and_the_services_replicas() -> None:
+    from rayqueue.scheduler.metrics import Metrics
+
+    e = engine(serving_tree())
+    e.submit_service(service("web", replicas=3, hot=1))
+    e.schedule(0.0)
+    m = Metrics()
+    m.update(e)
+    text = m.exposition().decode()
+    assert 'rayqueue_quota_resource_usage{quota_node="serve",resource="nvidia.com/gpu"} 4.0' in text  # 3 + 1 hot
+    assert 'rayqueue_quota_resource_reserved{quota_node="serve",resource="nvidia.com/gpu"} 8.0' in text
+    assert 'rayqueue_service_replicas{kind="granted",queue="serve",service="web"} 3.0' in text
+    e.finish_service("web")
+    m.update(e)
+    assert "rayqueue_quota_resource_reserved{" not in m.exposition().decode()
+
+
+def test_a_new_tree_or_policy_keeps_counting_services_and_handed_over_victims_once() -> None:
+    e = engine(serving_tree())
+    e.submit_service(service("web", hot=0))
+    e.schedule(0.0)
+    e.submit(job("train", "batch", gpu=14))
+    e.schedule(1.0)
+    e.scale_service("web", 4, now=2.0)
+    assert preempted(e.schedule(2.0)) == ["train"]
+    before = {n.name: n.used for n in e.node_views()}
+    e.set_tree(serving_tree())
+    assert {n.name: n.used for n in e.node_views()} == before
+    e.set_units(Units([Unit("ecs", "ecs", capacity={GPU: 16000})]))
+    assert e.unit_views()[0].used.get(GPU) == 4000  # the service's replicas; train's went to it
+    e.suspended("train", 3.0)
+    assert used(e, "root") == 4 and e.unit_views()[0].used.get(GPU) == 4000
+
+
+def test_a_restart_restores_the_service_and_its_victims_without_counting_twice() -> None:
+    def run() -> Engine:
+        e = engine(serving_tree())
+        e.submit_service(service("web", hot=0))
+        e.schedule(0.0)
+        e.submit(job("train", "batch", gpu=14))
+        e.schedule(1.0)
+        e.scale_service("web", 4, now=2.0)
+        assert preempted(e.schedule(2.0)) == ["train"]
+        return e
+
+    live = run()
+    again = engine(serving_tree())
+    view = live.service("web")
+    again.restore_service(service("web", hot=0, replicas=4), view.granted, view.by_unit, admitted_at=0.0)
+    again.restore(job("train", "batch", gpu=14), "default", 1.0, preempted_by="web")
+    assert [n.used for n in again.node_views()] == [n.used for n in live.node_views()]
+    for e in (live, again):
+        e.suspended("train", 3.0)
+        assert used(e, "root") == 4

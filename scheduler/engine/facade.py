@@ -119,6 +119,13 @@ class Engine:
         ``UnknownQueue`` / ``DuplicateJob``, ``ServiceError`` for bad replica counts."""
         return self._serving.submit(svc)
 
+    def restore_service(self, svc: Service, granted: int, by_unit: dict[str, int], admitted_at: float,
+                        head_unit: str | None = None) -> None:
+        """Count a service that already runs (after a restart), no checks; restore services before the
+        jobs: a job restored as preempted for a service (``restore(..., preempted_by=<service uid>)``)
+        holds no quota of its own, the service's counts it."""
+        self._serving.restore(svc, granted, by_unit, admitted_at, head_unit)
+
     def scale_service(self, uid: str, replicas: int, now: float | None = None) -> None:
         """Its autoscaler asks for ``replicas``: a scale-down is returned to headroom at once, a
         scale-up is granted at the next ``schedule`` (see ``service_grants``)."""

@@ -88,6 +88,36 @@ class Serving:
         s.services[svc.uid] = svc
         return None
 
+    def restore(self, svc: Service, granted: int, by_unit: dict[str, int], admitted_at: float,
+                head_unit: str | None = None) -> None:
+        """Count a service that already runs (rebuilding after a restart): ``granted`` replicas placed
+        ``by_unit``, its hot reserve, no checks. Restore services before the jobs preempted for them."""
+        s = self.s
+        if svc.uid in s.services or svc.uid in s.workloads:
+            raise DuplicateJob(f"service {svc.uid!r} is already known to the engine")
+        if svc.queue not in s.tree.leaves:
+            raise UnknownQueue(s.unknown_queue_message(svc.queue))
+        spec = svc.spec = _interned(svc.spec)
+        spec.check(f"service {svc.display_name}")
+        if sum(by_unit.values()) != granted:
+            raise ServiceError(f"service {svc.display_name}: {granted} replicas granted but {sum(by_unit.values())} placed")
+        leaf = s.tree.leaves[svc.queue]
+        first = s.units.units[0].name
+        c = Cluster(spec, granted=granted, hot=spec.hot(granted))
+        c.head_unit = head_unit if head_unit in s.units.by_name else first
+        s.units.by_name[c.head_unit].take(Demand(spec.head_charge()), spec.head_pods)
+        for name, n in by_unit.items():
+            name = name if name in s.units.by_name else first
+            c.by_unit[name] = c.by_unit.get(name, 0) + n
+            for _ in range(n):
+                s.units.by_name[name].take(Demand(spec.replica), spec.replica_pods)
+        self.charge(leaf, c.charge(), 1)
+        svc.cluster = c
+        svc.state = ServiceState.RUNNING
+        svc.admitted_at = admitted_at
+        svc.reason = Reason(ReasonCode.ADMITTED, f"running {granted} replicas in {leaf.path} (restored)")
+        s.services[svc.uid] = svc
+
     def scale(self, uid: str, replicas: int, now: float) -> None:
         """The service's autoscaler asks for ``replicas`` (clamped into [min, max]). A scale-down returns
         replicas to headroom at once; a scale-up is granted at the next cycle."""
