@@ -167,15 +167,27 @@ def test_an_upgrade_charges_both_clusters_and_says_so_when_it_does_not_fit() -> 
 
 
 def test_a_raycluster_scale_up_beyond_its_admitted_size_waits_with_a_reason() -> None:
+    from rayqueue.queue.workload import Workload
+    from rayqueue.scheduler.workloads.serving import raycluster_request, raycluster_scale_up
+
+    pod = {"spec": {"containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": 1}}}]}}
+    manifest = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "notebook"},
+                "spec": {"headGroupSpec": {"template": {"spec": {"containers": [{"name": "h"}]}}},
+                         "workerGroupSpecs": [{"groupName": "g", "replicas": 4, "maxReplicas": 8, "template": pod}]}}
+    admitted_size = raycluster_request(manifest)
     e = engine(serving_tree(total=8, serve_min=0))
-    e.submit(job("notebook", "batch", gpu=4))
+    e.submit(Workload(uid="notebook", queue="batch", request=admitted_size.total, pods=admitted_size.pods))
     e.submit(job("other", "batch", gpu=3, at=1.0))
-    e.schedule(0.0)
-    # The autoscaler asks 2 more workers: a request of its own that waits for quota like any job.
-    e.submit(job("notebook/scale-up-1", "batch", gpu=2, at=2.0))
+    assert sorted(admitted(e.schedule(0.0))) == ["notebook", "other"]
+    # The autoscaler raises the group to 6: the 2 more GPUs are a request of their own that waits for
+    # quota like any job, with its reason.
+    manifest["spec"]["workerGroupSpecs"][0]["replicas"] = 6
+    extra, pods = raycluster_scale_up(admitted_size, raycluster_request(manifest))
+    assert (extra, pods) == ({GPU: 2000}, 2)
+    e.submit(Workload(uid="notebook/scale-up-1", queue="batch", request=extra, pods=pods, submitted_at=2.0))
     assert admitted(e.schedule(2.0)) == []
     reason = e.explain("notebook/scale-up-1").reason
-    assert reason.code == ReasonCode.QUOTA_MAX_EXCEEDED and "8" in reason.message
+    assert reason.code == ReasonCode.QUOTA_MAX_EXCEEDED and "would use 9 of max 8" in reason.message
     e.finish("other")
     assert admitted(e.schedule(3.0)) == ["notebook/scale-up-1"]
 
