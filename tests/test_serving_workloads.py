@@ -110,10 +110,34 @@ def test_a_raycluster_scale_up_beyond_what_was_admitted_is_the_difference() -> N
     ({"maxReplicas": -1}, "maxReplicas: -1 must not be negative"),
     ({"minReplicas": 9}, "minReplicas 9 is above maxReplicas 8"),
     ({"replicas": 2**31}, "larger than an int32 allows"),
-    ({"numOfHosts": "2"}, "numOfHosts: '2' must be an integer"),
+    ({"numOfHosts": "2"}, "does not match the RayService CRD: spec.rayClusterConfig.workerGroupSpecs[0] "
+                          "(group 'gpu').numOfHosts: '2' is not of type 'integer'"),
 ])
 def test_bad_worker_groups_are_refused_with_one_line(change: dict, message: str) -> None:
     with pytest.raises(ServingRejected) as err:
         rayservice_request(gpu_service(**change))
     assert message in str(err.value) and "RayService serve/web" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["raycluster", "rayservice"])
+def test_the_stored_schema_is_cut_from_kuberays_crd(kind: str) -> None:
+    import json
+    from importlib import resources
+
+    from rayqueue.scheduler.workloads import rayjob_schema
+
+    crd = yaml.safe_load((SAMPLES.parent / f"ray.io_{kind}s.yaml").read_text())
+    stored = json.loads((resources.files("rayqueue.scheduler.workloads") / "schemas" / f"{kind}-v1.schema.json").read_text())
+    assert json.loads(json.dumps(rayjob_schema.pruned_schema_from_crd(crd))) == stored
+
+
+def test_a_field_of_the_wrong_type_is_refused_by_kuberays_schema_in_one_line() -> None:
+    doc = gpu_service()
+    doc["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] = "yes"
+    doc["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] = "two"
+    with pytest.raises(ServingRejected) as err:
+        rayservice_request(doc)
+    text = str(err.value)
+    assert ("does not match the RayService CRD: spec.rayClusterConfig.enableInTreeAutoscaling: 'yes' is not of type "
+            "'boolean' (and 1 more)") in text

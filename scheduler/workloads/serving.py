@@ -13,8 +13,11 @@ beyond what was admitted is a request of its own (:func:`raycluster_scale_up`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources as importlib_resources
 from typing import Any
 
 from rayqueue.quota.manifests import DocumentError, load_documents
@@ -29,7 +32,9 @@ from rayqueue.scheduler.workloads.rayjob import (
     _check_names,
     _ident,
     _int_field,
+    _json_path,
     _pod_request,
+    _schema_message,
 )
 
 RAYSERVICE = "RayService"
@@ -123,6 +128,31 @@ class ClusterRequest:
         return self.shape.pods
 
 
+@cache
+def _validator(kind: str) -> Any:
+    """KubeRay's CRD schema of ``kind``, cut to the fields read here (see ``rayjob_schema``)."""
+    import jsonschema
+
+    name = f"{kind.lower()}-v1.schema.json"
+    text = (importlib_resources.files("rayqueue.scheduler.workloads") / "schemas" / name).read_text()
+    return jsonschema.Draft7Validator(json.loads(text))
+
+
+def crd_violations(manifest: Mapping[str, Any], kind: str) -> list[str]:
+    """Every place where ``manifest`` breaks KubeRay's ``kind`` CRD (RayCluster or RayService)."""
+    errors = sorted(_validator(kind).iter_errors(manifest), key=lambda e: list(map(str, e.absolute_path)))
+    return [f"{_json_path(manifest, e.absolute_path) or 'document'}: {_schema_message(e)}" for e in errors]
+
+
+def _without_nulls(value: Any) -> Any:
+    """A copy without null mapping values (recursion bounded by the loader's nesting limit)."""
+    if isinstance(value, Mapping):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def _object(manifest: Any, kind: str) -> tuple[str, Mapping[str, Any], Mapping[str, Any]]:
     if not isinstance(manifest, Mapping):
         raise ServingRejected(f"expected a {kind} object (a mapping), got {type(manifest).__name__}")
@@ -131,6 +161,12 @@ def _object(manifest: Any, kind: str) -> tuple[str, Mapping[str, Any], Mapping[s
         raise ServingRejected(f"{ident}: kind is {manifest.get('kind')!r}, expected {kind!r}")
     if manifest.get("apiVersion") != API_VERSION:
         raise ServingRejected(f"{ident}: apiVersion is {manifest.get('apiVersion')!r}, expected {API_VERSION!r}")
+    # The API server drops a null field that the schema does not make nullable before it validates
+    # (KubeRay's own samples hold ``metadata:`` with nothing under it): so do we.
+    problems = crd_violations(_without_nulls(manifest), kind)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ServingRejected(f"{ident} does not match the {kind} CRD: {problems[0]}{more}")
     meta = manifest.get("metadata") or {}
     if not isinstance(meta, Mapping):
         raise ServingRejected(f"{ident}: metadata must be an object")
