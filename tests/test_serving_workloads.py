@@ -90,9 +90,10 @@ def test_a_rayservice_without_max_replicas_is_capped_by_the_quota_with_a_note() 
     req = rayservice_request(gpu_service(maxReplicas=None))
     assert req.spec.max_replicas == 2**31 - 1
     e = engine(tree(node("root", min={GPU: 8}, max={GPU: 8}, children=[node("serve", min={GPU: 8}, max={GPU: 8})])))
-    svc = Service(uid="web", queue="serve", spec=req.spec, replicas=req.replicas)
+    svc = req.service("web", "serve")
+    assert isinstance(svc, Service) and svc.replicas == 2
     assert e.submit_service(svc) is None
-    assert svc.spec.max_replicas == 8 and "capped at 8 replicas" in svc.notes[0]
+    assert svc.spec.max_replicas == 8 and "capped at 8 replicas" in svc.notes[-1]
 
 
 def test_a_raycluster_scale_up_beyond_what_was_admitted_is_the_difference() -> None:
@@ -100,6 +101,8 @@ def test_a_raycluster_scale_up_beyond_what_was_admitted_is_the_difference() -> N
     manifest = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "nb"}, "spec": doc}
     before = raycluster_request(manifest)
     assert before.total[GPU] == 2000 and before.pods == 3
+    w = before.workload("nb", "batch")
+    assert (w.request, w.pods, w.pod_request) == ({CPU: 2000 + 8000, GPU: 2000}, 3, {CPU: 4000, GPU: 1000})
     manifest["spec"]["workerGroupSpecs"][0]["replicas"] = 5
     after = raycluster_request(manifest)
     assert raycluster_scale_up(before, after) == ({GPU: 3000, CPU: 12000}, 3)

@@ -20,9 +20,10 @@ from functools import cache
 from importlib import resources as importlib_resources
 from typing import Any
 
+from rayqueue.queue.workload import Workload
 from rayqueue.quota.manifests import DocumentError, load_documents
 from rayqueue.quota.quantity import CPU, GPU, MILLI, QuantityError, Resources, parse_quantity
-from rayqueue.scheduler.engine.services import ServiceSpec
+from rayqueue.scheduler.engine.services import Service, ServiceSpec
 from rayqueue.scheduler.workloads.rayjob import (
     API_VERSION,
     INT32_MAX,
@@ -107,6 +108,16 @@ class ServiceRequest:
     deployments: tuple[ServeDeployment, ...]
     notes: tuple[str, ...] = field(default=())
 
+    def service(self, uid: str, queue: str, priority: int = 0, submitted_at: float = 0.0) -> Service:
+        """The engine's service for it (``Engine.submit_service``); a fresh spec each call."""
+        spec = ServiceSpec(
+            head=dict(self.spec.head), replica=dict(self.spec.replica), min_replicas=self.spec.min_replicas,
+            max_replicas=self.spec.max_replicas, hot_reserve=self.spec.hot_reserve, head_pods=self.spec.head_pods,
+            replica_pods=self.spec.replica_pods,
+        )
+        return Service(uid=uid, queue=queue, spec=spec, replicas=self.replicas, priority=priority, name=self.name,
+                       submitted_at=submitted_at, notes=list(self.notes))
+
 
 @dataclass(frozen=True, slots=True)
 class ClusterRequest:
@@ -126,6 +137,15 @@ class ClusterRequest:
     @property
     def pods(self) -> int:
         return self.shape.pods
+
+    def workload(self, uid: str, queue: str, priority: int = 0, submitted_at: float = 0.0) -> Workload:
+        """The engine's gang for it (``Engine.submit``), as a RayJob's: its current size."""
+        largest: Resources = dict(self.shape.head)
+        for g in self.shape.groups:
+            for r, v in g.per_replica.items():
+                largest[r] = max(largest.get(r, 0), v // g.pods_per_replica)
+        return Workload(uid=uid, queue=queue, request=dict(self.total), pods=self.pods, priority=priority,
+                        submitted_at=submitted_at, name=self.name, pod_request=largest)
 
 
 @cache
