@@ -246,3 +246,19 @@ def test_a_restart_restores_the_service_and_its_victims_without_counting_twice()
     for e in (live, again):
         e.suspended("train", 3.0)
         assert used(e, "root") == 4
+
+
+def test_the_forecast_counts_what_running_services_hold() -> None:
+    from rayqueue.scheduler.engine.forecast import forecast_starts
+
+    e = engine(serving_tree(total=8, serve_min=4, serve_max=8))
+    e.submit_service(service("web", min_replicas=2, max_replicas=4, hot=0, replicas=4))
+    e.schedule(0.0)
+    running = job("train", "batch", gpu=4)
+    running.expected_duration = 100.0
+    e.submit(running)
+    e.submit(job("next", "batch", gpu=4, at=1.0))
+    e.schedule(1.0)
+    assert e.job("next").state == WorkloadState.PENDING
+    # The service holds 4 of the 8 GPUs: "next" starts when "train" ends, not at once.
+    assert forecast_starts(e, 1.0)["next"] == 101.0

@@ -253,5 +253,9 @@ class Engine:
         return self._s.workloads
 
     @property
+    def live_services(self) -> dict[str, Service]:
+        return self._s.services
+
+    @property
     def queues(self) -> dict[str, LeafQueue]:
         return self._s.queues
