@@ -108,6 +108,8 @@ class Workload:
     park_token: int = 0  # invalidates stale entries in wake-up indexes
     preempted_by: str | None = None
     waiting_for: set[str] = field(default_factory=set)  # victims this job waits on
+    # Preempted for a service's scale-up: its quota went to the service at once, so stopping releases none.
+    handed_over: bool = False
     demand: Demand = field(default_factory=lambda: Demand({}))  # ``request`` by resource slot, set on submit
 
     @property

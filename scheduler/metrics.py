@@ -67,6 +67,16 @@ class Metrics:
                          ["quota_node", "resource"], registry=r)
         self.borrowed = Gauge("rayqueue_quota_resource_borrowed", "Usage above min per node and resource",
                               ["quota_node", "resource"], registry=r)
+        self.reserved = Gauge("rayqueue_quota_resource_reserved",
+                              "Services' headroom up to maxReplicas beyond their hot reserve, per node and resource "
+                              "(batch may borrow it; used + reserved above max is lent)",
+                              ["quota_node", "resource"], registry=r)
+        self.service_replicas = Gauge("rayqueue_service_replicas",
+                                      "Replicas per service: asked by its autoscaler, granted, and its bounds",
+                                      ["service", "queue", "kind"], registry=r)
+        self.service_preemptions = Gauge("rayqueue_service_batch_preemptions",
+                                         "Batch jobs preempted for a service's scale-ups", ["service", "queue"],
+                                         registry=r)
         self.unit_usage = Gauge("rayqueue_unit_resource_usage", "Usage per capacity unit and resource",
                                 ["unit", "resource"], registry=r)
         self.unit_capacity = Gauge("rayqueue_unit_resource_capacity",
@@ -119,6 +129,22 @@ class Metrics:
         self._publish("min", self.min, mins)
         self._publish("max", self.max, maxes)
         self._publish("borrowed", self.borrowed, borrowed)
+        reserved: dict[Labels, float] = {}
+        replicas: dict[Labels, float] = {}
+        service_preemptions: dict[Labels, float] = {}
+        services = engine.services()
+        if services:
+            for view in engine.node_views():
+                for res, v in view.reserved.items():
+                    reserved[(view.name, res)] = counted(v)
+            for s in services:
+                for kind, n in (("asked", s.replicas), ("granted", s.granted), ("min", s.min_replicas),
+                                ("max", s.max_replicas)):
+                    replicas[(s.name, s.queue, kind)] = float(n)
+                service_preemptions[(s.name, s.queue)] = float(s.preemptions)
+        self._publish("reserved", self.reserved, reserved)
+        self._publish("service_replicas", self.service_replicas, replicas)
+        self._publish("service_preemptions", self.service_preemptions, service_preemptions)
         unit_usage: dict[Labels, float] = {}
         unit_capacity: dict[Labels, float] = {}
         before_units = self._exported.get("unit_usage", set())

@@ -177,8 +177,31 @@ def _compare(
             _money(r["total_cost"]),
         )
     _print_table(table)
+    if any(r["services"] for r in data["scenarios"]):
+        _print_table(_services_table([(r["scenario"], r["services"]) for r in data["scenarios"]]))
     written = f"{out}/compare.html, compare.json" if plots else f"{out}/compare.json"
     Console().print(f"wrote {written} and each scenario's outputs under {out}/<scenario>/")
+
+
+def _services_table(rows: list[tuple[str, dict[str, Any]]]) -> Any:
+    """Per scenario and service: how long scale-ups waited, what batch paid, what ACS cost."""
+    from rich import box
+    from rich.table import Table
+
+    from rayqueue.simulations.report import format_duration
+
+    table = Table(title="Services", box=box.SIMPLE, pad_edge=False)
+    table.add_column("scenario", no_wrap=True)
+    table.add_column("service", no_wrap=True)
+    for col in ("mode", "scale-up wait", "batch preempt.", "lent GPU-h", "ACS GPU-h", "ACS cost"):
+        table.add_column(col, justify="right", overflow="fold")
+    for scenario, services in rows:
+        for name, v in services.items():
+            table.add_row(
+                scenario, name, v["mode"], format_duration(v["scale_up_wait_s"]), f"{v['batch_preemptions']:,}",
+                _hours(v["headroom_lent_gpu_hours"]), _hours(v["acs_gpu_hours"]), _money(v["acs_cost"]),
+            )
+    return table
 
 
 def _print_table(table: Any) -> None:
@@ -258,6 +281,8 @@ def _print_summary(summary: dict[str, Any], out: Path, plots: bool) -> None:
         f"ACS {_hours(c[f'acs_{short}_hours'])} {short}-h costing {c['currency']} {c['acs_cost']:,.2f}; "
         f"total {c['currency']} {c['total_cost']:,.2f}"
     )
+    if summary.get("services"):
+        _print_table(_services_table([(summary["scenario"], summary["services"])]))
     if t["skipped_examples"]:
         console.print("skipped rows (first ones): " + json.dumps(t["skipped_examples"][:5]), highlight=False)
     console.print(

@@ -37,6 +37,7 @@ from rayqueue.quota.manifests import DocumentError, load_document, read_bytes
 from rayqueue.quota.quantity import CPU, GPU, MEMORY, QuantityError, Resources, parse_resources
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.workloads.resourcepolicy import Unit, Units, load_resource_policy
+from rayqueue.simulations.serving import ServiceTrace, ServingMode, parse_service_trace
 
 CLUSTER_KIND = "SimulationCluster"
 SCENARIO_KIND = "SimulationScenario"
@@ -317,6 +318,10 @@ class ScenarioConfig(BaseModel):
     cluster: str
     policy: str | None = None
     trace: str | TraceRef | None = None
+    #: a ``kind: ServiceTrace`` file: services with a request-rate series (``simulations/serving.py``)
+    services: str | None = None
+    #: how services meet batch: the engine's reservations, a static split, or none (``--compare`` them)
+    serving: Literal["reservation", "static", "none"] = "reservation"
 
 
 class Scenario:
@@ -342,6 +347,8 @@ class Scenario:
         self.trace = trace
         self.description = description
         self.source = source
+        self.services: ServiceTrace | None = None
+        self.serving: ServingMode = "reservation"
 
 
 def load_scenario_parts(
@@ -391,9 +398,22 @@ def load_scenario(path: str | Path) -> Scenario:
         trace = TraceRef(path=str(rel(ref.path)), format=ref.format)
         if not Path(trace.path).is_file():
             problems.append(f"trace: file {trace.path} not found")
+    services: ServiceTrace | None = None
+    if spec.services is not None:
+        where = rel(spec.services)
+        if not where.is_file():
+            problems.append(f"services: file {where} not found")
+        else:
+            try:
+                loaded = parse_service_trace(load_document(read_bytes(where, str(where)), str(where)), str(where))
+            except DocumentError as exc:
+                raise ConfigError([exc.problem], str(where)) from exc
+            if isinstance(loaded, list):
+                raise ConfigError(loaded, str(where))
+            services = loaded
     if problems:
         raise ConfigError(problems, source)
-    return load_scenario_parts(
+    sc = load_scenario_parts(
         rel(spec.quota),
         rel(spec.cluster),
         rel(spec.policy) if spec.policy else None,
@@ -401,3 +421,6 @@ def load_scenario(path: str | Path) -> Scenario:
         name=spec.name or p.stem,
         description=spec.description,
     )
+    sc.services = services
+    sc.serving = spec.serving
+    return sc

@@ -123,6 +123,33 @@ def spillover_rows(seed: int = 7) -> list[dict[str, Any]]:
     return rows
 
 
+# ------------------------------------------------------------------ serving next to batch
+
+
+def serving_burst_rows(seed: int = 11) -> list[dict[str, Any]]:
+    """Two batch teams that keep 24 GPUs busy for 8 hours (the service's idle headroom included)."""
+    rng = random.Random(seed)
+    rows: list[dict[str, Any]] = []
+    for team, mean_gap, sizes in (("team-a", 300, [1, 2, 4]), ("team-b", 420, [2, 4])):
+        t, k = 0.0, 0
+        while t < 8 * 3600:
+            t += rng.expovariate(1 / mean_gap)
+            rows.append(
+                {
+                    "job": f"{team[-1]}-{k:04d}",
+                    "submit": round(t, 1),
+                    "duration": round(rng.uniform(900, 2700), 1),
+                    "namespace": team,
+                    "gpu": rng.choice(sizes),
+                    "pods": 1,
+                    "priority": "high" if rng.random() < 0.1 else "normal",
+                }
+            )
+            k += 1
+    rows.sort(key=lambda r: (r["submit"], r["job"]))
+    return rows
+
+
 def write_all(base: Path = HERE) -> None:
     kb = base / "kueue_baseline"
     kb.mkdir(parents=True, exist_ok=True)
@@ -132,6 +159,9 @@ def write_all(base: Path = HERE) -> None:
     sp = base / "spillover"
     sp.mkdir(parents=True, exist_ok=True)
     write_trace_csv(sp / "trace.csv", spillover_rows())
+    sb = base / "serving-burst"
+    sb.mkdir(parents=True, exist_ok=True)
+    write_trace_csv(sb / "trace.csv", serving_burst_rows())
 
 
 if __name__ == "__main__":

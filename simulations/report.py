@@ -125,6 +125,16 @@ def render_html(summary: dict[str, Any], figures: dict[str, bytes]) -> str:
             ],
         ),
     ]
+    if summary.get("services"):
+        service_rows = [{"service": name, **v} for name, v in summary["services"].items()]
+        for v in service_rows:
+            v["scale_up_wait"] = format_duration(v["scale_up_wait_s"])
+        parts.append("<h2>Services</h2>")
+        parts.append(_table(service_rows, [
+            ("service", "service"), ("queue", "queue"), ("mode", "serving"), ("scale_up_wait", "scale-ups waited"),
+            ("batch_preemptions", "batch preemptions"), ("headroom_lent_gpu_hours", "headroom lent GPU-hours"),
+            ("acs_gpu_hours", "ACS GPU-hours"), ("acs_cost", "ACS cost"), ("peak_replicas_running", "peak replicas"),
+        ]))
     if skipped:
         parts.append(f"<h2>Skipped rows (first 20 of {t['skipped_rows']})</h2><ul>{skipped}</ul>")
     parts.append(
@@ -181,6 +191,8 @@ def write_comparison(
                 "total_cost": c["total_cost"],
                 "utilisation": {u: v["utilisation"] for u, v in c["units"].items()},
                 "queue_wait_mean_s": {q: v["wait_mean_s"] for q, v in s["queues"].items()},
+                "finished": s["trace"]["finished"],
+                "services": s.get("services", {}),
             }
         )
     data = {"scenarios": rows}

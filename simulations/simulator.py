@@ -35,6 +35,7 @@ from rayqueue.scheduler.engine.driver import Driver, VirtualClock
 from rayqueue.scheduler.engine.units import fresh_units
 from rayqueue.scheduler.workloads.resourcepolicy import Units
 from rayqueue.simulations.config import ClusterConfig, EngineOptions, Scenario, TraceRef
+from rayqueue.simulations.serving import ServiceTrace, ServingMode, ServingTracker
 from rayqueue.simulations.trace import RowProblem, Trace, TraceError, load_trace
 
 
@@ -103,6 +104,7 @@ class SimulationResult:
     trace_source: str = ""
     description: str = ""
     engine_stats: dict[str, int] = field(default_factory=dict)
+    services: dict[str, Any] = field(default_factory=dict)  # per service (simulations/serving.py), if any
 
 
 def engine_config(options: EngineOptions) -> EngineConfig:
@@ -137,6 +139,8 @@ class Simulator:
         description: str = "",
         progress: bool = False,
         on_progress: Callable[[float, int, int], None] | None = None,
+        services: ServiceTrace | None = None,
+        serving: ServingMode = "reservation",
     ) -> None:
         tree.reset_usage()
         self.tree = tree
@@ -151,6 +155,12 @@ class Simulator:
         self.engine = Engine(tree, self.units, engine_config(cluster.engine), clock=self.clock)
         self.driver = Driver(self.engine, self.clock)
         self.resource = summary_resource(trace, tree)
+        self.serving: ServingTracker | None = None
+        if services is not None:
+            self.serving = ServingTracker(
+                self.engine, services, serving, {u.name: cluster.price(u.name) for u in self.units.units},
+                {u.name for u in self.units.units if u.capacity is None or u.resource in ("acs", "eci")},
+            )
 
     def run(self) -> SimulationResult:
         started = time.perf_counter()
@@ -213,9 +223,13 @@ class Simulator:
         events = 0
         bar = _Progress(self.progress, n, self.on_progress)
 
+        serving = self.serving
+
         def on_decision(d: Decision, now: float) -> None:
             nonlocal last_change, done
             last_change = now
+            if serving is not None and serving.on_decision(d, now):
+                return  # a service's own scale-up request (serving: none)
             rec = records[by_uid[d.workload.uid]]
             if type(d) is Admit:
                 rec.status = "running"
@@ -244,7 +258,12 @@ class Simulator:
                 done += 1
 
         while True:
-            now_or_none = driver.next_instant(jobs[ai].submit if ai < n else None)
+            arrival = jobs[ai].submit if ai < n else None
+            if serving is not None:
+                step = serving.next_change()
+                if step is not None and (arrival is None or step < arrival):
+                    arrival = step
+            now_or_none = driver.next_instant(arrival)
             if now_or_none is None:
                 break
             now = now_or_none
@@ -290,10 +309,22 @@ class Simulator:
                     done += 1
                 else:
                     rec.status = "pending"
+            # 2b. the services' load steps due now: their autoscalers ask for replicas
+            if serving is not None and (serving.next_change() is not None and serving.next_change() <= now
+                                        or not serving.started):
+                serving.apply(now)
+                events += 1
+                last_change = now
             if events == before:
                 events += 1  # neither a finish nor an arrival: one of the engine's timers
             # 3. admission cycles until the engine asks for none at this instant
             driver.settle(now, on_decision)
+            if serving is not None:
+                for k, unit, delta in serving.observe(now):
+                    ct.append(now)
+                    cu.append(unit_index[unit])
+                    cl.append(leaf_index[serving.runs[k].load.queue])
+                    cd.append(delta)
             bar.update(now, done)
 
         bar.close(last_change, done)
@@ -301,6 +332,8 @@ class Simulator:
             if rec.status in ("pending", "running"):
                 rec.status = "unfinished"  # e.g. waits forever behind a StrictFIFO head that never fits
         result.end = last_change
+        if serving is not None:
+            result.services = serving.summary(last_change)
         result.cycles = driver.cycles
         result.events = events
         result.wall_seconds = time.perf_counter() - started
@@ -390,5 +423,7 @@ def simulate_scenario(
         name=scenario.name,
         description=scenario.description,
         progress=progress,
+        services=scenario.services,
+        serving=scenario.serving,
     )
     return sim.run()

@@ -193,6 +193,8 @@ def summarize(result: SimulationResult) -> dict[str, Any]:
             "engine": result.engine_stats,
         },
     }
+    if result.services:
+        summary["services"] = result.services
     return summary
 
 

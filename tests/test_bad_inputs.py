@@ -2,7 +2,7 @@
 
 Each ``tests/bad_inputs/<kind>/<name>.<ext>`` has a ``<name>.expect`` holding a substring of the error it
 must get. One worker process (``tests/bad_inputs/runner.py``) feeds every case to the real CLI (or, for
-``rayjob``, to the standalone service's submission parsing), with its address space capped at 2 GiB: an
+``rayjob`` and ``serving``, to the parsing a front end runs before it queues), with its address space capped at 2 GiB: an
 alias bomb that tried to expand would fail its case (MemoryError, or the worker killed) instead of the
 machine. A case that runs past the runner's 30 s is reported hung. Per case, the test asserts: refused
 (exit code not 0), no traceback, exactly one line, the expected text in it.
@@ -22,7 +22,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "bad_inputs"
-KINDS = ("tree", "rayjob", "policy", "scenario", "trace")
+KINDS = ("tree", "rayjob", "policy", "scenario", "trace", "serving")
 MEMORY_LIMIT = 2 * 2**30
 WORKER_TIMEOUT_S = 240
 

@@ -250,7 +250,7 @@ def test_generated_files_match_their_generators(tmp_path: Path) -> None:
     from rayqueue.simulations.generate import write_all
 
     write_all(tmp_path)
-    for rel in ("kueue_baseline/tree.yaml", "kueue_baseline/trace.csv", "spillover/trace.csv"):
+    for rel in ("kueue_baseline/tree.yaml", "kueue_baseline/trace.csv", "spillover/trace.csv", "serving-burst/trace.csv"):
         assert (tmp_path / rel).read_text() == (SCENARIOS / rel).read_text(), rel
     rows = list(csv.DictReader(open(SCENARIOS / "kueue_baseline" / "trace.csv")))
     assert len(rows) == len(kueue_rows()) == 30 * 500

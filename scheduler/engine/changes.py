@@ -11,6 +11,7 @@ from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.engine.borrowing import BorrowLedger
 from rayqueue.scheduler.engine.parking import Parking
 from rayqueue.scheduler.engine.preview import TreeEffect, tree_effects
+from rayqueue.scheduler.engine.serving import retake_services
 from rayqueue.scheduler.engine.state import EngineState
 from rayqueue.scheduler.engine.units import Units
 from rayqueue.scheduler.engine.views import admitted
@@ -59,9 +60,11 @@ class Changes:
         for w in admitted(self.s):
             if w.unit not in units.by_name:
                 w.unit = units.units[0].name
-            units.by_name[w.unit].take(w.demand, w.pods)
+            if not w.handed_over:
+                units.by_name[w.unit].take(w.demand, w.pods)
             if w.state == WorkloadState.PREEMPTING:
                 units.by_name[w.unit].terminating_pods += w.pods
+        retake_services(self.s, units)
         self.s.units = units
         self.s.placements = {}
         self.parking.wake_all()

@@ -14,6 +14,7 @@ from rayqueue.scheduler.engine.decisions import Admit, Decision, Placement, Reje
 from rayqueue.scheduler.engine.parking import Parking
 from rayqueue.scheduler.engine.placement import Placer
 from rayqueue.scheduler.engine.preemption import Preemption
+from rayqueue.scheduler.engine.serving import Serving
 from rayqueue.scheduler.engine.state import EngineState
 from rayqueue.scheduler.engine.units import Unit
 
@@ -24,10 +25,12 @@ ROUNDS = 3
 class Cycle:
     """One admission cycle: queue heads in order across queues, each tried once."""
 
-    __slots__ = ("s", "placer", "parking", "ledger", "preemption")
+    __slots__ = ("s", "placer", "parking", "ledger", "preemption", "serving")
 
-    def __init__(self, s: EngineState, placer: Placer, parking: Parking, ledger: BorrowLedger, preemption: Preemption) -> None:
+    def __init__(self, s: EngineState, placer: Placer, parking: Parking, ledger: BorrowLedger, preemption: Preemption,
+                 serving: Serving) -> None:
         self.s = s
+        self.serving = serving
         self.placer = placer
         self.parking = parking
         self.ledger = ledger
@@ -39,6 +42,10 @@ class Cycle:
         self.parking.fire_timers(now)
         self.s.stats.cycles += 1
         decisions: list[Decision] = []
+        if self.s.services:
+            # Services first: a scale-up within its reservation never waits behind batch, and a job this
+            # cycle admits is never its victim.
+            decisions.extend(self.serving.cycle(now))
         self.parking.wake_dirty()
         heap = self.s.heap
         queues = self.s.queues

@@ -76,4 +76,27 @@ class Reject:
         return f"Reject({self.workload.uid!r}, {self.reason!r})"
 
 
+class ServiceGrant:
+    """A service may run ``replicas`` replicas now (``added`` of them new, per unit): the front end
+    raises the worker group's replicas (or Serve's ``max_replicas``) to that. ``first``: the service was
+    just admitted; ``upgrade``: this is the second cluster of a zero-downtime upgrade.
+
+    Not a ``Decision``: ``Engine.schedule`` returns the batch decisions (the ``Preempt`` of every job a
+    scale-up takes back headroom from among them) and ``Engine.service_grants`` hands these out."""
+
+    __slots__ = ("service", "replicas", "added", "placements", "first", "upgrade")
+
+    def __init__(self, service: Any, replicas: int, added: dict[str, int], placements: dict[str, Placement],
+                 first: bool = False, upgrade: bool = False) -> None:
+        self.service = service  # a ``services.Service``; typed loosely to keep this module a leaf
+        self.replicas = replicas
+        self.added = added
+        self.placements = placements
+        self.first = first
+        self.upgrade = upgrade
+
+    def __repr__(self) -> str:
+        return f"ServiceGrant({self.service.uid!r}, replicas={self.replicas}, added={self.added!r})"
+
+
 Decision = Admit | Preempt | Reject

@@ -139,7 +139,10 @@ class Events:
                 f"being preempted{f' for {preempted_by}' if preempted_by else ''} (restored); "
                 f"its quota is held until it has stopped",
             )
-            if preempted_by:
+            if preempted_by and preempted_by in self.s.services:
+                # Preempted for a service's scale-up: its quota is counted in the service's (restored first).
+                w.handed_over = True
+            elif preempted_by:
                 preemptor = self.s.workloads.get(preempted_by)
                 if preemptor is not None:
                     preemptor.waiting_for = preemptor.waiting_for | {w.uid}
@@ -151,20 +154,24 @@ class Events:
         self.s.workloads[w.uid] = w
         leaf = self.s.tree.leaves[w.queue]
         self.s.queues[w.queue].start(w)
-        self.s.tree.admit(leaf, w.demand)
+        if not w.handed_over:
+            self.s.tree.admit(leaf, w.demand)
+            self.s.units.by_name[unit_name].take(w.demand, w.pods)
         self.ledger.note_borrowing(leaf)
         if leaf.name in self.s.borrowing:
             self.s.borrow_admissions += 1
-        self.s.units.by_name[unit_name].take(w.demand, w.pods)
         if preempting:  # its pods are still stopping: LackResourceAndNoTerminating waits for them
             self.s.units.by_name[unit_name].terminating_pods += w.pods
 
     def release(self, w: Workload) -> None:
         leaf = self.s.tree.leaves[w.queue]
         unit = self.s.units.by_name[w.unit or ""]
-        self.s.tree.release(leaf, w.demand)
+        if w.handed_over:  # its quota went to a service when it was preempted (serving.hand_over)
+            w.handed_over = False
+        else:
+            self.s.tree.release(leaf, w.demand)
+            unit.give_back(w.demand, w.pods)
         self.ledger.note_borrowing(leaf)
-        unit.give_back(w.demand, w.pods)
         if w.state == WorkloadState.PREEMPTING:
             unit.terminating_pods -= w.pods
             if not unit.terminating_pods:

@@ -37,19 +37,21 @@ from rayqueue.scheduler.engine import views
 from rayqueue.scheduler.engine.borrowing import BorrowLedger
 from rayqueue.scheduler.engine.changes import Changes
 from rayqueue.scheduler.engine.cycle import Cycle
-from rayqueue.scheduler.engine.decisions import Decision, Reject
+from rayqueue.scheduler.engine.decisions import Decision, Reject, ServiceGrant
 from rayqueue.scheduler.engine.events import Events
 from rayqueue.scheduler.engine.parking import Parking
 from rayqueue.scheduler.engine.placement import Placer
 from rayqueue.scheduler.engine.preemption import Preemption
 from rayqueue.scheduler.engine.preview import TreeEffect, preview_tree
+from rayqueue.scheduler.engine.services import Service, ServiceSpec, ServiceView
+from rayqueue.scheduler.engine.serving import Serving
 from rayqueue.scheduler.engine.state import EngineConfig, EngineState, EngineStats
 from rayqueue.scheduler.engine.units import Units
 from rayqueue.scheduler.engine.views import Explanation, JobView, NodeView, QueueView, TreeView, UnitView
 
 
 class Engine:
-    __slots__ = ("_s", "_events", "_cycle", "_changes")
+    __slots__ = ("_s", "_events", "_cycle", "_changes", "_serving")
 
     def __init__(
         self,
@@ -63,7 +65,8 @@ class Engine:
         parking = Parking(s)
         ledger = BorrowLedger(s)
         self._events = Events(s, placer, parking, ledger)
-        self._cycle = Cycle(s, placer, parking, ledger, Preemption(s, placer, ledger, self._events))
+        self._serving = Serving(s, ledger)
+        self._cycle = Cycle(s, placer, parking, ledger, Preemption(s, placer, ledger, self._events), self._serving)
         self._changes = Changes(s, parking, ledger)
 
     # ================================================================ events from a front end
@@ -109,6 +112,48 @@ class Engine:
 
     def next_wakeup(self) -> float | None:
         return self._cycle.next_wakeup()
+
+    # ================================================================ services (serving.py)
+
+    def submit_service(self, svc: Service) -> Reason | None:
+        """Queue a service (RayService, Serve application); the reason if it can never run. Raises
+        ``UnknownQueue`` / ``DuplicateJob``, ``ServiceError`` for bad replica counts."""
+        return self._serving.submit(svc)
+
+    def restore_service(self, svc: Service, granted: int, by_unit: dict[str, int], admitted_at: float,
+                        head_unit: str | None = None) -> None:
+        """Count a service that already runs (after a restart), no checks; restore services before the
+        jobs: a job restored as preempted for a service (``restore(..., preempted_by=<service uid>)``)
+        holds no quota of its own, the service's counts it."""
+        self._serving.restore(svc, granted, by_unit, admitted_at, head_unit)
+
+    def scale_service(self, uid: str, replicas: int, now: float | None = None) -> None:
+        """Its autoscaler asks for ``replicas``: a scale-down is returned to headroom at once, a
+        scale-up is granted at the next ``schedule`` (see ``service_grants``)."""
+        self._serving.scale(uid, replicas, self._s.clock() if now is None else now)
+
+    def finish_service(self, uid: str) -> Service:
+        """The service was deleted: both its clusters are released."""
+        return self._serving.finish(uid)
+
+    def begin_upgrade(self, uid: str, spec: ServiceSpec, replicas: int | None = None) -> None:
+        """A zero-downtime upgrade: a second cluster is charged beside the running one once it fits."""
+        self._serving.begin_upgrade(uid, spec, replicas)
+
+    def finish_upgrade(self, uid: str) -> None:
+        """The upgraded cluster serves; the old one is released."""
+        self._serving.finish_upgrade(uid)
+
+    def service_grants(self) -> list[ServiceGrant]:
+        """What the cycles since the last call granted to services (admissions, scale-ups, upgrades)."""
+        return self._serving.take_grants()
+
+    def service(self, uid: str) -> ServiceView | None:
+        svc = self._s.services.get(uid)
+        return self._serving.view(svc) if svc is not None else None
+
+    def services(self) -> list[ServiceView]:
+        return [self._serving.view(v) for v in self._s.services.values()]
 
     # ================================================================ tree and capacity changes
 
@@ -223,6 +268,10 @@ class Engine:
     @property
     def workloads(self) -> dict[str, Workload]:
         return self._s.workloads
+
+    @property
+    def live_services(self) -> dict[str, Service]:
+        return self._s.services
 
     @property
     def queues(self) -> dict[str, LeafQueue]:

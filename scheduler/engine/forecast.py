@@ -20,6 +20,7 @@ from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.engine.decisions import Admit, Decision
 from rayqueue.scheduler.engine.driver import Driver, SimulationError, VirtualClock
 from rayqueue.scheduler.engine.facade import Engine
+from rayqueue.scheduler.engine.services import Service, ServiceSpec, ServiceState
 from rayqueue.scheduler.engine.units import fresh_units
 
 #: Bounds that keep a forecast cheap on a large backlog (a cycle admits many jobs at once).
@@ -43,6 +44,16 @@ def forecast_starts(
     copy = Engine(tree, units, engine.config, clock=clock)
     driver = Driver(copy, clock)
 
+    # Running services keep what they hold now (their replicas and hot reserve), restored before the jobs
+    # (a job preempted for one holds no quota of its own). Their autoscalers are not forecast.
+    for svc in engine.live_services.values():
+        held = svc.cluster
+        if svc.state == ServiceState.RUNNING and held is not None:
+            spec = held.spec
+            twin = Service(uid=svc.uid, queue=svc.queue, replicas=held.granted, priority=svc.priority, name=svc.name,
+                           spec=ServiceSpec(dict(spec.head), dict(spec.replica), spec.min_replicas, spec.max_replicas,
+                                            spec.hot_reserve, spec.head_pods, spec.replica_pods))
+            copy.restore_service(twin, held.granted, dict(held.by_unit), svc.admitted_at or now, held.head_unit)
     waiting: dict[str, float | None] = {}
     pending: list[Workload] = []
     for w in engine.workloads.values():

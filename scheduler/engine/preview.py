@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rayqueue.quota.quantity import Resources
+from rayqueue.quota.quantity import Demand, Resources
 from rayqueue.quota.tree import QuotaTree, QuotaTreeError, QuotaViolation, diff_trees
+from rayqueue.scheduler.engine.serving import account_services
 from rayqueue.scheduler.engine.state import EngineState
 from rayqueue.scheduler.engine.views import NodeView, admitted, pending, tree_node_views
 
@@ -51,7 +52,7 @@ TreeEffect = TreeDiff | OverNewMax | NewBorrowing | PendingNeverFits
 
 
 def tree_effects(s: EngineState, tree: QuotaTree) -> list[TreeEffect]:
-    lost = [w for w in s.workloads.values() if w.queue not in tree.leaves]
+    lost = [w for w in (*s.workloads.values(), *s.services.values()) if w.queue not in tree.leaves]
     if lost:
         by_queue: dict[str, list[str]] = {}
         for w in lost:
@@ -64,7 +65,9 @@ def tree_effects(s: EngineState, tree: QuotaTree) -> list[TreeEffect]:
         raise QuotaTreeError(problems, f"ElasticQuotaTree {tree.name}")
     tree.reset_usage()
     for w in admitted(s):
-        tree.admit(tree.leaves[w.queue], w.demand)
+        if not w.handed_over:
+            tree.admit(tree.leaves[w.queue], w.demand)
+    account_services(s, lambda leaf, res: tree.admit(tree.leaves[leaf], Demand(res)))
     effects: list[TreeEffect] = [TreeDiff(line) for line in diff_trees(s.tree, tree)]
     for node in tree:
         for r, m in node.max.items():

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from rayqueue.queue.queues import LeafQueue, PreemptionPolicy, QueueingStrategy
 from rayqueue.queue.workload import Reason, Workload
@@ -105,6 +106,8 @@ class EngineState:
         self.withdrawn: dict[str, int] = {}
         # preemptor uid -> victims restored as being preempted for it before it was submitted again
         self.restored_waits: dict[str, set[str]] = {}
+        # Service workloads by uid (``services.Service``; see ``serving.py``): charged outside the queues.
+        self.services: dict[str, Any] = {}
         self.leaf_order: list[str] = []
         self.leaf_span: dict[str, tuple[int, int]] = {}
         self.sync_queues()

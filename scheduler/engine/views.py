@@ -8,12 +8,13 @@ stays small and the engine may change how it keeps its state.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rayqueue.queue.workload import Reason, ReasonCode, Workload, WorkloadState
 from rayqueue.quota.quantity import Resources
 from rayqueue.quota.tree import QuotaTree
+from rayqueue.scheduler.engine.serving import reserved_by_node
 from rayqueue.scheduler.engine.state import EngineState
 
 
@@ -114,6 +115,9 @@ class NodeView:
     borrowed: Resources  # on the tree's guaranteed resources only (see ``TreeView.guaranteed``)
     depth: int  # the root's is 0
     children: tuple[str, ...]  # in the tree's order
+    # Services' headroom up to their maxReplicas beyond their hot reserve (the hot reserve is in
+    # ``used``): batch may run on it only as borrowers a scale-up takes back.
+    reserved: Resources = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,11 +198,13 @@ def queue_views(s: EngineState) -> list[QueueView]:
 
 def node_views(s: EngineState) -> list[NodeView]:
     """Every quota node, root first (the tree's own order)."""
-    return tree_node_views(s.tree)
+    return tree_node_views(s.tree, reserved_by_node(s) if s.services else {})
 
 
-def tree_node_views(tree: QuotaTree) -> list[NodeView]:
-    """Every node of ``tree`` (the engine's, or one it previews), root first."""
+def tree_node_views(tree: QuotaTree, reserved: Mapping[str, Resources] | None = None) -> list[NodeView]:
+    """Every node of ``tree`` (the engine's, or one it previews), root first; ``reserved``: services'
+    headroom by node name."""
+    reserved = reserved or {}
     out: list[NodeView] = []
     for node in tree:
         out.append(NodeView(
@@ -212,6 +218,7 @@ def tree_node_views(tree: QuotaTree) -> list[NodeView]:
             borrowed=tree.borrowed(node),
             depth=node.depth,
             children=tuple(c.name for c in node.children),
+            reserved=reserved.get(node.name, {}),
         ))
     return out
 

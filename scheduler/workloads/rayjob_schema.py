@@ -9,6 +9,9 @@ Regenerate after a KubeRay upgrade (a test checks the stored copy matches the CR
 
     python -m rayqueue.scheduler.workloads.rayjob_schema data/kuberay/ray.io_rayjobs.yaml \
         scheduler/workloads/schemas/rayjob-v1.schema.json
+
+The RayCluster and RayService cuts (``raycluster-v1.schema.json``, ``rayservice-v1.schema.json``, read by
+``serving.py``) are made the same way from ``ray.io_rayclusters.yaml`` and ``ray.io_rayservices.yaml``.
 """
 
 from __future__ import annotations
@@ -67,6 +70,36 @@ KEEP: dict[str, Any] = {
     },
 }
 
+_WORKER_GROUPS: dict[str, Any] = {
+    "*": {
+        "groupName": True,
+        "replicas": True,
+        "minReplicas": True,
+        "maxReplicas": True,
+        "numOfHosts": True,
+        "suspend": True,
+        "template": _POD_TEMPLATE,
+    }
+}
+#: A RayCluster's spec as a RayCluster and a RayService (``rayClusterConfig``) hold it.
+_CLUSTER_SPEC: dict[str, Any] = {
+    "enableInTreeAutoscaling": True,
+    "suspend": True,
+    "headGroupSpec": {"template": _POD_TEMPLATE},
+    "workerGroupSpecs": _WORKER_GROUPS,
+}
+#: What to keep per kind (scheduler/workloads/serving.py reads RayCluster and RayService).
+KEEP_BY_KIND: dict[str, dict[str, Any]] = {
+    "RayJob": KEEP,
+    "RayCluster": {"apiVersion": True, "kind": True, "metadata": True, "spec": _CLUSTER_SPEC},
+    "RayService": {
+        "apiVersion": True,
+        "kind": True,
+        "metadata": True,
+        "spec": {"serveConfigV2": True, "suspend": True, "rayClusterConfig": _CLUSTER_SPEC},
+    },
+}
+
 _STRUCTURE_KEYS = {"type", "required", "default", "enum", "format", "pattern", "anyOf", "additionalProperties"}
 
 
@@ -102,12 +135,14 @@ def _strip(schema: Any) -> Any:
 
 
 def pruned_schema_from_crd(crd: dict[str, Any], version: str = "v1") -> dict[str, Any]:
+    """The cut of a KubeRay CRD (RayJob, RayCluster or RayService: :data:`KEEP_BY_KIND`)."""
+    kind = crd["spec"]["names"]["kind"]
     for v in crd["spec"]["versions"]:
         if v["name"] == version:
-            schema = prune(v["schema"]["openAPIV3Schema"], KEEP)
+            schema = prune(v["schema"]["openAPIV3Schema"], KEEP_BY_KIND[kind])
             schema["$comment"] = (
-                "Cut from KubeRay's ray.io_rayjobs.yaml (Apache-2.0) by rayqueue.scheduler.workloads.rayjob_schema; "
-                "do not edit by hand."
+                f"Cut from KubeRay's ray.io_{kind.lower()}s.yaml (Apache-2.0) by "
+                "rayqueue.scheduler.workloads.rayjob_schema; do not edit by hand."
             )
             schema["required"] = ["apiVersion", "kind", "metadata", "spec"]
             # The CRD leaves ObjectMeta to the API server; we read these fields, so check their types.

@@ -65,15 +65,34 @@ def parse_submission(path: Path) -> None:
         check_runnable(req, f"RayJob {req.name}")
 
 
+def parse_serving(path: Path) -> None:
+    """What a front end does with a RayService or RayCluster before it queues it."""
+    from rayqueue.quota.manifests import DocumentError, read_bytes
+    from rayqueue.scheduler.workloads.rayjob import RayJobRejected, load_submission_documents
+    from rayqueue.scheduler.workloads.serving import RAYCLUSTER, RAYSERVICE, raycluster_request, rayservice_request
+
+    try:
+        data = read_bytes(path, path.name)
+    except DocumentError as exc:
+        raise RayJobRejected(str(exc)) from exc
+    for index, doc in load_submission_documents(data, path.name):
+        if doc.get("kind") == RAYSERVICE:
+            rayservice_request(doc)
+        elif doc.get("kind") == RAYCLUSTER:
+            raycluster_request(doc)
+        else:
+            raise RayJobRejected(f"{path.name} (document {index}): kind {doc.get('kind')!r} is not a RayService or RayCluster")
+
+
 def run_case(kind: str, path: Path, out: Path) -> dict[str, Any]:
     from typer.testing import CliRunner
 
     from rayqueue.scheduler.cli import app
     from rayqueue.scheduler.workloads.rayjob import RayJobRejected
 
-    if kind == "rayjob":
+    if kind in ("rayjob", "serving"):
         try:
-            parse_submission(path)
+            (parse_submission if kind == "rayjob" else parse_serving)(path)
         except RayJobRejected as exc:
             return {"exit": 1, "output": str(exc), "exception": None}
         except Exception as exc:  # noqa: BLE001 - reported as the failure it is
