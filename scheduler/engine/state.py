@@ -96,11 +96,12 @@ class EngineState:
         self.borrow_admissions = 0  # admissions into borrowing leaves: new work a reclaim could take
         self.victim_leaves: set[str] = set()
         self.victim_leaf_count: dict[str, int] = {}
-        self.reclaimable: dict[str, Resources] = {}  # per node: what its borrowing leaves use in all
+        # per node: what its borrowing leaves use in all, by resource slot (guaranteed resources only)
+        self.reclaimable: dict[str, list[int]] = {}
         # Leaves whose borrowing changed since ``_reclaimable`` last took it in, and what it took in: the
         # sums are brought up to date only when a reclaim asks (admissions and releases far outnumber it).
         self.borrow_changed: set[str] = set()
-        self.borrow_counted: dict[str, Resources] = {}
+        self.borrow_counted: dict[str, list[int]] = {}
         # uid -> how many of its admissions this cycle were withdrawn: schedule() drops those Admits.
         self.withdrawn: dict[str, int] = {}
         # preemptor uid -> victims restored as being preempted for it before it was submitted again
