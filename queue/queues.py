@@ -17,13 +17,21 @@ from rayqueue.queue.workload import Workload
 QueueingStrategy = Literal["StrictFIFO", "BestEffortFIFO"]
 PreemptionPolicy = Literal["Never", "LowerPriority"]
 
-# (-priority, submitted_at, name, seq). Typed as a plain tuple: mypyc would unbox a fixed-length tuple
-# type into a C struct and box it again on every use, and the ready heap relies on the key's identity.
+# (-priority, submitted_at, name, seq, job). Typed as a plain tuple: mypyc would unbox a fixed-length
+# tuple type into a C struct and box it again on every use, and the ready heap relies on the key's
+# identity. The job rides last, never compared (seq is unique to it), so a key found in a heap or the
+# sorted keys is its job without a lookup.
 OrderKey = tuple[Any, ...]
 
 
 def order_key(w: Workload) -> OrderKey:
-    return (-w.priority, w.submitted_at, w.display_name, w.seq)
+    return (-w.priority, w.submitted_at, w.display_name, w.seq, w)
+
+
+def job_of(key: OrderKey) -> Workload:
+    """The job an order key was made for."""
+    w: Workload = key[4]
+    return w
 
 
 VictimKey = tuple[int, float, int, str]
@@ -115,7 +123,7 @@ def victim_key(w: Workload) -> VictimKey:
 
 class LeafQueue:
     __slots__ = (
-        "name", "strategy", "preemption", "pending", "ready", "parked", "admitted", "victim_order", "jobs", "heap_version",
+        "name", "strategy", "preemption", "pending", "ready", "parked", "admitted", "victim_order", "heap_version",
         "heap_key",
     )
 
@@ -124,34 +132,30 @@ class LeafQueue:
         self.strategy: QueueingStrategy = strategy
         self.preemption: PreemptionPolicy = preemption
         self.pending = SortedKeys()  # every pending job's key: positions
-        # Pending jobs that may be tried now, as a heap of (key, job): only the first is ever needed.
+        # Pending jobs that may be tried now, as a heap of their keys: only the first is ever needed.
         # An entry whose job left (its ``order`` is no longer that key object) or parked is dropped when
         # it reaches the top.
-        self.ready: list[tuple[OrderKey, Workload]] = []
+        self.ready: list[OrderKey] = []
         self.parked: set[str] = set()
         self.admitted: dict[str, Workload] = {}  # admitted or preempting, by uid
         # Admitted jobs in the order preemption takes them: lowest priority, then newest. A plain sorted
         # list: a leaf runs few jobs next to the backlog it queues, and bisect + memmove beat a SortedList there.
         self.victim_order: list[VictimKey] = []
-        self.jobs: dict[OrderKey, Workload] = {}
         self.heap_version = 0  # the engine's cross-queue heap: the version and key of the live entry
-        self.heap_key: tuple[int, int, float, float, int] | None = None
+        self.heap_key: OrderKey | None = None  # a plain tuple too (see OrderKey)
 
     def __len__(self) -> int:
         return len(self.pending)
 
     def add(self, w: Workload) -> None:
         key = w.order = order_key(w)
-        self.jobs[key] = w
         self.pending.add(key)
-        heapq.heappush(self.ready, (key, w))
+        heapq.heappush(self.ready, key)
 
     def remove(self, w: Workload) -> None:
-        key = w.order
-        del self.jobs[key]
-        self.pending.remove(key)
+        self.pending.remove(w.order)
         self.parked.discard(w.uid)
-        w.order = ()  # its heap entries are stale from now on
+        w.order = ()  # its heap entries are stale from now on (and the key no longer holds the job)
 
     def park(self, w: Workload) -> None:
         self.parked.add(w.uid)
@@ -160,7 +164,7 @@ class LeafQueue:
         if w.uid not in self.parked:
             return False
         self.parked.discard(w.uid)
-        heapq.heappush(self.ready, (w.order, w))
+        heapq.heappush(self.ready, w.order)
         return True
 
     def start(self, w: Workload) -> None:
@@ -181,7 +185,8 @@ class LeafQueue:
         """The job to try next: StrictFIFO only ever tries its head; BestEffortFIFO the first ready job."""
         ready, parked = self.ready, self.parked
         while ready:
-            key, w = ready[0]
+            key = ready[0]
+            w: Workload = key[4]
             if w.order is key and w.uid not in parked:
                 break
             heapq.heappop(ready)
@@ -192,7 +197,7 @@ class LeafQueue:
         return w
 
     def head(self) -> Workload | None:
-        return self.jobs[self.pending.first()] if len(self.pending) else None
+        return job_of(self.pending.first()) if len(self.pending) else None
 
     def position(self, w: Workload) -> int:
         return self.pending.index(w.order)

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from rayqueue.queue.queues import LeafQueue, PreemptionPolicy, QueueingStrategy
 from rayqueue.queue.workload import Reason, Workload
@@ -78,8 +79,8 @@ class EngineState:
         self.queues: dict[str, LeafQueue] = {}
         self.seq = itertools.count(1)
         # (within guarantee?, -priority, fair share, submitted, seq, version, queue): one flat tuple, so a
-        # heap comparison is one tuple comparison.
-        self.heap: list[tuple[int, int, float, float, int, int, str]] = []
+        # heap comparison is one tuple comparison (typed as a plain tuple: see ``wakeup``).
+        self.heap: list[tuple[Any, ...]] = []
         self.placements: dict[str, Placement] = {}  # per unit, shared by every job admitted there
         self.index = WakeIndex()
         self.dirty: set[BlockerKey] = set()  # blockers to look at in the next wake-up round
@@ -87,7 +88,7 @@ class EngineState:
         # uid -> (its blockers, its wake order) while parked
         self.parked: dict[str, tuple[list[tuple[BlockerKey, int]], WakeOrder]] = {}
         # (when, seq, uid, park token, kind): kind RETRY tries the job then; REINDEX ends a backoff.
-        self.timers: list[tuple[float, int, str, int, int]] = []
+        self.timers: list[tuple[Any, ...]] = []
         self.now = 0.0  # the time of the latest cycle: backoff is measured against it
         self.epoch = 0  # bumped when the tree or the units change
         self.stats = EngineStats()
@@ -121,13 +122,12 @@ class EngineState:
         leaf = self.tree.leaves[q.name]
         within = 0 if self.tree.within_guarantee(leaf, w.demand) else 1
         share = self.tree.fair_share(leaf) if q.name in self.borrowing else 0.0
-        key = (within, -w.priority, share, w.submitted_at, w.seq)
+        key: tuple[Any, ...] = (within, -w.priority, share, w.submitted_at, w.seq)
         if key == q.heap_key:
             return
         q.heap_version += 1
         q.heap_key = key
-        # Built field by field: a starred tuple goes through a list in compiled code.
-        heapq.heappush(self.heap, (within, -w.priority, share, w.submitted_at, w.seq, q.heap_version, q.name))
+        heapq.heappush(self.heap, key + (q.heap_version, q.name))
 
     def get(self, uid: str) -> Workload:
         try:
