@@ -5,7 +5,7 @@ costs O(changed leaves).
 from __future__ import annotations
 
 from rayqueue.queue.workload import WorkloadState
-from rayqueue.quota.quantity import Resources
+from rayqueue.quota.quantity import SLOTS
 from rayqueue.quota.tree import QuotaNode
 from rayqueue.scheduler.engine.state import EngineState
 
@@ -56,30 +56,48 @@ class BorrowLedger:
 
     def count_borrowing(self) -> None:
         """Bring the per-node sums up to date with the leaves that changed since. A borrowing leaf may
-        lose everything it uses (its last victim may leave it below its min), so the sums are of usage."""
+        lose everything it uses (its last victim may leave it below its min), so the sums are of usage.
+        Sums and counts are lists by resource slot: this runs for nearly every reclaim asked, over the
+        leaves that changed since, so a name lookup per resource and node added up."""
         reclaimable, counted = self.s.reclaimable, self.s.borrow_counted
-        guaranteed = self.s.tree.guaranteed
+        tree = self.s.tree
+        slots = tree.guaranteed_slots
+        borrowing = self.s.borrowing
+        width = len(SLOTS)
         for name in self.s.borrow_changed:
-            leaf = self.s.tree.leaves.get(name)
+            leaf = tree.leaves.get(name)
             if leaf is None:
                 continue
-            now: Resources = {}
-            if name in self.s.borrowing:
-                for r in guaranteed:
-                    used = leaf.used_of(r)
-                    if used:
-                        now[r] = used
-            before = counted.get(name) or {}
-            for r in guaranteed:
-                delta = now.get(r, 0) - before.get(r, 0)
-                if delta:
-                    for node in leaf.lineage:
-                        sums = reclaimable.get(node.name)
-                        if sums is None:
-                            sums = reclaimable[node.name] = {}
-                        sums[r] = sums.get(r, 0) + delta
-            if now:
-                counted[name] = now
-            else:
-                counted.pop(name, None)
+            used = leaf.used
+            before = counted.get(name)
+            deltas: list[int] = []
+            changed = False
+            any_now = False
+            for i in slots:
+                now = used[i] if name in borrowing and i < len(used) else 0
+                was = before[i] if before is not None and i < len(before) else 0
+                if now:
+                    any_now = True
+                if now != was:
+                    changed = True
+                deltas.append(now - was)
+            if changed:
+                for node in leaf.lineage:
+                    sums = reclaimable.get(node.name)
+                    if sums is None:
+                        sums = reclaimable[node.name] = [0] * width
+                    elif len(sums) < width:
+                        SLOTS.widen(sums, 0)
+                    for k in range(len(slots)):
+                        delta = deltas[k]
+                        if delta:
+                            i = slots[k]
+                            sums[i] = sums[i] + delta
+            if any_now:
+                if before is None or len(before) < width:
+                    before = counted[name] = [0] * width
+                for i in slots:
+                    before[i] = used[i] if i < len(used) else 0
+            elif before is not None:
+                del counted[name]
         self.s.borrow_changed = set()

@@ -53,7 +53,8 @@ class Cycle:
         while True:
             while heap:
                 entry = heapq.heappop(heap)
-                version, name = entry[5], entry[6]
+                version: int = entry[5]
+                name: str = entry[6]
                 q = queues.get(name)
                 if q is None or version != q.heap_version:
                     continue
@@ -96,7 +97,10 @@ class Cycle:
             return self.s.now  # room freed that this cycle did not finish handing out
         timers = self.s.timers
         while timers:
-            at, _, uid, token, _kind = timers[0]
+            timer = timers[0]
+            at: float = timer[0]
+            uid: str = timer[2]
+            token: int = timer[3]
             w = self.s.workloads.get(uid)
             if w is not None and w.park_token == token and w.uid in self.s.queues[w.queue].parked:
                 return at

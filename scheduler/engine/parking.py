@@ -68,29 +68,33 @@ class Parking:
         q.unpark(w)
         self.s.offer(q)
 
-    def room(self, key: BlockerKey) -> float:
-        kind, name, r = key
+    def room(self, key: BlockerKey) -> int | None:
+        """What is left at a blocker now (None: no bound there). An integer, as the needs it is held
+        against: an int compared with a float (the infinity this used to return) takes CPython's slow path."""
+        kind: str = key[0]
+        name: str = key[1]
+        r: str = key[2]
         if kind == "node":
             node = self.s.tree.nodes.get(name)
             i = SLOTS.index.get(r)
             if node is None or i is None or i >= len(node.used) or node.max_by_slot[i] == NO_LIMIT:
-                return float("inf")
+                return None
             return node.max_by_slot[i] - node.used[i]
         if kind == "unit":
             unit = self.s.units.by_name.get(name)
             cap = NO_LIMIT if unit is None else unit.capacity_of(r)
             if unit is None or cap == NO_LIMIT:
-                return float("inf")
+                return None
             return cap - unit.used_of(r)
         if kind == "pods":
             unit = self.s.units.by_name.get(name)
             if unit is None or unit.max_pods is None:
-                return float("inf")
+                return None
             return unit.max_pods - unit.pods
         if kind == "terminating":  # no room until the unit's last terminating pod is gone
             unit = self.s.units.by_name.get(name)
-            return -1.0 if unit is not None and unit.terminating_pods else float("inf")
-        return float("inf")
+            return -1 if unit is not None and unit.terminating_pods else None
+        return None
 
     def wake_dirty(self) -> None:
         if self.s.dirty_nodes:
@@ -133,7 +137,7 @@ class Parking:
             return
         blockers, order = parked
         for key, need in blockers:
-            if key != skip and key != ANY and self.room(key) < need:
+            if key != skip and key != ANY and (room := self.room(key)) is not None and room < need:
                 self.s.index.add(key, need, order, token, w)
                 self.s.stats.moved += 1
                 return
@@ -143,7 +147,10 @@ class Parking:
         self.s.now = now
         timers = self.s.timers
         while timers and timers[0][0] <= now:
-            _, _, uid, token, kind = heapq.heappop(timers)
+            timer = heapq.heappop(timers)
+            uid: str = timer[2]
+            token: int = timer[3]
+            kind: int = timer[4]
             w = self.s.workloads.get(uid)
             if w is None or w.park_token != token:
                 continue

@@ -321,24 +321,29 @@ class Preemption:
             return False
         if self.s.borrow_changed:
             self.ledger.count_borrowing()
-        root_sums = self.s.reclaimable.get(self.s.tree.root.name, {})
+        root_sums = self.s.reclaimable.get(self.s.tree.root.name)
         for (kind, name, r), _need in outcome.blockers:
             if r not in self.s.tree.guaranteed:
                 return True  # no bound known for a resource nobody guarantees
             if kind == "node":
                 node = self.s.tree.nodes[name]
                 short = node.used_of(r) + w.request.get(r, 0) - node.max[r]
-                if self.s.victim_leaf_count.get(name, 0) and self.s.reclaimable.get(name, {}).get(r, 0) >= short:
+                if self.s.victim_leaf_count.get(name, 0) and _sum_of(self.s.reclaimable.get(name), r) >= short:
                     return True
             elif kind == "unit":
                 unit = self.s.units.by_name[name]
                 cap = unit.capacity or {}
                 short = unit.used_of(r) + w.request.get(r, 0) - cap.get(r, 0)
-                if root_sums.get(r, 0) >= short:
+                if _sum_of(root_sums, r) >= short:
                     return True
             elif kind != "terminating":
                 return True
         return False
+
+
+def _sum_of(sums: list[int] | None, resource: str) -> int:
+    """One resource's entry of a per-slot sum (0 where there is none)."""
+    return 0 if sums is None else SLOTS.value_of(sums, resource)
 
 
 def _holds_any(v: Workload, slots: list[int]) -> bool:

@@ -79,8 +79,8 @@ class EngineState:
         self.queues: dict[str, LeafQueue] = {}
         self.seq = itertools.count(1)
         # (within guarantee?, -priority, fair share, submitted, seq, version, queue): one flat tuple, so a
-        # heap comparison is one tuple comparison.
-        self.heap: list[tuple[int, int, float, float, int, int, str]] = []
+        # heap comparison is one tuple comparison (typed as a plain tuple: see ``wakeup``).
+        self.heap: list[tuple[Any, ...]] = []
         self.placements: dict[str, Placement] = {}  # per unit, shared by every job admitted there
         self.index = WakeIndex()
         self.dirty: set[BlockerKey] = set()  # blockers to look at in the next wake-up round
@@ -88,7 +88,7 @@ class EngineState:
         # uid -> (its blockers, its wake order) while parked
         self.parked: dict[str, tuple[list[tuple[BlockerKey, int]], WakeOrder]] = {}
         # (when, seq, uid, park token, kind): kind RETRY tries the job then; REINDEX ends a backoff.
-        self.timers: list[tuple[float, int, str, int, int]] = []
+        self.timers: list[tuple[Any, ...]] = []
         self.now = 0.0  # the time of the latest cycle: backoff is measured against it
         self.epoch = 0  # bumped when the tree or the units change
         self.stats = EngineStats()
@@ -97,11 +97,12 @@ class EngineState:
         self.borrow_admissions = 0  # admissions into borrowing leaves: new work a reclaim could take
         self.victim_leaves: set[str] = set()
         self.victim_leaf_count: dict[str, int] = {}
-        self.reclaimable: dict[str, Resources] = {}  # per node: what its borrowing leaves use in all
+        # per node: what its borrowing leaves use in all, by resource slot (guaranteed resources only)
+        self.reclaimable: dict[str, list[int]] = {}
         # Leaves whose borrowing changed since ``_reclaimable`` last took it in, and what it took in: the
         # sums are brought up to date only when a reclaim asks (admissions and releases far outnumber it).
         self.borrow_changed: set[str] = set()
-        self.borrow_counted: dict[str, Resources] = {}
+        self.borrow_counted: dict[str, list[int]] = {}
         # uid -> how many of its admissions this cycle were withdrawn: schedule() drops those Admits.
         self.withdrawn: dict[str, int] = {}
         # preemptor uid -> victims restored as being preempted for it before it was submitted again
@@ -123,13 +124,12 @@ class EngineState:
         leaf = self.tree.leaves[q.name]
         within = 0 if self.tree.within_guarantee(leaf, w.demand) else 1
         share = self.tree.fair_share(leaf) if q.name in self.borrowing else 0.0
-        key = (within, -w.priority, share, w.submitted_at, w.seq)
+        key: tuple[Any, ...] = (within, -w.priority, share, w.submitted_at, w.seq)
         if key == q.heap_key:
             return
         q.heap_version += 1
         q.heap_key = key
-        # Built field by field: a starred tuple goes through a list in compiled code.
-        heapq.heappush(self.heap, (within, -w.priority, share, w.submitted_at, w.seq, q.heap_version, q.name))
+        heapq.heappush(self.heap, key + (q.heap_version, q.name))
 
     def get(self, uid: str) -> Workload:
         try:

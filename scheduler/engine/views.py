@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from rayqueue.queue.queues import job_of
 from rayqueue.queue.workload import Reason, ReasonCode, Workload, WorkloadState
 from rayqueue.quota.quantity import Resources
 from rayqueue.quota.tree import QuotaTree
@@ -63,7 +64,7 @@ def pending(s: EngineState, queue: str | None = None) -> Iterable[Workload]:
     for name in names:
         q = s.queues[name]
         for key in q.pending:
-            yield q.jobs[key]
+            yield job_of(key)
 
 
 def admitted(s: EngineState) -> Iterable[Workload]:
@@ -190,7 +191,7 @@ def queue_views(s: EngineState) -> list[QueueView]:
             name=name,
             strategy=q.strategy,
             preemption=q.preemption,
-            pending=tuple(q.jobs[key].uid for key in q.pending),
+            pending=tuple(job_of(key).uid for key in q.pending),
             admitted=tuple(q.admitted),
         ))
     return out

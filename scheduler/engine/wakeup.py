@@ -9,29 +9,37 @@ that waits behind the same full node. That keeps a decision's cost independent o
 from __future__ import annotations
 
 import heapq
-from bisect import insort
+from bisect import bisect_left
+from typing import Any
 
 from rayqueue.queue.workload import Workload, WorkloadState
 
+# The tuples below are typed as plain tuples (``tuple[Any, ...]``), not by their fields: mypyc unboxes a
+# fixed-length tuple type into a C struct on every read from a list, set or dict (a reference taken on
+# each field) and boxes it into a new tuple on every store or hash. These keys and entries live in
+# heaps, sets and dicts, and are read far more often than their fields are.
+
 # ("node", name, resource) | ("unit", name, resource) | ("pods", name, "") | ("terminating", unit, "") | ("any", "", "")
-BlockerKey = tuple[str, str, str]
+BlockerKey = tuple[Any, ...]
 ANY: BlockerKey = ("any", "", "")
 
-# How parked jobs wake: within guarantee first, then priority, submission time, name, arrival.
-WakeOrder = tuple[int, int, float, str, int]
+# How parked jobs wake: (within guarantee first, -priority, submission time, name, arrival).
+WakeOrder = tuple[Any, ...]
 # The wake order, the park token, the job: one flat tuple, so a heap comparison is one tuple comparison.
 # Orders are unique (arrival is), so jobs are never compared.
-Entry = tuple[int, int, float, str, int, int, Workload]
+Entry = tuple[Any, ...]
+TOKEN, JOB = 5, 6  # where an entry holds the park token and the job
 
 
 class _Blocker:
-    """The distinct needs in ascending order (few: job sizes repeat) and, per need, a heap of entries."""
+    """The distinct needs in ascending order (few: job sizes repeat) and, at the same index, each need's
+    heap of entries (lists side by side rather than a dict keyed by need: no int to box per lookup)."""
 
     __slots__ = ("needs", "buckets")
 
     def __init__(self) -> None:
         self.needs: list[int] = []
-        self.buckets: dict[int, list[Entry]] = {}
+        self.buckets: list[list[Entry]] = []
 
 
 class WakeIndex:
@@ -47,54 +55,63 @@ class WakeIndex:
         if blocker is None:
             blocker = self._blockers[key] = _Blocker()
             if key[0] == "node":
-                keys = self._by_node.get(key[1])
+                node: str = key[1]
+                keys = self._by_node.get(node)
                 if keys is None:
-                    keys = self._by_node[key[1]] = set()
+                    keys = self._by_node[node] = set()
                 keys.add(key)
-        bucket = blocker.buckets.get(need)
-        if bucket is None:
-            bucket = blocker.buckets[need] = []
-            insort(blocker.needs, need)
-        heapq.heappush(bucket, (order[0], order[1], order[2], order[3], order[4], token, w))
+        needs = blocker.needs
+        i = bisect_left(needs, need)
+        if i == len(needs) or needs[i] != need:
+            needs.insert(i, need)
+            blocker.buckets.insert(i, [])
+        heapq.heappush(blocker.buckets[i], order + (token, w))
 
-    def pop_fitting(self, key: BlockerKey, room: float) -> list[tuple[Workload, int]]:
-        """Remove and return (job, token) of the best-ordered live jobs whose needs fit in ``room``."""
+    def pop_fitting(self, key: BlockerKey, room: int | None) -> list[tuple[Workload, int]]:
+        """Remove and return (job, token) of the best-ordered live jobs whose needs fit in ``room``
+        (None: no bound, every live job)."""
         blocker = self._blockers.get(key)
-        if blocker is None or room < 0:
+        if blocker is None or (room is not None and room < 0):
             return []
         woken: list[tuple[Workload, int]] = []
-        budget = room
+        unbounded = room is None
+        budget = 0 if room is None else room
         needs, buckets = blocker.needs, blocker.buckets
         pending = WorkloadState.PENDING
         while True:
             best: Entry | None = None
-            best_need = 0
+            best_i = -1
             i = 0
-            while i < len(needs) and needs[i] <= budget:
-                need = needs[i]
-                bucket = buckets[need]
-                while bucket and (bucket[0][6].park_token != bucket[0][5] or bucket[0][6].state != pending):
+            while i < len(needs) and (unbounded or needs[i] <= budget):
+                bucket = buckets[i]
+                while bucket:
+                    head = bucket[0]
+                    job: Workload = head[JOB]
+                    token: int = head[TOKEN]
+                    if job.park_token == token and job.state == pending:
+                        break
                     heapq.heappop(bucket)
                 if not bucket:
-                    del buckets[need]
+                    del buckets[i]
                     del needs[i]
                     continue
                 head = bucket[0]
                 if best is None or head < best:
-                    best, best_need = head, need
+                    best, best_i = head, i
                 i += 1
             if best is None:
                 break
-            heapq.heappop(buckets[best_need])
-            woken.append((best[6], best[5]))
-            budget -= best_need
+            heapq.heappop(buckets[best_i])
+            woken.append((best[JOB], best[TOKEN]))
+            budget -= needs[best_i]
         if not needs:
             del self._blockers[key]
             if key[0] == "node":
-                keys = self._by_node[key[1]]
+                node: str = key[1]
+                keys = self._by_node[node]
                 keys.discard(key)
                 if not keys:
-                    del self._by_node[key[1]]
+                    del self._by_node[node]
         return woken
 
     def __contains__(self, key: BlockerKey) -> bool:
