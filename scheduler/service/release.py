@@ -27,11 +27,13 @@ class Release:
         #: one admission cycle (call it holding the engine lock): what a job's end leaves room for
         self._cycle = cycle
 
-    async def release(self, job_id: str, sid: str, node_selector: dict[str, str]) -> None:
-        """Submit an admitted job to Ray; retried while Ray is unreachable, never twice (submission id)."""
+    async def release(self, job_id: str, sid: str, node_selector: dict[str, str], row: JobRecord | None = None) -> None:
+        """Submit an admitted job to Ray; retried while Ray is unreachable, never twice (submission id).
+        ``row``: the job's row as its admission committed it (else it is read)."""
         s = self.s
         try:
-            row = s.store.get(job_id)
+            if row is None:
+                row = s.store.get(job_id)
             if row is None:
                 return
             sub = submission_for(
