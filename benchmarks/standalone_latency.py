@@ -317,15 +317,14 @@ async def overhead(args: argparse.Namespace) -> dict[str, Any]:
     service = Service(store, StandInRay(), QuotaTree.from_yaml_text(OVERHEAD_TREE),  # type: ignore[arg-type]
                       config=ServiceConfig(poll_interval_s=args.poll), nodes=lambda _: BIG_NODE)
     admitted: dict[str, float] = {}
-    transition = store.transition
+    admit = store.admit
 
-    def timed_transition(job_id: str, kind: str, *a: Any, **kw: Any) -> Any:
-        row = transition(job_id, kind, *a, **kw)
-        if kind == "Admitted":
-            admitted[job_id] = time.perf_counter()  # committed
+    def timed_admit(job_id: str, *a: Any, **kw: Any) -> Any:
+        row = admit(job_id, *a, **kw)
+        admitted[job_id] = time.perf_counter()  # the Admitted row is committed
         return row
 
-    store.transition = timed_transition  # type: ignore[method-assign]
+    store.admit = timed_admit  # type: ignore[method-assign]
     await service.start()
     app = Timed(create_app(service))
     port = free_ports(1)[0]

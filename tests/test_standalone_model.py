@@ -78,6 +78,17 @@ def test_every_transition_is_an_event_row_in_the_same_transaction(tmp_path: Path
         reopened.transition("nope", "X")
 
 
+def test_an_admission_takes_the_submission_id_of_the_jobs_current_attempt_with_its_event(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/a.db")
+    store.add_jobs([st.JobRecord(id="j1", name="j", queue="team-a", submitted_at=1.0, attempt=2)])
+    row = store.admit("j1", "on ecs", at=2.0, state=st.ADMITTED, unit="ecs", released=False)
+    assert row is not None and row.submission_id == "j1-r2" and row.state == st.ADMITTED and row.unit == "ecs"
+    again = Store(f"sqlite:///{tmp_path}/a.db").get("j1")
+    assert again is not None and (again.submission_id, again.state, again.unit) == ("j1-r2", st.ADMITTED, "ecs")
+    assert [(e.kind, e.state, e.unit, e.at) for e in store.events("j1")][-1] == ("Admitted", st.ADMITTED, "ecs", 2.0)
+    assert store.admit("gone", "x", at=3.0, state=st.ADMITTED) is None
+
+
 # ------------------------------------------------------------------------------------ guards
 
 

@@ -17,7 +17,7 @@ from rayqueue.scheduler.engine.decisions import Admit, Preempt, Reject
 from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.release import Release
 from rayqueue.scheduler.service.state import REJECTED, ServiceState
-from rayqueue.scheduler.service.store import JobRecord, submission_id
+from rayqueue.scheduler.service.store import JobRecord
 
 log = logging.getLogger("rayqueue.service")
 
@@ -84,23 +84,20 @@ class Admission:
     def _record_admit(self, d: Admit) -> JobRecord | None:
         s = self.s
         w = d.workload
-        row = s.store.get(w.uid)
-        if row is None:
-            return None
         now = s.clock()
-        row = s.store.transition(
+        row = s.store.admit(
             w.uid,
-            "Admitted",
             w.reason.message if w.reason else f"admitted on unit {d.placement.unit}",
             at=now,
             state=st.ADMITTED,
             unit=d.placement.unit,
             admitted_at=now,
-            submission_id=submission_id(w.uid, row.attempt),
             released=False,
             reason_code=w.reason.code.value if w.reason else None,
             reason=w.reason.message if w.reason else None,
         )
+        if row is None:
+            return None
         s.metrics.admitted.labels(queue=w.queue, unit=d.placement.unit).inc()
         s.metrics.wait_seconds.labels(queue=w.queue).observe(max(0.0, now - row.submitted_at))
         return row

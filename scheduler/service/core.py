@@ -240,7 +240,8 @@ class Service:
         decided = self.admission.decide()
         self.state.metrics.cycles.inc()
         self.state.metrics.cycle_seconds.observe(time.perf_counter() - started)
-        return self.intake.answers(workloads), decided
+        admitted = {item[1].id: item[1] for item in decided if isinstance(item, tuple)}
+        return self.intake.answers(workloads, admitted), decided
 
     def cancel(self, ref: str) -> JobRecord:
         return self.release.cancel(self.queries.resolve(ref))

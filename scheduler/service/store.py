@@ -218,6 +218,21 @@ class Store:
                                      "message": message, "reason_code": fields.get("reason_code")})
         return _job(row)
 
+    def admit(self, job_id: str, message: str, at: float, **fields: Any) -> JobRecord | None:
+        """``Admitted``: the job's row gets ``fields`` and its next attempt's Ray submission id, read and
+        written in one transaction; None if the job is gone."""
+        with self.engine.begin() as conn:
+            row = conn.execute(GET_JOB, {"job_id": job_id}).one_or_none()
+            if row is None:
+                return None
+            fields = {**fields, "submission_id": submission_id(job_id, row.attempt)}
+            names = tuple(sorted(fields))
+            conn.execute(_update_of(names), {"job_id": job_id, **{f"new_{f}": fields[f] for f in names}})
+            job = JobRecord.model_construct(**{**row._mapping, **fields})
+            conn.execute(ADD_EVENT, {"job_id": job_id, "at": at, "kind": ADMITTED, "state": job.state, "unit": job.unit,
+                                     "message": message, "reason_code": fields.get("reason_code")})
+        return job
+
     def record(self, job_id: str, kind: str, message: str = "", at: float | None = None) -> None:
         """An event that changes no field (e.g. the quota tree was applied)."""
         with self.engine.begin() as conn:
