@@ -9,13 +9,14 @@ exact after the fact.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, Table, Update, bindparam, func, text
+from sqlalchemy import Connection, Row, Table, Update, bindparam, func, text
 from sqlalchemy import event as sa_event
 from sqlalchemy import inspect as sa_inspect
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
@@ -151,6 +152,7 @@ class Store:
                 cur.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash (kill -9)
                 cur.close()
 
+        self._write_lock = threading.Lock()
         SQLModel.metadata.create_all(self.engine)
         self._add_missing_columns()
 
@@ -169,6 +171,16 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """One write transaction. The service writes from the event loop and from worker threads; SQLite
+        lets one writer in at a time and makes the others poll for the lock with sleeps that grow from
+        1 ms to 100 ms, which put tens of milliseconds on a submission whenever the status poll wrote at
+        the same moment. Taking turns on an in-process lock instead wakes the next writer as soon as the
+        last one commits."""
+        with self._write_lock, self.engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -200,14 +212,14 @@ class Store:
             }
             for row in rows
         ]
-        with self.engine.begin() as conn:
+        with self.writing() as conn:
             conn.execute(ADD_JOB, rows)
             conn.execute(ADD_EVENT, events)
 
     def transition(self, job_id: str, kind: str, message: str = "", at: float | None = None, **fields: Any) -> JobRecord:
         """Update a job's fields and record the event in one transaction."""
         at = time.time() if at is None else at
-        with self.engine.begin() as conn:
+        with self.writing() as conn:
             if fields:
                 names = tuple(sorted(fields))
                 conn.execute(_update_of(names), {"job_id": job_id, **{f"new_{f}": fields[f] for f in names}})
@@ -221,7 +233,7 @@ class Store:
     def admit(self, job_id: str, message: str, at: float, **fields: Any) -> JobRecord | None:
         """``Admitted``: the job's row gets ``fields`` and its next attempt's Ray submission id, read and
         written in one transaction; None if the job is gone."""
-        with self.engine.begin() as conn:
+        with self.writing() as conn:
             row = conn.execute(GET_JOB, {"job_id": job_id}).one_or_none()
             if row is None:
                 return None
@@ -235,7 +247,7 @@ class Store:
 
     def record(self, job_id: str, kind: str, message: str = "", at: float | None = None) -> None:
         """An event that changes no field (e.g. the quota tree was applied)."""
-        with self.engine.begin() as conn:
+        with self.writing() as conn:
             conn.execute(ADD_EVENT, {"job_id": job_id, "at": time.time() if at is None else at, "kind": kind,
                                      "state": None, "unit": None, "message": message, "reason_code": None})
 
@@ -339,7 +351,7 @@ class Store:
             return None if row is None else row.value
 
     def set_setting(self, key: str, value: str | None) -> None:
-        with self.session() as s:
+        with self._write_lock, self.session() as s:
             row = s.get(SettingRecord, key)
             if value is None:
                 if row is not None:
