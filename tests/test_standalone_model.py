@@ -87,6 +87,12 @@ def test_an_admission_takes_the_submission_id_of_the_jobs_current_attempt_with_i
     assert again is not None and (again.submission_id, again.state, again.unit) == ("j1-r2", st.ADMITTED, "ecs")
     assert [(e.kind, e.state, e.unit, e.at) for e in store.events("j1")][-1] == ("Admitted", st.ADMITTED, "ecs", 2.0)
     assert store.admit("gone", "x", at=3.0, state=st.ADMITTED) is None
+    assert store.transition_from("j1", st.PENDING, "Running", "no", at=4.0, state=st.RUNNING) is None
+    ran = store.transition_from("j1", st.ADMITTED, "Running", "runs", at=5.0, state=st.RUNNING, running_at=5.0)
+    assert ran is not None and ran.state == st.RUNNING and ran.submission_id == "j1-r2"
+    assert [(e.kind, e.state) for e in store.events("j1")][-1] == ("Running", st.RUNNING)
+    assert store.transition_from("j1", st.ADMITTED, "Running", "again", at=6.0, state=st.RUNNING) is None
+    assert len(store.events("j1")) == 3  # Submitted, Admitted, Running: a refused change records nothing
 
 
 # ------------------------------------------------------------------------------------ guards
@@ -536,13 +542,12 @@ async def test_the_status_poll_reads_no_row_of_a_job_already_known_running_and_f
         await svc.poll_once()
         assert [svc.store.get(j).state for j in ids] == [st.RUNNING] * 3  # type: ignore[union-attr]
         reads: list[str] = []
-        get = svc.store.get
+        for method in ("get", "transition", "transition_from"):
+            def counted(job_id: str, *args: Any, _read: Any = getattr(svc.store, method), **kwargs: Any) -> Any:
+                reads.append(job_id)
+                return _read(job_id, *args, **kwargs)
 
-        def counted_get(job_id: str) -> st.JobRecord | None:
-            reads.append(job_id)
-            return get(job_id)
-
-        svc.store.get = counted_get  # type: ignore[method-assign]
+            setattr(svc.store, method, counted)
         for _ in range(3):
             await svc.poll_once()
         assert reads == []

@@ -218,7 +218,9 @@ class Intake:
                 s.engine.cancel(w.uid)
             raise prepared.error()
         rows = [
-            JobRecord(
+            # model_construct: these fields are ours and already checked, and SQLModel's full constructor
+            # cost a quarter of a millisecond a row
+            JobRecord.model_construct(
                 id=w.uid,
                 name=w.name,
                 namespace=req.namespace,

@@ -230,6 +230,22 @@ class Store:
                                      "message": message, "reason_code": fields.get("reason_code")})
         return _job(row)
 
+    def transition_from(
+        self, job_id: str, only_from: str, kind: str, message: str, at: float, **fields: Any
+    ) -> JobRecord | None:
+        """:meth:`transition`, only if the job is in state ``only_from`` now (read and written in one
+        transaction); None otherwise."""
+        with self.writing() as conn:
+            row = conn.execute(GET_JOB, {"job_id": job_id}).one_or_none()
+            if row is None or row.state != only_from:
+                return None
+            names = tuple(sorted(fields))
+            conn.execute(_update_of(names), {"job_id": job_id, **{f"new_{f}": fields[f] for f in names}})
+            job = JobRecord.model_construct(**{**row._mapping, **fields})
+            conn.execute(ADD_EVENT, {"job_id": job_id, "at": at, "kind": kind, "state": job.state, "unit": job.unit,
+                                     "message": message, "reason_code": fields.get("reason_code")})
+        return job
+
     def admit(self, job_id: str, message: str, at: float, **fields: Any) -> JobRecord | None:
         """``Admitted``: the job's row gets ``fields`` and its next attempt's Ray submission id, read and
         written in one transaction; None if the job is gone."""
