@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, Table, Update, bindparam, func, text
 from sqlalchemy import event as sa_event
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.orm import configure_mappers
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 # The service's own job states (the engine's are Pending / Admitted / Preempting only while alive).
@@ -153,6 +154,10 @@ class Store:
                 cur.close()
 
         self._write_lock = threading.Lock()
+        # The rows read with SQL expressions are built without the ORM (``_job``), and reading their
+        # fields goes through the mapper's attributes, which exist only once the mappers are configured
+        # (the ORM does it at its first query; a process whose first read is ``get`` has had none).
+        configure_mappers()
         SQLModel.metadata.create_all(self.engine)
         self._add_missing_columns()
 
