@@ -59,6 +59,7 @@ from typing import Any
 import httpx
 
 from rayqueue.quota.tree import QuotaTree
+from rayqueue.scheduler.process import tune_gc
 from rayqueue.scheduler.service.core import Service, ServiceConfig
 from rayqueue.scheduler.service.raycluster import LocalRayCluster, free_ports
 from rayqueue.scheduler.service.rayjobs import RayStatus
@@ -421,6 +422,7 @@ def main() -> None:
         client(args.client, args.jobs, args.warmup)
         return
     if args.overhead:
+        tune_gc()  # as `rayqueue serve` does
         if "--jobs" not in sys.argv:
             args.jobs = 500
         figures: Any = asyncio.run(overhead(args))
