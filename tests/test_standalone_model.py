@@ -4,8 +4,12 @@ invariant over random histories (a fake Ray that can "die" between accepting a j
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 from rich.console import Console
 from sqlalchemy import event as sa_event
-from standalone_env import rayjob, tree, wait_until
+from standalone_env import HANG_GUARD_S, rayjob, tree, wait_until
 from typer.testing import CliRunner
 
 from rayqueue.quota.quantity import GPU, MAX_JOBS
@@ -25,6 +29,7 @@ from rayqueue.scheduler.cli import app as cli_app
 from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.api import create_app
 from rayqueue.scheduler.service.core import Service, ServiceConfig, ServiceError, SubmitError
+from rayqueue.scheduler.service.raycluster import free_ports
 from rayqueue.scheduler.service.rayjobs import RayStatus, submission_for
 from rayqueue.scheduler.service.server import Runner, ServeOptions, is_loopback, load_priority_classes
 from rayqueue.scheduler.service.store import Store, submission_id
@@ -76,6 +81,23 @@ def test_every_transition_is_an_event_row_in_the_same_transaction(tmp_path: Path
     assert reopened.get("j1").state == st.SUCCEEDED  # type: ignore[union-attr]
     with pytest.raises(KeyError):
         reopened.transition("nope", "X")
+
+
+def test_an_admission_takes_the_submission_id_of_the_jobs_current_attempt_with_its_event(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/a.db")
+    store.add_jobs([st.JobRecord(id="j1", name="j", queue="team-a", submitted_at=1.0, attempt=2)])
+    row = store.admit("j1", "on ecs", at=2.0, state=st.ADMITTED, unit="ecs", released=False)
+    assert row is not None and row.submission_id == "j1-r2" and row.state == st.ADMITTED and row.unit == "ecs"
+    again = Store(f"sqlite:///{tmp_path}/a.db").get("j1")
+    assert again is not None and (again.submission_id, again.state, again.unit) == ("j1-r2", st.ADMITTED, "ecs")
+    assert [(e.kind, e.state, e.unit, e.at) for e in store.events("j1")][-1] == ("Admitted", st.ADMITTED, "ecs", 2.0)
+    assert store.admit("gone", "x", at=3.0, state=st.ADMITTED) is None
+    assert store.transition_from("j1", st.PENDING, "Running", "no", at=4.0, state=st.RUNNING) is None
+    ran = store.transition_from("j1", st.ADMITTED, "Running", "runs", at=5.0, state=st.RUNNING, running_at=5.0)
+    assert ran is not None and ran.state == st.RUNNING and ran.submission_id == "j1-r2"
+    assert [(e.kind, e.state) for e in store.events("j1")][-1] == ("Running", st.RUNNING)
+    assert store.transition_from("j1", st.ADMITTED, "Running", "again", at=6.0, state=st.RUNNING) is None
+    assert len(store.events("j1")) == 3  # Submitted, Admitted, Running: a refused change records nothing
 
 
 # ------------------------------------------------------------------------------------ guards
@@ -525,13 +547,12 @@ async def test_the_status_poll_reads_no_row_of_a_job_already_known_running_and_f
         await svc.poll_once()
         assert [svc.store.get(j).state for j in ids] == [st.RUNNING] * 3  # type: ignore[union-attr]
         reads: list[str] = []
-        get = svc.store.get
+        for method in ("get", "transition", "transition_from"):
+            def counted(job_id: str, *args: Any, _read: Any = getattr(svc.store, method), **kwargs: Any) -> Any:
+                reads.append(job_id)
+                return _read(job_id, *args, **kwargs)
 
-        def counted_get(job_id: str) -> st.JobRecord | None:
-            reads.append(job_id)
-            return get(job_id)
-
-        svc.store.get = counted_get  # type: ignore[method-assign]
+            setattr(svc.store, method, counted)
         for _ in range(3):
             await svc.poll_once()
         assert reads == []
@@ -722,3 +743,83 @@ def test_a_store_written_before_the_preemption_columns_opens_and_keeps_its_jobs(
     assert row.preempted_by == "j2" and store.get("j1").name == "j1"  # type: ignore[union-attr]
     assert store.event_counts("Preempting") == {("team-a", "Reclaimed"): 1}
     store.close()
+
+
+# ------------------------------------------------------------------------------------ kill -9 after the answer
+
+SERVICE_PROCESS = """
+import asyncio, sys
+import uvicorn
+from rayqueue.quota.tree import QuotaTree
+from rayqueue.scheduler.service.api import create_app
+from rayqueue.scheduler.service.core import Service, ServiceConfig
+from rayqueue.scheduler.service.rayjobs import RayStatus
+from rayqueue.scheduler.service.store import Store
+
+class Ray:  # Ray's API answered at once: every job accepted, then running
+    address, auth_token = "stand-in://ray", None
+    def submit(self, sub): return True
+    def status(self, sid): return RayStatus("RUNNING")
+    def statuses(self, sids): return {sid: RayStatus("RUNNING") for sid in sids}
+    def stop(self, sid): pass
+    def logs(self, sid): return ""
+    def close(self): pass
+
+async def main():
+    db, port, tree = sys.argv[1], int(sys.argv[2]), sys.stdin.read()
+    node = {"state": "ALIVE", "labels": {}, "resources_total": {"CPU": 64.0, "GPU": 8.0, "memory": 2.0**36}}
+    service = Service(Store(db), Ray(), QuotaTree.from_yaml_text(tree), config=ServiceConfig(poll_interval_s=0.05),
+                      nodes=lambda _: [node])
+    await service.start()
+    await uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning",
+                                        lifespan="off")).serve()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # a hang guard; the waits end at their event
+def test_every_job_answered_as_accepted_survives_a_kill_9_right_after_the_answer(tmp_path: Path) -> None:
+    """The answer to a submission follows the commit of its rows (and of its admission): a service killed
+    with SIGKILL the moment its last answer arrives has every job it answered for, in the state it said."""
+    db = f"sqlite:///{tmp_path}/k.db"
+    port = free_ports(1)[0]
+    proc = subprocess.Popen([sys.executable, "-c", SERVICE_PROCESS, db, str(port)], stdin=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdin is not None
+    proc.stdin.write(TWO_TEAMS)
+    proc.stdin.close()
+    answered: dict[str, str] = {}
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else "the service exited"
+            try:
+                return httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        asyncio.run(wait_until(up, what="the service to answer"))
+        with httpx.Client(base_url=url, timeout=HANG_GUARD_S) as http:
+            for i in range(8):  # 3 fit (team-a's max); the rest wait
+                resp = http.post("/v1/jobs", json={"yaml": rayjob(f"k{i}", "python x.py", gpus=1)})
+                assert resp.status_code == 201, resp.text
+                job = resp.json()["jobs"][0]
+                answered[job["id"]] = job["state"]
+        os.kill(proc.pid, signal.SIGKILL)  # the moment the last answer is in
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(HANG_GUARD_S)
+    assert sorted(answered.values()).count(st.ADMITTED) == 3
+    store = Store(db)
+    for job_id, state in answered.items():
+        row = store.get(job_id)
+        assert row is not None, f"{job_id} was answered for, then lost"
+        if state == st.ADMITTED:
+            assert row.state in st.ACTIVE_STATES and row.submission_id == job_id  # its admission too
+        else:
+            assert row.state == st.PENDING
+        assert [e.kind for e in store.events(job_id)][0] == "Submitted"

@@ -2,7 +2,9 @@
 
 An ``Admit`` commits the job's ``Admitted`` row (unit, attempt, Ray submission id) and only then starts
 the release task; a ``Preempt`` commits ``Preempting`` (and the job it is for, so a restart resumes it
-rather than deciding again) before Ray is asked to stop the victim; a ``Reject`` ends the job.
+rather than deciding again) before Ray is asked to stop the victim; a ``Reject`` ends the job. The
+engine's cycle and the admissions' and rejections' commits run in one worker thread (one hand-over
+between threads per cycle, not one per step), the preemptions on the event loop.
 """
 
 from __future__ import annotations
@@ -10,15 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 
 from rayqueue.scheduler.engine.decisions import Admit, Preempt, Reject
 from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.release import Release
 from rayqueue.scheduler.service.state import REJECTED, ServiceState
-from rayqueue.scheduler.service.store import submission_id
+from rayqueue.scheduler.service.store import JobRecord
 
 log = logging.getLogger("rayqueue.service")
+
+
+#: What a cycle decided, once its store writes are committed: each admission with its row (to release
+#: it), and the preemptions, which are applied on the event loop (see ``Admission.decide``).
+Decided = list[tuple[Admit, JobRecord] | Preempt]
 
 
 class Admission:
@@ -29,55 +35,72 @@ class Admission:
     def run_cycle(self) -> None:
         """One admission cycle on the calling thread (the event loop's, holding the engine lock)."""
         started = time.perf_counter()
-        self.apply(self.s.engine.schedule(self.s.clock()))
+        self.dispatch(self.decide())
         self.s.metrics.cycles.inc()
         self.s.metrics.cycle_seconds.observe(time.perf_counter() - started)
 
     async def cycle(self) -> None:
-        """One admission cycle, the engine's part in a worker thread (call it holding the engine lock):
-        a cycle over thousands of pending jobs must not stall the event loop."""
+        """One admission cycle, the engine's part and its store writes in a worker thread (call it holding
+        the engine lock): a cycle over thousands of pending jobs must not stall the event loop."""
         started = time.perf_counter()
-        decisions = await asyncio.to_thread(self.s.engine.schedule, self.s.clock())
-        self.apply(decisions)  # creates release tasks: on the event loop
+        self.dispatch(await asyncio.to_thread(self.decide))
         self.s.metrics.cycles.inc()
         self.s.metrics.cycle_seconds.observe(time.perf_counter() - started)
 
-    def apply(self, decisions: Sequence[Admit | Preempt | Reject]) -> None:
-        for d in decisions:
+    def decide(self) -> Decided:
+        """The engine's cycle, with the ``Admitted`` and ``Rejected`` rows committed; call it holding the
+        engine lock, on any thread (it touches no asyncio object, nor anything the event loop changes
+        without the lock: a job being admitted or rejected was pending, so nothing follows it yet).
+        Preemptions are only returned: their victims may be being released on the event loop right now,
+        and ``dispatch`` applies them there, in one step with what the release task sees."""
+        out: Decided = []
+        for d in self.s.engine.schedule(self.s.clock()):
             try:
                 if isinstance(d, Admit):
-                    self._on_admit(d)
+                    row = self._record_admit(d)
+                    if row is not None:
+                        out.append((d, row))
                 elif isinstance(d, Preempt):
-                    self._on_preempt(d)
+                    out.append(d)
                 elif isinstance(d, Reject):
                     self._on_reject(d)
             except Exception:  # one bad decision must not stop the others
                 log.exception("applying %s failed", type(d).__name__)
+        return out
 
-    def _on_admit(self, d: Admit) -> None:
+    def dispatch(self, decided: Decided) -> None:
+        """On the event loop: release the admitted jobs to Ray, apply the preemptions."""
+        for item in decided:
+            try:
+                if isinstance(item, Preempt):
+                    self._on_preempt(item)
+                else:
+                    d, row = item
+                    self.s.releasing[row.id] = asyncio.create_task(
+                        self.release.release(row.id, row.submission_id or "", d.placement.node_selector, row))
+            except Exception:
+                log.exception("applying %s failed", type(item).__name__)
+
+    def _record_admit(self, d: Admit) -> JobRecord | None:
         s = self.s
         w = d.workload
-        row = s.store.get(w.uid)
-        if row is None:
-            return
         now = s.clock()
-        sid = submission_id(w.uid, row.attempt)
-        s.store.transition(
+        row = s.store.admit(
             w.uid,
-            "Admitted",
             w.reason.message if w.reason else f"admitted on unit {d.placement.unit}",
             at=now,
             state=st.ADMITTED,
             unit=d.placement.unit,
             admitted_at=now,
-            submission_id=sid,
             released=False,
             reason_code=w.reason.code.value if w.reason else None,
             reason=w.reason.message if w.reason else None,
         )
+        if row is None:
+            return None
         s.metrics.admitted.labels(queue=w.queue, unit=d.placement.unit).inc()
         s.metrics.wait_seconds.labels(queue=w.queue).observe(max(0.0, now - row.submitted_at))
-        s.releasing[w.uid] = asyncio.create_task(self.release.release(w.uid, sid, d.placement.node_selector))
+        return row
 
     def _on_preempt(self, d: Preempt) -> None:
         s = self.s

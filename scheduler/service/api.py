@@ -155,7 +155,9 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
     )
     app.add_middleware(BodyLimit, limit=service.config.max_body_bytes)
 
-    def auth(authorization: str | None = Header(None)) -> None:
+    # async: FastAPI runs a plain ``def`` dependency in a worker thread, a hand-over per request for a
+    # comparison of two short strings
+    async def auth(authorization: str | None = Header(None)) -> None:
         if token is None:
             return
         expected = f"Bearer {token}"

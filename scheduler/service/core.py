@@ -39,9 +39,9 @@ from rayqueue.queue.priority import PriorityClasses
 from rayqueue.queue.workload import WorkloadState
 from rayqueue.quota.tree import QuotaTree, QuotaTreeError
 from rayqueue.scheduler.engine import Engine
-from rayqueue.scheduler.service.admission import Admission
+from rayqueue.scheduler.service.admission import Admission, Decided
 from rayqueue.scheduler.service.capacity import RayCapacity
-from rayqueue.scheduler.service.intake import Accepted, Intake, SubmitError
+from rayqueue.scheduler.service.intake import Accepted, Intake, Prepared, SubmitError
 from rayqueue.scheduler.service.metrics import ServiceMetrics
 from rayqueue.scheduler.service.queries import Queries, status_view
 from rayqueue.scheduler.service.raycluster import alive_nodes
@@ -227,9 +227,21 @@ class Service:
         prepared = await asyncio.to_thread(self.intake.prepare, files, queue=queue, priority=priority,
                                            ignore_other_kinds=ignore_other_kinds)
         async with self.state.engine_lock:
-            workloads = await asyncio.to_thread(self.intake.accept, prepared)
-            await self.admission.cycle()
-            return await asyncio.to_thread(self.intake.answers, workloads)
+            # One hand-over to a worker thread for the engine's whole part: on a busy machine each one
+            # can wait for a time slice, and a submission's answer waits for all of them.
+            answers, decided = await asyncio.to_thread(self._accept_and_decide, prepared)
+            self.admission.dispatch(decided)
+            return answers
+
+    def _accept_and_decide(self, prepared: Prepared) -> tuple[list[Accepted], Decided]:
+        """Queue the submission, run the admission cycle and answer (in a worker thread, holding the lock)."""
+        workloads = self.intake.accept(prepared)
+        started = time.perf_counter()
+        decided = self.admission.decide()
+        self.state.metrics.cycles.inc()
+        self.state.metrics.cycle_seconds.observe(time.perf_counter() - started)
+        admitted = {item[1].id: item[1] for item in decided if isinstance(item, tuple)}
+        return self.intake.answers(workloads, admitted), decided
 
     def cancel(self, ref: str) -> JobRecord:
         return self.release.cancel(self.queries.resolve(ref))

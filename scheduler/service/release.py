@@ -27,11 +27,13 @@ class Release:
         #: one admission cycle (call it holding the engine lock): what a job's end leaves room for
         self._cycle = cycle
 
-    async def release(self, job_id: str, sid: str, node_selector: dict[str, str]) -> None:
-        """Submit an admitted job to Ray; retried while Ray is unreachable, never twice (submission id)."""
+    async def release(self, job_id: str, sid: str, node_selector: dict[str, str], row: JobRecord | None = None) -> None:
+        """Submit an admitted job to Ray; retried while Ray is unreachable, never twice (submission id).
+        ``row``: the job's row as its admission committed it (else it is read)."""
         s = self.s
         try:
-            row = s.store.get(job_id)
+            if row is None:
+                row = s.store.get(job_id)
             if row is None:
                 return
             sub = submission_for(
@@ -169,6 +171,8 @@ class Release:
         for (job_id, sid), result in zip(followed, results, strict=True):
             if isinstance(result, BaseException):
                 continue  # Ray unreachable: ask again next time
+            if isinstance(result, RayStatus) and result.status == "RUNNING" and sid in s.past_admitted:
+                continue  # still running, as recorded: the common case, checked without a coroutine per job
             if s.active.get(job_id) != sid:
                 continue  # cancelled or requeued meanwhile
             changed |= await self._observe(job_id, sid, result)
@@ -188,14 +192,14 @@ class Release:
         if status.status == "RUNNING":
             if sid in s.past_admitted:
                 return False
-            row = s.store.get(job_id)
-            if row is None:
-                return False
-            if row.state == st.ADMITTED:
-                now = s.clock()
-                s.store.transition(job_id, "Running", f"Ray runs {sid}", at=now, state=st.RUNNING, running_at=now)
+            now = s.clock()
+            row = s.store.transition_from(job_id, st.ADMITTED, "Running", f"Ray runs {sid}", at=now,
+                                          state=st.RUNNING, running_at=now)
+            if row is not None:
                 s.metrics.start_seconds.labels(queue=row.queue).observe(max(0.0, now - row.submitted_at))
-            s.past_admitted.add(sid)  # a row leaves Admitted once per submission id (a new attempt, a new id)
+            # Running now, or already past Admitted (being preempted): a row leaves Admitted once per
+            # submission id (a new attempt gets a new one), so this job's row need not be read again.
+            s.past_admitted.add(sid)
             return False
         if not status.terminal:
             return False
