@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rayqueue.scheduler.engine.decisions import Admit, Preempt, Reject
 from rayqueue.scheduler.service import store as st
@@ -25,6 +25,8 @@ class Admission:
     def __init__(self, s: ServiceState, release: Release) -> None:
         self.s = s
         self.release = release
+        #: called after each cycle's decisions are applied (services take their grants: serving.py)
+        self.after_apply: Callable[[], None] | None = None
 
     def run_cycle(self) -> None:
         """One admission cycle on the calling thread (the event loop's, holding the engine lock)."""
@@ -53,6 +55,8 @@ class Admission:
                     self._on_reject(d)
             except Exception:  # one bad decision must not stop the others
                 log.exception("applying %s failed", type(d).__name__)
+        if self.after_apply is not None:
+            self.after_apply()
 
     def _on_admit(self, d: Admit) -> None:
         s = self.s
