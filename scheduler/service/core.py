@@ -48,7 +48,7 @@ from rayqueue.scheduler.service.raycluster import alive_nodes
 from rayqueue.scheduler.service.rayjobs import RayJobs
 from rayqueue.scheduler.service.recovery import Recovery
 from rayqueue.scheduler.service.release import Release
-from rayqueue.scheduler.service.serving import Serving
+from rayqueue.scheduler.service.serving import ServiceRecord, Serving
 from rayqueue.scheduler.service.state import (
     DEFAULT_PRIORITY_CLASSES,
     REJECTED,
@@ -248,7 +248,9 @@ class Service:
             await self.admission.cycle()
             return await asyncio.to_thread(self.intake.answers, workloads) + self.serving.answers(services)
 
-    def cancel(self, ref: str) -> JobRecord:
+    def cancel(self, ref: str) -> JobRecord | ServiceRecord:
+        if not self._is_job(ref) and self.serving.owns(ref):
+            return self.serving.cancel(ref)
         return self.release.cancel(self.queries.resolve(ref))
 
     async def poll_once(self) -> None:

@@ -45,6 +45,7 @@ from rayqueue.scheduler.service.intake import Accepted
 from rayqueue.scheduler.service.raycluster import auth_headers
 from rayqueue.scheduler.service.rayjobs import RayUnavailable, _short
 from rayqueue.scheduler.service.state import NotFound, ServiceState
+from rayqueue.scheduler.service.state import ServiceError as ServiceStateError
 from rayqueue.scheduler.workloads.rayjob import RayJobRejected
 from rayqueue.scheduler.workloads.serving import (
     MAX_SERVE_CONFIG_BYTES,
@@ -299,7 +300,7 @@ class Serving:
             uid = self._new_id(req.name)
             svc = Service(uid=uid, queue=leaf, spec=dataclasses.replace(p.shape.spec), replicas=p.shape.replicas,
                           priority=p.priority, name=req.name, submitted_at=s.clock(),
-                          notes=[*req.notes, *p.shape.notes])
+                          notes=list(p.shape.notes))  # KubeRay's cluster notes do not apply here
             try:
                 rejected = s.engine.submit_service(svc)
             except (UnknownQueue, DuplicateJob, ServiceError) as exc:
@@ -399,7 +400,9 @@ class Serving:
             shape = self.shape(row)
             cap = view.max_replicas if view is not None else shape.spec.max_replicas
             apps.extend(capped_applications(shape, cap))
-        return {"http_options": {"host": "127.0.0.1", "port": self.http_port}, "applications": apps}
+        # One proxy, on the head: every node of a local cluster shares 127.0.0.1, so one port serves them all.
+        return {"proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": self.http_port},
+                "applications": apps}
 
     async def _deploy_loop(self) -> None:
         delay = self.s.config.retry_base_s
@@ -494,6 +497,27 @@ class Serving:
                              state=REJECTED, finished_at=s.clock())
         if deploy:
             self._dirty = True  # declared again if Serve lost them (the poll sees what is missing)
+
+    def cancel(self, ref: str) -> ServiceRecord:
+        """The user deletes a live service: its quota returns now, its applications leave Serve (the next
+        PUT declares the others only). Call it holding the engine lock, on the event loop."""
+        s = self.s
+        row = self.find(ref)
+        if row is None:
+            raise NotFound(f"no service with id or name {ref!r}")
+        if row.state not in LIVE:
+            raise ServiceStateError(f"service {row.id} already ended ({row.state}); nothing to cancel")
+        was = row.state
+        if s.engine.service(row.id) is not None:
+            s.engine.finish_service(row.id)
+        self._update(row.id, "Cancelled", f"cancelled by the user while {was}", state=CANCELLED,
+                     finished_at=s.clock(), granted=0, by_unit="{}")
+        if was == RUNNING:
+            self.request_deploy()
+        s.wake()  # its quota and headroom are free: queued jobs may fit
+        out = self.row(row.id)
+        assert out is not None
+        return out
 
     # ================================================================ reading
 
