@@ -133,7 +133,7 @@ async def test_a_burst_takes_back_the_lent_headroom_then_returns_it_and_survives
     for j in (inside, borrower):
         await wait_until(lambda j=j: svc.store.get(j).state == st.RUNNING, HANG_GUARD_S, f"{j} to run")
     reserved = next(n for n in svc.status()["nodes"] if n["name"] == "serving")["reserved"]
-    assert reserved == {"nvidia.com/gpu": 1000}
+    assert reserved.get("nvidia.com/gpu") == 1000  # one replica's worth, lent to the borrower
 
     # A burst: Serve's autoscaler asks a second replica; the borrower is preempted for it in that cycle.
     with Load(f"http://127.0.0.1:{serve_port}/predict", concurrency=6):

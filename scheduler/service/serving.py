@@ -247,7 +247,8 @@ class Serving:
         self.s = s
         self._cycle = cycle
         self.http_port = http_port
-        self.api = ServeApi(s.ray.address, auth_token=s.ray.auth_token)
+        # a stand-in Ray (the model tests') may have no token: Serve's API is then only built, not called
+        self.api = ServeApi(s.ray.address, auth_token=getattr(s.ray, "auth_token", None))
         ServiceRecord.metadata.create_all(s.store.engine, tables=[ServiceRecord.__table__])  # type: ignore[attr-defined]
         self.shapes: dict[str, StandaloneShape] = {}
         self._deploying: asyncio.Task[None] | None = None
@@ -476,27 +477,27 @@ class Serving:
         """Count the admitted services again as they were, and queue the pending ones (holding the engine
         lock, before the jobs are restored: a job preempted for a service needs it)."""
         s = self.s
-        deploy = False
-        for row in self.rows(LIVE):
-            if row.queue not in s.engine.tree_view().leaves:
-                self._update(row.id, "Rejected", f"the quota tree has no leaf {row.queue} any more",
-                             state=REJECTED, finished_at=s.clock())
-                continue
+        rows = self.rows(LIVE)
+        missing = sorted({r.queue for r in rows} - set(s.engine.tree_view().leaves))
+        if missing:
+            raise ServiceStateError(
+                f"the quota tree has no leaf {', '.join(missing)} but the store holds live services there; "
+                "start with a tree that has these leaves (nothing was changed)"
+            )
+        for row in rows:
             shape = self.shape(row)
             svc = Service(uid=row.id, queue=row.queue, spec=dataclasses.replace(shape.spec), replicas=row.replicas,
                           priority=row.priority, name=row.name, submitted_at=row.submitted_at)
             if row.state == RUNNING:
                 by_unit = {str(k): int(v) for k, v in json.loads(row.by_unit).items()}
                 s.engine.restore_service(svc, row.granted, by_unit, row.admitted_at or s.clock(), row.head_unit)
+                # Serve keeps running while rayqueue is down; the poll deploys again what Serve lost.
                 self._update(row.id, "Reattached", f"counted again with {row.granted} replicas after a restart")
-                deploy = True
                 continue
             rejected = s.engine.submit_service(svc)
             if rejected is not None:
                 self._update(row.id, "Rejected", f"can never run under the current tree: {rejected.message}",
                              state=REJECTED, finished_at=s.clock())
-        if deploy:
-            self._dirty = True  # declared again if Serve lost them (the poll sees what is missing)
 
     def cancel(self, ref: str) -> ServiceRecord:
         """The user deletes a live service: its quota returns now, its applications leave Serve (the next
