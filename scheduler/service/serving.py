@@ -463,6 +463,8 @@ class Serving:
                 if target > view.replicas:
                     grew = True
                     self.scale_seen[row.id] = (target, time.monotonic())
+                else:
+                    s.wake()  # headroom returned: queued jobs may fit (the schedule loop's next cycle)
                 self._update(row.id, "Scaled", f"Serve asks {target} replicas (was {view.replicas})",
                              replicas=target, granted=granted,
                              by_unit=json.dumps(after.by_unit if after is not None else view.by_unit))
