@@ -136,3 +136,58 @@ async def wait_until(check: Callable[[], Any] | Callable[[], Awaitable[Any]], ti
             return last
         await asyncio.sleep(0.1)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+#: The demo's Serve application (a module installed with rayqueue, importable by Ray's workers).
+SERVE_APP = "rayqueue.scheduler.service.serve_app:app"
+
+
+def rayservice(
+    name: str,
+    *,
+    namespace: str = "serving",
+    app: str = "predict",
+    min_replicas: int = 1,
+    max_replicas: int = 2,
+    gpus: int = 1,
+    upscale_delay_s: float = 0.5,
+    downscale_delay_s: float = 2.0,
+) -> str:
+    """A KubeRay RayService whose serveConfigV2 runs the demo's Serve application: one deployment that
+    autoscales between ``min_replicas`` and ``max_replicas``, each replica holding ``gpus`` logical GPUs."""
+    return f"""\
+apiVersion: ray.io/v1
+kind: RayService
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  serveConfigV2: |
+    applications:
+      - name: {app}
+        route_prefix: /{app}
+        import_path: {SERVE_APP}
+        deployments:
+          - name: Predictor
+            max_ongoing_requests: 4
+            autoscaling_config:
+              min_replicas: {min_replicas}
+              max_replicas: {max_replicas}
+              target_ongoing_requests: 1
+              upscale_delay_s: {upscale_delay_s}
+              downscale_delay_s: {downscale_delay_s}
+              look_back_period_s: 1
+            ray_actor_options:
+              num_cpus: 0.1
+              num_gpus: {gpus}
+  rayClusterConfig:
+    headGroupSpec:
+      rayStartParams: {{}}
+      template:
+        spec:
+          containers:
+            - name: ray-head
+              image: rayproject/ray:2.52.0
+              resources:
+                requests: {{cpu: 100m, memory: 128Mi}}
+"""

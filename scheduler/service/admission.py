@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from rayqueue.scheduler.engine.decisions import Admit, Preempt, Reject
 from rayqueue.scheduler.service import store as st
@@ -31,6 +32,8 @@ class Admission:
     def __init__(self, s: ServiceState, release: Release) -> None:
         self.s = s
         self.release = release
+        #: called after each cycle's decisions are applied (services take their grants: serving.py)
+        self.after_apply: Callable[[], None] | None = None
 
     def run_cycle(self) -> None:
         """One admission cycle on the calling thread (the event loop's, holding the engine lock)."""
@@ -80,6 +83,8 @@ class Admission:
                         self.release.release(row.id, row.submission_id or "", d.placement.node_selector, row))
             except Exception:
                 log.exception("applying %s failed", type(item).__name__)
+        if self.after_apply is not None:
+            self.after_apply()
 
     def _record_admit(self, d: Admit) -> JobRecord | None:
         s = self.s

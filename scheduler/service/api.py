@@ -237,7 +237,8 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
             raise HTTPException(422, f"query parameter state: {', '.join(map(repr, unknown))} is not a job state "
                                      f"(one of {', '.join(JOB_STATES)})")
         views, total = await service.locked(service.job_views, state, queue, limit, offset)
-        return {"jobs": views, "total": total, "offset": offset}
+        services = [v for v in service.serving.views() if queue is None or v["queue"] == queue]
+        return {"jobs": views, "total": total, "offset": offset, "services": services}
 
     @app.get("/v1/jobs/{ref}", dependencies=guarded, tags=["jobs"])
     async def explain(ref: str = Ref) -> dict[str, Any]:

@@ -21,7 +21,15 @@ import httpx
 import typer
 from rich.console import Console
 
-from rayqueue.scheduler.service.tables import history_table, jobs_table, page_note, state_text, status_tables, when
+from rayqueue.scheduler.service.tables import (
+    history_table,
+    jobs_table,
+    page_note,
+    services_table,
+    state_text,
+    status_tables,
+    when,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8266"
 #: Rows `jobs` and `history` show unless told otherwise (`--limit 0`: all): a long-lived store holds
@@ -131,6 +139,8 @@ def serve(
     state_dir: Path = typer.Option(Path(".rayqueue"), "--state-dir", help="Where the default SQLite file lives."),
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address; a non-loopback one requires --token."),
     port: int = typer.Option(8266, "--port"),
+    serve_port: int = typer.Option(8000, "--serve-port", help="Port of Ray Serve's HTTP proxy (127.0.0.1) for the "
+                                   "RayServices' applications."),
     token: str | None = typer.Option(None, "--token", envvar="RAYQUEUE_TOKEN", help="API token (Bearer)."),
     poll_interval: float = typer.Option(0.2, "--poll-interval", help="Seconds between Ray status checks."),
     max_body_mb: float = typer.Option(4.0, "--max-body-mb", min=0.001, help="Largest HTTP request body in MiB "
@@ -164,7 +174,8 @@ def serve(
         tree=tree, policy=policy, priority_classes=priority_classes, ray_address=ray_address, ray_token=ray_token,
         num_gpus=num_gpus,
         num_cpus=num_cpus, unit_gpus=parsed, db=db, state_dir=state_dir, host=host, port=port, token=token,
-        config=ServiceConfig(poll_interval_s=poll_interval, max_body_bytes=int(max_body_mb * 2**20)),
+        config=ServiceConfig(poll_interval_s=poll_interval, max_body_bytes=int(max_body_mb * 2**20),
+                             serve_http_port=serve_port),
         ray_wait_s=ray_wait, reattach_wait_s=reattach_wait, say=lambda line: console.print(line, markup=False, soft_wrap=True),
     )
     runner = Runner(opts)
@@ -261,6 +272,8 @@ def jobs(
     data = Client(url, token).call("GET", "/v1/jobs", params=params)
     console = _console()
     console.print(jobs_table(data["jobs"], width=console.width))
+    if data.get("services"):
+        console.print(services_table(data["services"]))
     note = page_note("jobs", len(data["jobs"]), data["total"], offset)
     if note:
         console.print(note, markup=False, soft_wrap=True)
@@ -271,6 +284,9 @@ def explain(job: str = typer.Argument(..., help="Job id (or name)."), url: str =
     """Why a job waits (reason code and sentence), its position, unit and times."""
     e = Client(url, token).call("GET", job_path(job))
     console = _console()
+    if e.get("kind") == "RayService":
+        _explain_service(console, e)
+        return
     console.print(f"[bold]{e['id']}[/] ({e['name']}) in queue [bold]{e['queue']}[/]: {state_text(e['state'])}")
     prio = f"{e['priority_class']} ({e['priority']})" if e["priority_class"] else str(e["priority"])
     console.print(f"  priority  {prio}", markup=False)
@@ -294,6 +310,23 @@ def explain(job: str = typer.Argument(..., help="Job id (or name)."), url: str =
         console.print(f"  preempted {e['preemptions']} time(s); attempt {e['attempt']}", markup=False)
     if e["ray_message"]:
         console.print(f"  ray       {e['ray_status']}: {e['ray_message']}", markup=False, soft_wrap=True)
+
+
+def _explain_service(console: Console, e: dict[str, Any]) -> None:
+    """A service (RayService -> Ray Serve): its replicas, what it uses and reserves, why it waits."""
+    console.print(f"[bold]{e['id']}[/] (RayService {e['name']}) in queue [bold]{e['queue']}[/]: "
+                  f"{state_text(e['state'])}")
+    console.print(f"  serve     applications {', '.join(e['applications'])}", markup=False)
+    console.print(f"  replicas  Serve asks {e['replicas']}, {e['granted']} granted, bounds "
+                  f"{e.get('min_replicas', '?')}..{e.get('max_replicas', '?')}", markup=False)
+    console.print(f"  used      {e.get('used') or '-'}; reserved {e.get('reserved') or '-'}", markup=False)
+    if e.get("reason"):
+        console.print(f"  reason    {e.get('reason_code') or '-'}: {e['reason']}", markup=False, soft_wrap=True)
+    if e["preemptions"]:
+        console.print(f"  preempted {e['preemptions']} batch job(s) for its scale-ups", markup=False)
+    for label, key in (("submitted", "submitted_at"), ("admitted", "admitted_at"), ("finished", "finished_at")):
+        if e.get(key):
+            console.print(f"  {label:<9} {when(e[key])}", markup=False)
 
 
 def logs(job: str = typer.Argument(...), url: str = UrlOption, token: str | None = TokenOption) -> None:

@@ -48,6 +48,7 @@ from rayqueue.scheduler.service.raycluster import alive_nodes
 from rayqueue.scheduler.service.rayjobs import RayJobs
 from rayqueue.scheduler.service.recovery import Recovery
 from rayqueue.scheduler.service.release import Release
+from rayqueue.scheduler.service.serving import ServiceRecord, Serving
 from rayqueue.scheduler.service.state import (
     DEFAULT_PRIORITY_CLASSES,
     REJECTED,
@@ -103,6 +104,10 @@ class Service:
             s, nodes if nodes is not None else functools.partial(alive_nodes, token=ray.auth_token), self._cycle)
         self.trees = TreeChanges(s)
         self.queries = Queries(s)
+        # services (RayService -> Ray Serve): hooked into intake and the admission cycle
+        self.serving = Serving(s, self._cycle, config.serve_http_port)
+        self.intake.services = self.serving.prepare_into
+        self.admission.after_apply = self.serving.after_cycle
         self._tree_yaml = tree_yaml
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
@@ -145,6 +150,7 @@ class Service:
             self.capacity.apply(nodes)
             if self._tree_yaml is not None:
                 s.store.set_setting(TREE_SETTING, self._tree_yaml)
+            self.serving.recover()  # before the jobs: a job preempted for a service needs it
             await self.recovery.recover()
             # Preemptions are counted from the history, so a restart neither forgets nor repeats one.
             for (queue, reason), n in s.store.event_counts("Preempting").items():
@@ -154,6 +160,7 @@ class Service:
             asyncio.create_task(self.admission.schedule_loop(), name="rayqueue-schedule"),
             asyncio.create_task(self.release.poll_loop(), name="rayqueue-poll"),
             asyncio.create_task(self.capacity.loop(), name="rayqueue-capacity"),
+            asyncio.create_task(self.serving.loop(), name="rayqueue-serve"),
         ]
         self.started = True
 
@@ -210,9 +217,14 @@ class Service:
         """Every RayJob of every ``(source, text)``, or none of them, in one go on the calling thread; the
         HTTP API uses :meth:`submit`, which does the same off the event loop."""
         prepared = self.intake.prepare(files, queue=queue, priority=priority, ignore_other_kinds=ignore_other_kinds)
-        workloads = self.intake.accept(prepared)
+        services = self.serving.accept(prepared)
+        try:
+            workloads = self.intake.accept(prepared)
+        except Exception:
+            self.serving.undo(services)
+            raise
         self.admission.run_cycle()
-        return self.intake.answers(workloads)
+        return self.intake.answers(workloads) + self.serving.answers(services)
 
     async def submit(
         self,
@@ -234,16 +246,24 @@ class Service:
             return answers
 
     def _accept_and_decide(self, prepared: Prepared) -> tuple[list[Accepted], Decided]:
-        """Queue the submission, run the admission cycle and answer (in a worker thread, holding the lock)."""
-        workloads = self.intake.accept(prepared)
+        """Queue the submission (services and jobs, all or nothing), run the admission cycle and answer
+        (in a worker thread, holding the lock)."""
+        services = self.serving.accept(prepared)
+        try:
+            workloads = self.intake.accept(prepared)
+        except Exception:
+            self.serving.undo(services)
+            raise
         started = time.perf_counter()
         decided = self.admission.decide()
         self.state.metrics.cycles.inc()
         self.state.metrics.cycle_seconds.observe(time.perf_counter() - started)
         admitted = {item[1].id: item[1] for item in decided if isinstance(item, tuple)}
-        return self.intake.answers(workloads, admitted), decided
+        return self.intake.answers(workloads, admitted) + self.serving.answers(services), decided
 
-    def cancel(self, ref: str) -> JobRecord:
+    def cancel(self, ref: str) -> JobRecord | ServiceRecord:
+        if not self._is_job(ref) and self.serving.owns(ref):
+            return self.serving.cancel(ref)
         return self.release.cancel(self.queries.resolve(ref))
 
     async def poll_once(self) -> None:
@@ -277,7 +297,14 @@ class Service:
         return self.queries.resolve(ref)
 
     def explain(self, ref: str) -> dict[str, Any]:
+        if self._is_job(ref):
+            return self.queries.explain(ref)
+        if self.serving.owns(ref):
+            return self.serving.explain(ref)
         return self.queries.explain(ref)
+
+    def _is_job(self, ref: str) -> bool:
+        return self.state.store.get(ref) is not None or bool(self.state.store.by_name(ref))
 
     def job_views(
         self, states: list[str] | None = None, queue: str | None = None, limit: int | None = None, offset: int = 0
@@ -285,7 +312,7 @@ class Service:
         return self.queries.job_views(states, queue, limit, offset)
 
     def status(self) -> dict[str, Any]:
-        return self.queries.status()
+        return {**self.queries.status(), "services": self.serving.views()}
 
     def tree_yaml(self) -> str:
         return self.queries.tree_yaml()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ from rayqueue.scheduler.workloads.rayjob import (
     load_submission_documents,
     rayjob_request,
 )
+from rayqueue.scheduler.workloads.serving import RAYSERVICE
 
 #: The characters Kubernetes draws a generated name's suffix from (no vowels, so no words; no 0, 1, 3).
 GENERATED_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
@@ -70,6 +71,7 @@ class Prepared:
 
     queue: str | None
     jobs: list[PreparedJob] = field(default_factory=list)
+    services: list[Any] = field(default_factory=list)  # RayServices (serving.PreparedService)
     refused: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -104,6 +106,8 @@ AcceptedJob = tuple[Workload, RayJobRequest, dict[str, Any], list[str]]
 class Intake:
     def __init__(self, s: ServiceState) -> None:
         self.s = s
+        #: takes the RayService documents of a submission (serving.Serving.prepare_into)
+        self.services: Callable[[Prepared, str, dict[str, Any], str | None], None] | None = None
 
     def prepare(
         self,
@@ -126,13 +130,18 @@ class Intake:
             for index, doc in docs:
                 where = f"{source} (document {index})"
                 kind = doc.get("kind")
+                if kind == RAYSERVICE and self.services is not None:
+                    found = True
+                    self.services(out, where, doc, priority)
+                    continue
                 if kind != KIND:
                     if ignore_other_kinds:
                         continue
                     meta = doc.get("metadata")
                     name = (meta.get("name") if isinstance(meta, dict) else None) or "<unnamed>"
                     out.refuse(where, f"{where}: kind {kind!r} ({name}) is not a RayJob; standalone mode "
-                                      "queues ray.io/v1 RayJobs only (remove the document, or pass --ignore-other-kinds)")
+                                      "queues ray.io/v1 RayJobs and RayServices only "
+                                      "(remove the document, or pass --ignore-other-kinds)")
                     continue
                 found = True
                 try:

@@ -172,6 +172,7 @@ def status_view(engine: Engine, ray_address: str) -> dict[str, Any]:
             "max": dict(node.max),
             "usage": {k: v for k, v in node.used.items() if v},
             "borrowed": dict(node.borrowed),
+            "reserved": {k: v for k, v in node.reserved.items() if v and k != MAX_JOBS},  # services' headroom
             "resources": resources,
             "pending": p,
             "running": r,

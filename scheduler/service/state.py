@@ -45,6 +45,7 @@ class ServiceConfig:
     cancel_settle_s: float = 60.0  # how long a cancelled job's end is awaited in Ray (for its status and log)
     #: the largest HTTP request body read (413 beyond); a KubeRay sample is a few KiB, a batch of them far less
     max_body_bytes: int = 4 * 2**20
+    serve_http_port: int = 8000  # Ray Serve's HTTP proxy on 127.0.0.1, for services (serving.py)
     # No backoff: a parked job is only retried when a release leaves room for it (the engine's wake-up
     # index), and a backoff would let a newly requeued lower-priority job overtake it.
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(backoff_base_s=0.0))

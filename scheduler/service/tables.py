@@ -109,6 +109,9 @@ def status_tables(status: dict[str, Any], width: int | None = None) -> list[Tabl
     for r in resources:
         table.add_column(r, justify="right", overflow="fold")
     table.add_column("borrowed", overflow="fold")
+    any_reserved = any(n.get("reserved") for n in nodes)  # services' headroom (serving.py), only if any
+    if any_reserved:
+        table.add_column("reserved", overflow="fold")
     table.add_column("pending", justify="right")
     table.add_column("running", justify="right")
     for n, name in zip(nodes, names, strict=True):
@@ -120,8 +123,9 @@ def status_tables(status: dict[str, Any], width: int | None = None) -> list[Tabl
             used = display_quantity(n["usage"].get(r, 0), r)
             cells.append(f"{used} / {_res(n['min'], r)} / {_res(n['max'], r)}")
         borrowed = ", ".join(f"{r}={display_quantity(v, r)}" for r, v in sorted(n["borrowed"].items()))
+        extra = [_reserved(n)] if any_reserved else []
         table.add_row(
-            name, *cells, f"[magenta]{borrowed}[/]" if borrowed else "", str(n["pending"]), str(n["running"])
+            name, *cells, f"[magenta]{borrowed}[/]" if borrowed else "", *extra, str(n["pending"]), str(n["running"])
         )
 
     def by_resource() -> Table:
@@ -158,7 +162,28 @@ def status_tables(status: dict[str, Any], width: int | None = None) -> list[Tabl
             units.add_row(u["name"], u["resource"], cap, use, pods, sel)
         return units
 
-    return [_fitted(table, by_resource, width), _fitted(units_table(False), lambda: units_table(True), width)]
+    out = [_fitted(table, by_resource, width), _fitted(units_table(False), lambda: units_table(True), width)]
+    if status.get("services"):
+        out.append(services_table(status["services"]))
+    return out
+
+
+def _reserved(n: dict[str, Any]) -> str:
+    return ", ".join(f"{r}={display_quantity(v, r)}" for r, v in sorted((n.get("reserved") or {}).items()))
+
+
+def services_table(services: list[dict[str, Any]], title: str = "services (RayService -> Ray Serve)") -> Table:
+    """Each service: replicas Serve asks / charged / its bounds, what it uses and reserves for bursts."""
+    table = _table(title)
+    _name_column(table, "id", [v["id"] for v in services])
+    _name_column(table, "queue", [v["queue"] for v in services])
+    for col in ("state", "replicas (asked / granted / min..max)", "used", "reserved", "preempted", "reason"):
+        table.add_column(col, overflow="fold")
+    for v in services:
+        bounds = f"{v.get('min_replicas', '?')}..{v.get('max_replicas', '?')}"
+        table.add_row(v["id"], v["queue"], state_text(v["state"]), f"{v['replicas']} / {v['granted']} / {bounds}",
+                      v.get("used") or "-", v.get("reserved") or "-", str(v["preemptions"]), v.get("reason") or "")
+    return table
 
 
 def _prio(j: dict[str, Any]) -> str:
