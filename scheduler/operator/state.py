@@ -38,6 +38,9 @@ class OperatorConfig:
     status_interval_s: float = 1.0  # ElasticQuotaTree status is written at most this often
     retry_failed_after_s: float = 10.0
     announce_after_s: float = 1.0  # tell a pending job it waits (event + condition) once it waited this long
+    # a waiting job's condition annotation is rewritten at most this often: a reason that keeps changing
+    # (tried, parked, backing off) costs one patch per interval, the latest reason winning
+    condition_interval_s: float = 5.0
     peering: str | None = None  # kopf peering name; None = standalone (always the leader)
     priority: int = 0
     identity: str = "rayqueue-operator"
@@ -78,6 +81,7 @@ class OperatorState:
         self.released: dict[str, float] = {}  # uid -> admittedAtEpoch of the admission episode that ended
         self.announced: dict[str, str] = {}  # uid -> reason code last written for a pending job
         self.pending_writes: dict[str, ConditionWrite] = {}
+        self.condition_written: dict[str, float] = {}  # uid -> monotonic time of its last condition write
         self.leader = config.peering is None
         self.synced = False
         self.cycles = 0
