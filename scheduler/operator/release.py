@@ -158,7 +158,7 @@ class Release:
             patch = admit_patch(body, w, placement, admitted_at, by=s.config.identity)
             try:
                 body = await s.client.patch(RAYJOBS, obs.namespace, obs.name, patch)
-                s.jobs[uid] = body
+                s.wrote(uid, body)
                 break
             except Conflict:
                 s.metrics.conflicts.inc()
@@ -192,6 +192,8 @@ class Release:
         except NotFound:
             self.gone(w.uid)
             return
+        # not ``wrote``: the suspended object may already be Suspended (KubeRay never started it), and
+        # that version, echoed by the watch, is what releases the quota
         s.jobs[w.uid] = body
         s.metrics.evicted.labels(w.queue, d.reason.code.value).inc()
         s.metrics.preempted.labels(preemptor.queue if preemptor is not None else "", d.reason.code.value).inc()
@@ -301,7 +303,7 @@ class Release:
             try:
                 new = await s.client.patch(RAYJOBS, meta.get("namespace"), meta["name"], patch)
                 if job_uid(new) == uid and uid in s.jobs:
-                    s.jobs[uid] = new
+                    s.wrote(uid, new)
                 return
             except Conflict:
                 s.metrics.conflicts.inc()
