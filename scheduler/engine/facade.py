@@ -242,6 +242,10 @@ class Engine:
         """What the capacity rule reads of each unit (``scheduler.engine.capacity``)."""
         return views.unit_capacity_views(self._s)
 
+    def queue_totals(self) -> list[views.QueueTotals]:
+        """Per leaf queue: pending and admitted counts and the pending jobs' summed request."""
+        return views.queue_totals(self._s)
+
     # The engine's live state, for the engine's own tests and the simulator's checks; front ends read
     # the views above instead, so that what they may rely on stays small.
 

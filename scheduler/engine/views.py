@@ -285,3 +285,25 @@ def unit_capacity_views(s: EngineState) -> list[UnitCapacityView]:
         )
         for u in s.units.units
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueTotals:
+    """One leaf's queue in figures: what a status page shows per quota node without a view per job."""
+
+    name: str
+    pending: int
+    admitted: int  # admitted or preempting: holding quota
+    requested: Resources  # what its pending jobs request together
+
+
+def queue_totals(s: EngineState) -> list[QueueTotals]:
+    """Every leaf's queue in figures, in the tree's leaf order (no per-job copies: thousands may wait)."""
+    out: list[QueueTotals] = []
+    for name, q in s.queues.items():
+        requested: dict[str, int] = {}
+        for w in q.jobs.values():
+            for r, v in w.request.items():
+                requested[r] = requested.get(r, 0) + v
+        out.append(QueueTotals(name, len(q.pending), len(q.admitted), requested))
+    return out

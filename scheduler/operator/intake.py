@@ -42,8 +42,15 @@ class Intake:
         s = self.s
         body = dict(body)
         uid = job_uid(body)
+        own = s.own_versions.get(uid)
+        if own is not None and event_type != "DELETED" and \
+                own == str((body.get("metadata") or {}).get("resourceVersion")):
+            del s.own_versions[uid]
+            s.jobs[uid] = body
+            return  # the echo of our own write: nothing the engine does not know, no cycle to run
         async with s.lock:
             if event_type == "DELETED":
+                s.own_versions.pop(uid, None)
                 s.jobs.pop(uid, None)
                 s.rejected.pop(uid, None)
                 s.announced.pop(uid, None)

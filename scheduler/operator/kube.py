@@ -21,6 +21,7 @@ On top of it, :meth:`KubeClient.request`:
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime
 import email.utils
 import json
@@ -249,6 +250,8 @@ class KubeClient:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     on_retry: Callable[[str, str], None] | None = None  # (verb, why) for metrics
     max_connections: int = 32
+    #: requests sent, by "VERB plural[/sub]" (retries included): what the operator costs the API server
+    calls: collections.Counter[str] = field(default_factory=collections.Counter)
     _api: ApiClient | None = None
 
     async def __aenter__(self) -> KubeClient:
@@ -296,6 +299,7 @@ class KubeClient:
         last: Exception | None = None
         reloaded = False
         attempt = 0
+        self.calls[f"{method} {_kind_of(path)}"] += 1
         while attempt < self.retry.attempts:
             retry_after: float | None = None
             generation = self.connection.generation
@@ -418,6 +422,17 @@ class KubeClient:
     async def create(self, res: Resource, namespace: str | None, body: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("POST", res.path(namespace), body=body)
         return result
+
+
+def _kind_of(path: str) -> str:
+    """``rayjobs`` for ``/apis/ray.io/v1/namespaces/ns/rayjobs/name``, ``elasticquotatrees/status``, ..."""
+    parts = path.strip("/").split("/")
+    rest = parts[2:] if parts[0] == "api" else parts[3:]  # after /api/v1 or /apis/group/version
+    if len(rest) >= 2 and rest[0] == "namespaces":
+        rest = rest[2:]
+    if not rest:
+        return "?"
+    return rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
 
 
 def _env_proxy(server: str) -> str | None:

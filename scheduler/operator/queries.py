@@ -70,18 +70,18 @@ def tree_status(engine: Engine) -> dict[str, Any]:
     requested: dict[str, Resources] = {}
     pending_jobs: dict[str, int] = {}
     admitted_jobs: dict[str, int] = {}
-    for w in engine.jobs():
-        lineage = lineages.get(w.queue)
+    for q in engine.queue_totals():  # per leaf, then up its lineage: no walk over every job per node
+        lineage = lineages.get(q.name)
         if lineage is None:
             continue
         for name in lineage:
-            if w.state == WorkloadState.PENDING:
+            if q.pending:
                 acc = requested.setdefault(name, {})
-                for r, v in w.request.items():
+                for r, v in q.requested.items():
                     acc[r] = acc.get(r, 0) + v
-                pending_jobs[name] = pending_jobs.get(name, 0) + 1
-            elif w.state in (WorkloadState.ADMITTED, WorkloadState.PREEMPTING):
-                admitted_jobs[name] = admitted_jobs.get(name, 0) + 1
+                pending_jobs[name] = pending_jobs.get(name, 0) + q.pending
+            if q.admitted:
+                admitted_jobs[name] = admitted_jobs.get(name, 0) + q.admitted
 
     def render(res: Mapping[str, int], always: frozenset[str] | set[str] = frozenset()) -> dict[str, str]:
         return {r: (str(res.get(r, 0) // 1000) if r == MAX_JOBS else format_quantity(res.get(r, 0), r))

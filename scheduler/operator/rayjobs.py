@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import copy
 import datetime
 import json
 import time
@@ -183,13 +182,16 @@ def condition(type_: str, reason: str, message: str, position: int | None = None
 
 
 def _place_template(template: Any, placement: Placement) -> dict[str, Any]:
-    tpl: dict[str, Any] = copy.deepcopy(dict(template)) if isinstance(template, Mapping) else {}
-    meta = tpl.setdefault("metadata", {})
+    # Copies along the path that changes only (template, metadata, spec): the rest of the template (its
+    # containers) is shared with ``body`` and never written; a deep copy per template was a tenth of an
+    # admission's CPU.
+    tpl: dict[str, Any] = dict(template) if isinstance(template, Mapping) else {}
+    meta = tpl["metadata"] = dict(tpl.get("metadata") or {})
     labels = dict(meta.get("labels") or {})
     labels.update(placement.pod_labels)
     labels[UNIT_LABEL] = placement.unit
     meta["labels"] = labels
-    spec = tpl.setdefault("spec", {})
+    spec = tpl["spec"] = dict(tpl.get("spec") or {})
     if placement.node_selector:
         selector = dict(spec.get("nodeSelector") or {})
         selector.update(placement.node_selector)

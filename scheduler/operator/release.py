@@ -158,7 +158,7 @@ class Release:
             patch = admit_patch(body, w, placement, admitted_at, by=s.config.identity)
             try:
                 body = await s.client.patch(RAYJOBS, obs.namespace, obs.name, patch)
-                s.jobs[uid] = body
+                s.wrote(uid, body)
                 break
             except Conflict:
                 s.metrics.conflicts.inc()
@@ -192,6 +192,8 @@ class Release:
         except NotFound:
             self.gone(w.uid)
             return
+        # not ``wrote``: the suspended object may already be Suspended (KubeRay never started it), and
+        # that version, echoed by the watch, is what releases the quota
         s.jobs[w.uid] = body
         s.metrics.evicted.labels(w.queue, d.reason.code.value).inc()
         s.metrics.preempted.labels(preemptor.queue if preemptor is not None else "", d.reason.code.value).inc()
@@ -247,7 +249,7 @@ class Release:
             async with s.lock:
                 self.announce_pending()
                 self.queries.maybe_update_gauges()  # also when no cycle runs: the last cycle's are not lost
-            writes, s.pending_writes = s.pending_writes, {}
+            writes = self._due_writes()
             await asyncio.gather(*(self._write_limited(uid, item) for uid, item in writes.items()))
             now = time.monotonic()
             if s.status_dirty:
@@ -262,6 +264,23 @@ class Release:
                     log.warning("could not write the ElasticQuotaTree status: %s", exc)
                     s.status_dirty = True
                     s.write_wake.set()
+
+    def _due_writes(self) -> dict[str, ConditionWrite]:
+        """The condition writes to make now: each job's latest, unless its last was written less than
+        ``condition_interval_s`` ago (then it waits in ``pending_writes``, overwritten by newer ones)."""
+        s = self.s
+        now = time.monotonic()
+        horizon = now - s.config.condition_interval_s
+        due: dict[str, ConditionWrite] = {}
+        for uid, item in s.pending_writes.items():
+            if s.condition_written.get(uid, -1e18) <= horizon:
+                due[uid] = item
+                s.condition_written[uid] = now
+        for uid in due:
+            del s.pending_writes[uid]
+        if len(s.condition_written) > 4 * max(1024, len(s.jobs)):  # forget jobs long gone
+            s.condition_written = {u: t for u, t in s.condition_written.items() if t > horizon}
+        return due
 
     async def _write_limited(self, uid: str, item: ConditionWrite) -> None:
         async with self._write_sem:
@@ -284,7 +303,7 @@ class Release:
             try:
                 new = await s.client.patch(RAYJOBS, meta.get("namespace"), meta["name"], patch)
                 if job_uid(new) == uid and uid in s.jobs:
-                    s.jobs[uid] = new
+                    s.wrote(uid, new)
                 return
             except Conflict:
                 s.metrics.conflicts.inc()

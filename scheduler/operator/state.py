@@ -38,6 +38,9 @@ class OperatorConfig:
     status_interval_s: float = 1.0  # ElasticQuotaTree status is written at most this often
     retry_failed_after_s: float = 10.0
     announce_after_s: float = 1.0  # tell a pending job it waits (event + condition) once it waited this long
+    # a waiting job's condition annotation is rewritten at most this often: a reason that keeps changing
+    # (tried, parked, backing off) costs one patch per interval, the latest reason winning
+    condition_interval_s: float = 5.0
     peering: str | None = None  # kopf peering name; None = standalone (always the leader)
     priority: int = 0
     identity: str = "rayqueue-operator"
@@ -78,6 +81,11 @@ class OperatorState:
         self.released: dict[str, float] = {}  # uid -> admittedAtEpoch of the admission episode that ended
         self.announced: dict[str, str] = {}  # uid -> reason code last written for a pending job
         self.pending_writes: dict[str, ConditionWrite] = {}
+        self.condition_written: dict[str, float] = {}  # uid -> monotonic time of its last condition write
+        # uid -> the resourceVersion our own last admission or condition write produced: its watch event
+        # only echoes what the engine already knows (the versions before it came through the watch, in
+        # order, and the write changed nothing the engine reads). Not a preemption's: see apply_preempt.
+        self.own_versions: dict[str, str] = {}
         self.leader = config.peering is None
         self.synced = False
         self.cycles = 0
@@ -87,6 +95,11 @@ class OperatorState:
         self.tree_condition_target: tuple[str | None, str] | None = None
         metrics.leader.set(1 if self.leader else 0)
         metrics.tree_valid.set(1)
+
+    def wrote(self, uid: str, body: dict[str, Any]) -> None:
+        """The object as our own write left it (the answer to our patch)."""
+        self.jobs[uid] = body
+        self.own_versions[uid] = str((body.get("metadata") or {}).get("resourceVersion"))
 
     def write_condition(self, uid: str, type_: str, reason: str, message: str, position: int | None) -> None:
         """Queue a ``rayqueue.io/condition`` write for the writer (the latest one per job wins)."""

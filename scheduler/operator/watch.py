@@ -61,7 +61,13 @@ class RayJobWatch:
             except Gone as exc:
                 log.info("RayJob watch: %s; listing again", exc)
                 self.resource_version = None
-            except (ApiError, TimeoutError, aiohttp.ClientError, ValueError, OSError) as exc:
+            except TimeoutError:
+                # silent for ``inactivity_s`` (a quiet cluster; a server sends bookmarks about once a
+                # minute): open it again from where it was, at once
+                log.debug("RayJob watch timed out (silent for %.0fs?); reopening from resourceVersion %s",
+                          self.inactivity_s, self.resource_version)
+                await asyncio.sleep(self.backoff_s[0])
+            except (ApiError, aiohttp.ClientError, ValueError, OSError) as exc:
                 delay = self.backoff_s[min(failures, len(self.backoff_s) - 1)] * (0.5 + random.random() / 2)
                 failures += 1
                 log.warning("RayJob watch interrupted (%s); resuming from resourceVersion %s in %.1fs",
