@@ -101,6 +101,14 @@ def build_registry(controller: Controller, connection: Connection, webhooks: boo
     async def node_event(event: Mapping[str, Any], **_: Any) -> None:
         await controller.on_node(_event_type(event), event["object"])
 
+    @kopf.on.event("ray.io", "v1", "rayservices", registry=registry)
+    async def rayservice_event(event: Mapping[str, Any], **_: Any) -> None:
+        await controller.on_rayservice(_event_type(event), event["object"])
+
+    @kopf.on.event("ray.io", "v1", "rayclusters", registry=registry)
+    async def raycluster_event(event: Mapping[str, Any], **_: Any) -> None:
+        await controller.on_raycluster(_event_type(event), event["object"])
+
     if webhooks:
         register_webhooks(registry, controller)
     return registry

@@ -1,0 +1,281 @@
+"""The operator against kmock: RayService and RayCluster as queued workloads (issue 12, front end).
+
+KubeRay's side is played by the test itself where it matters (the autoscaler raising a worker group's
+replicas, a zero-downtime upgrade's status); every version of a RayService or RayCluster the API held is
+checked against KubeRay's CRD at the end, so the operator's patches stay within KubeRay's schema.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import kmock
+import pytest
+from kmock_cluster import RAYCLUSTERS, RAYSERVICES, _close_schema
+from operator_env import TREES, Env, environment, eventually, rayjob
+
+from rayqueue.scheduler.operator.rayjobs import ADMISSION_ANNOTATION, CONDITION_ANNOTATION
+from rayqueue.scheduler.workloads.serving import HOT_RESERVE_ANNOTATION
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # a hang guard; waits end at their event
+
+KUBERAY = Path(__file__).resolve().parents[1] / "data" / "kuberay"
+
+
+def _validator(crd: str) -> Any:
+    import jsonschema
+    import yaml
+
+    with open(KUBERAY / crd) as f:
+        doc = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    version = next(v for v in doc["spec"]["versions"] if v["name"] == "v1")
+    schema = _close_schema(version["schema"]["openAPIV3Schema"])
+    schema["properties"]["metadata"] = {"type": "object"}
+    return jsonschema.Draft7Validator(schema)
+
+
+def crd_violations(env: Env) -> list[str]:
+    """Every version of every RayService and RayCluster the API held that breaks KubeRay's CRD."""
+    out = []
+    for plural, crd in ((RAYSERVICES, "ray.io_rayservices.yaml"), (RAYCLUSTERS, "ray.io_rayclusters.yaml")):
+        validator = _validator(crd)
+        resource = kmock.resource(plural)
+        for key, obj in env.server.objects.items():
+            if key[0] != resource:
+                continue
+            for version in obj.history:
+                if version is not None:
+                    out += [f"{key[2]}: {e.message[:160]}" for e in validator.iter_errors(dict(version))]
+    return out
+
+
+@asynccontextmanager
+async def serving_env(**kw: Any) -> AsyncIterator[Env]:
+    async with environment(**kw) as env:
+        yield env
+        assert crd_violations(env) == []
+
+
+def _pod(role: str, cpu: str) -> dict[str, Any]:
+    return {"spec": {"containers": [{"name": f"ray-{role}", "image": "rayproject/ray:2.46.0",
+                                     "resources": {"requests": {"cpu": cpu, "memory": "1Gi"},
+                                                   "limits": {"cpu": cpu, "memory": "1Gi"}}}]}}
+
+
+def rayservice(name: str, namespace: str, *, replicas: int = 1, low: int = 1, high: int = 5, hot: int = 0,
+               cpu: str = "1", suspend: bool = True) -> dict[str, Any]:
+    """A RayService whose head and every worker replica ask ``cpu``; the worker group autoscales in
+    [low, high] (the in-tree autoscaler edits ``replicas``)."""
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "annotations": {}}
+    if hot:
+        meta["annotations"][HOT_RESERVE_ANNOTATION] = str(hot)
+    return {"apiVersion": "ray.io/v1", "kind": "RayService", "metadata": meta, "spec": {
+        "suspend": suspend,
+        "rayClusterConfig": {
+            "rayVersion": "2.46.0", "enableInTreeAutoscaling": True,
+            "headGroupSpec": {"rayStartParams": {}, "template": _pod("head", cpu)},
+            "workerGroupSpecs": [{"groupName": "serve", "replicas": replicas, "minReplicas": low,
+                                  "maxReplicas": high, "rayStartParams": {}, "template": _pod("worker", cpu)}],
+        },
+    }}
+
+
+def raycluster(name: str, namespace: str, *, workers: int = 1, cpu: str = "1", high: int = 8) -> dict[str, Any]:
+    return {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"suspend": True, "rayVersion": "2.46.0", "enableInTreeAutoscaling": True,
+                     "headGroupSpec": {"rayStartParams": {}, "template": _pod("head", cpu)},
+                     "workerGroupSpecs": [{"groupName": "workers", "replicas": workers, "minReplicas": 0,
+                                           "maxReplicas": high, "rayStartParams": {},
+                                           "template": _pod("worker", cpu)}]}}
+
+
+def obj(env: Env, plural: str, namespace: str, name: str) -> dict[str, Any]:
+    body = env.server.obj(plural, namespace, name)
+    assert body is not None
+    return body
+
+
+def record(env: Env, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    raw = (obj(env, plural, namespace, name)["metadata"].get("annotations") or {}).get(ADMISSION_ANNOTATION)
+    return json.loads(raw) if raw else None
+
+
+def cond(env: Env, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    raw = (obj(env, plural, namespace, name)["metadata"].get("annotations") or {}).get(CONDITION_ANNOTATION)
+    return json.loads(raw) if raw else None
+
+
+async def autoscale(env: Env, plural: str, namespace: str, name: str, replicas: int) -> None:
+    """What KubeRay's autoscaler does: rewrite the worker group's ``replicas`` (the whole list)."""
+    body = obj(env, plural, namespace, name)
+    spec = body["spec"]["rayClusterConfig"] if plural == RAYSERVICES else body["spec"]
+    groups = copy.deepcopy(spec["workerGroupSpecs"])
+    groups[0]["replicas"] = replicas
+    patch = {"spec": {"rayClusterConfig": {"workerGroupSpecs": groups}}} if plural == RAYSERVICES else \
+        {"spec": {"workerGroupSpecs": groups}}
+    await env.api.patch(plural, namespace, name, patch)
+
+
+def used(env: Env, node: str) -> str:
+    tree = env.server.obj(TREES, "kube-system", "elasticquotatree")
+    assert tree is not None
+    return str(((tree.get("status") or {}).get("nodes") or {}).get(node, {}).get("used", {}).get("cpu", "0"))
+
+
+# The serving team is guaranteed 6 CPU (head 1 + up to 5 one-CPU replicas); batch is guaranteed 2 and
+# may borrow up to the cluster's 8.
+def serving_tree(serve: tuple[str, str] = ("6", "8"), batch: tuple[str, str] = ("2", "8")) -> dict[str, Any]:
+    from operator_env import tree_manifest
+
+    return tree_manifest({"serve": serve, "batch": batch}, root_min="8", root_max="8",
+                         attributes={"batch": {"preemptionPolicy": "Never"}})
+
+
+async def test_burst_is_served_in_one_cycle_and_borrowers_are_preempted() -> None:
+    async with serving_env(runtime=600) as env:
+        await env.create(TREES, serving_tree())
+        await env.start_operator()
+        await env.create(RAYSERVICES, rayservice("web", "serve", replicas=1, low=1, high=5))
+        await eventually(lambda: record(env, RAYSERVICES, "serve", "web"), what="web admitted")
+        web = obj(env, RAYSERVICES, "serve", "web")
+        assert web["spec"]["suspend"] is False
+        assert record(env, RAYSERVICES, "serve", "web")["byUnit"] == {"default": 1}
+        # Batch borrows the service's idle headroom: 3 jobs x 2 CPU beside the service's 2.
+        for i in range(3):
+            await env.create_job(rayjob(f"b{i}", "batch"))
+        await eventually(lambda: all(env.running("batch", f"b{i}") for i in range(3)), what="batch borrowing")
+        # The burst: the autoscaler asks 5 replicas. Granted at once; two borrowers give way, newest first.
+        await autoscale(env, RAYSERVICES, "serve", "web", 5)
+        await eventually(lambda: record(env, RAYSERVICES, "serve", "web")["granted"] == 5, what="scale-up granted")
+        scaled = await eventually(lambda: env.events("web", "ScaledUp"), what="ScaledUp event")
+        assert "5 replicas" in scaled[0]["message"]
+        assert env.running("batch", "b0") and not env.running("batch", "b1") and not env.running("batch", "b2")
+        for victim in ("b1", "b2"):
+            preempted = await eventually(lambda v=victim: env.events(v, "Preempted"), what=f"{victim} preempted")
+            assert len(preempted) == 1 and "RayService serve/web" in preempted[0]["message"]
+        assert not env.events("b0", "Preempted")
+        await eventually(lambda: used(env, "serve") == "6", what="the service charged 6 CPU")
+        assert env.events("web", "Admitted")
+
+
+async def test_hot_reserve_is_never_lent() -> None:
+    async with serving_env(runtime=600) as env:
+        await env.create(TREES, serving_tree())
+        await env.start_operator()
+        # 1 replica running and 2 held hot: 4 CPU of the cluster's 8 are the service's.
+        await env.create(RAYSERVICES, rayservice("web", "serve", replicas=1, low=1, high=5, hot=2))
+        await eventually(lambda: record(env, RAYSERVICES, "serve", "web"), what="web admitted")
+        for i in range(3):
+            await env.create_job(rayjob(f"b{i}", "batch"))
+        await eventually(lambda: env.running("batch", "b0") and env.running("batch", "b1"), what="two borrow")
+        queued = await eventually(lambda: env.events("b2", "Queued"), what="the third job waits")
+        assert "position" in queued[0]["message"]
+        assert not env.running("batch", "b2")
+        # Scaling into the hot reserve takes nothing back from batch.
+        await autoscale(env, RAYSERVICES, "serve", "web", 3)
+        await eventually(lambda: env.events("web", "ScaledUp"), what="ScaledUp event")
+        assert env.running("batch", "b0") and env.running("batch", "b1")
+        assert not env.events("b0", "Preempted") and not env.events("b1", "Preempted")
+
+
+async def test_scale_down_returns_headroom_to_a_waiting_job() -> None:
+    async with serving_env(runtime=600) as env:
+        await env.create(TREES, serving_tree())
+        await env.start_operator()
+        await env.create(RAYSERVICES, rayservice("web", "serve", replicas=5, low=1, high=5))
+        await eventually(lambda: (record(env, RAYSERVICES, "serve", "web") or {}).get("granted") == 5,
+                         what="web admitted with 5 replicas")
+        for i in range(2):
+            await env.create_job(rayjob(f"b{i}", "batch"))
+        await eventually(lambda: env.running("batch", "b0"), what="b0 on batch's own 2 CPU")
+        await eventually(lambda: env.events("b1", "Queued"), what="b1 waits")
+        await autoscale(env, RAYSERVICES, "serve", "web", 2)
+        await eventually(lambda: env.running("batch", "b1"), what="b1 admitted on the returned headroom")
+        await eventually(lambda: record(env, RAYSERVICES, "serve", "web")["granted"] == 2, what="record follows")
+
+
+async def test_raycluster_gate() -> None:
+    async with serving_env(runtime=600) as env:
+        await env.create(TREES, serving_tree(serve=("2", "2"), batch=("6", "6")))
+        await env.start_operator()
+        await env.create(RAYCLUSTERS, raycluster("lab", "batch", workers=3))  # 4 CPU: fits in 6
+        await eventually(lambda: obj(env, RAYCLUSTERS, "batch", "lab")["spec"]["suspend"] is False,
+                         what="lab unsuspended")
+        rec = record(env, RAYCLUSTERS, "batch", "lab")
+        assert rec is not None and rec["total"]["cpu"] == 4000
+        head = obj(env, RAYCLUSTERS, "batch", "lab")["spec"]["headGroupSpec"]["template"]
+        assert head["metadata"]["labels"]["rayqueue.io/unit"] == "default"
+        await eventually(lambda: env.events("lab", "Admitted"), what="Admitted event")
+        # A second cluster does not fit: it waits, suspended, with a reason.
+        await env.create(RAYCLUSTERS, raycluster("big", "batch", workers=3))
+        queued = await eventually(lambda: env.events("big", "Queued"), what="big waits")
+        assert "max" in queued[0]["message"] or "quota" in queued[0]["message"]
+        await eventually(lambda: (cond(env, RAYCLUSTERS, "batch", "big") or {}).get("type") == "Queued",
+                         what="big's condition")
+        assert obj(env, RAYCLUSTERS, "batch", "big")["spec"]["suspend"] is True
+        # The autoscaler grows lab beyond its admitted size: that scale-up waits with a reason too.
+        await autoscale(env, RAYCLUSTERS, "batch", "lab", 5)
+        waits = await eventually(lambda: env.events("lab", "ScaleUpWaits"), what="lab's scale-up waits")
+        assert "2 cpu" in waits[0]["message"].lower() or "cpu" in waits[0]["message"]
+        # Deleting lab frees its quota: big is admitted.
+        await env.api.delete(RAYCLUSTERS, "batch", "lab")
+        await eventually(lambda: obj(env, RAYCLUSTERS, "batch", "big")["spec"]["suspend"] is False,
+                         what="big admitted")
+
+
+async def test_zero_downtime_upgrade_charges_both_clusters() -> None:
+    async with serving_env(runtime=600) as env:
+        await env.create(TREES, serving_tree(serve=("8", "8"), batch=("0", "8")))
+        await env.start_operator()
+        await env.create(RAYSERVICES, rayservice("web", "serve", replicas=1, low=1, high=2))
+        await eventually(lambda: record(env, RAYSERVICES, "serve", "web"), what="web admitted")
+        await env.api.patch(RAYSERVICES, "serve", "web", {"status": {
+            "activeServiceStatus": {"rayClusterName": "web-old"}}}, sub="status")
+        await eventually(lambda: used(env, "serve") == "2", what="one cluster charged")
+        # A new image (and a bigger head): KubeRay starts a second cluster beside the first.
+        body = obj(env, RAYSERVICES, "serve", "web")
+        head = copy.deepcopy(body["spec"]["rayClusterConfig"]["headGroupSpec"])
+        head["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "2"
+        head["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = "2"
+        await env.api.patch(RAYSERVICES, "serve", "web", {"spec": {"rayClusterConfig": {"headGroupSpec": head}}})
+        await env.api.patch(RAYSERVICES, "serve", "web", {"status": {
+            "pendingServiceStatus": {"rayClusterName": "web-new"}}}, sub="status")
+        await eventually(lambda: env.events("web", "UpgradeAdmitted"), what="upgrade charged")
+        await eventually(lambda: used(env, "serve") == "5", what="both clusters charged (2 + 3)")
+        # KubeRay switches traffic and deletes the old cluster.
+        await env.api.patch(RAYSERVICES, "serve", "web", {"status": {
+            "activeServiceStatus": {"rayClusterName": "web-new"}, "pendingServiceStatus": None}}, sub="status")
+        await eventually(lambda: env.events("web", "UpgradeDone"), what="upgrade done")
+        await eventually(lambda: used(env, "serve") == "3", what="only the new cluster charged")
+
+
+async def test_restart_restores_services_and_their_preemptions() -> None:
+    async with serving_env(runtime=600, suspend_delay=600) as env:
+        await env.create(TREES, serving_tree())
+        op = await env.start_operator()
+        await env.create(RAYSERVICES, rayservice("web", "serve", replicas=1, low=1, high=5))
+        await eventually(lambda: record(env, RAYSERVICES, "serve", "web"), what="web admitted")
+        for i in range(3):
+            await env.create_job(rayjob(f"b{i}", "batch"))
+        await eventually(lambda: all(env.phase("batch", f"b{i}") == "Running" for i in range(3)),
+                         what="batch running")
+        await autoscale(env, RAYSERVICES, "serve", "web", 4)
+        # KubeRay takes long to stop the victim (suspend_delay): the restart finds it still Suspending.
+        await eventually(lambda: env.phase("batch", "b2") == "Suspending", what="b2 being preempted")
+        await eventually(lambda: record(env, RAYSERVICES, "serve", "web")["granted"] == 4, what="granted 4")
+        await op.stop()
+        op2 = await env.start_operator(identity="op-2")
+        engine = await eventually(lambda: op2.controller.engine, what="engine rebuilt")
+        uid = obj(env, RAYSERVICES, "serve", "web")["metadata"]["uid"]
+        view = await eventually(lambda: engine.service(uid), what="service restored")
+        assert view.granted == 4 and view.by_unit == {"default": 4}
+        victim = engine.job(obj(env, "ray.io/v1/rayjobs", "batch", "b2")["metadata"]["uid"])
+        assert victim is not None and victim.preempted_by == uid  # resumed, not decided again
+        assert len(env.events("b2", "Preempted")) == 1
+        assert len(env.events("web", "Admitted")) == 1
+
