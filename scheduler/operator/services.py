@@ -589,6 +589,8 @@ class Services:
             if engine is None:
                 return
             grants = engine.service_grants()
+            if grants:
+                s.status_dirty = True  # the tree's status shows what the services now hold
             # (uid, the patch from the body, event reason, message, event type)
             writes: list[tuple[str, Callable[[Mapping[str, Any]], dict[str, Any]], str, str, str]] = []
             for g in grants:
