@@ -286,3 +286,28 @@ async def test_restart_restores_services_and_their_preemptions() -> None:
         assert len(env.events("b2", "Preempted")) == 1
         assert len(env.events("web", "Admitted")) == 1
 
+
+
+async def test_mutating_webhook_creates_rayservices_and_rayclusters_suspended() -> None:
+    import base64
+
+    from test_operator_webhooks import free_port, post, review
+
+    from rayqueue.scheduler.operator.handlers import WebhookConfig
+
+    port = free_port()
+    async with serving_env(runtime=600) as env:
+        await env.create(TREES, serving_tree())
+        await env.start_operator(webhook=WebhookConfig(port=port, addr="127.0.0.1", insecure=True))
+        await eventually(lambda: env.operators[0].controller.tree is not None, what="tree loaded")
+        for body, plural in ((rayservice("web", "serve", suspend=False), "rayservices"),
+                             (raycluster("lab", "batch"), "rayclusters")):
+            body["spec"].pop("suspend", None)
+            response = await post(port, "suspend-serving", review(body, "ray.io", "v1", plural))
+            ops = {op["path"]: op["value"] for op in json.loads(base64.b64decode(response["patch"]))}
+            assert ops["/spec/suspend"] is True, plural
+            assert any("waits in its queue" in w for w in response.get("warnings", []))
+        # Elsewhere (no leaf, no queue label) nothing changes.
+        other = await post(port, "suspend-serving",
+                           review(rayservice("x", "elsewhere", suspend=False), "ray.io", "v1", "rayservices"))
+        assert other["allowed"] is True and not other.get("patch")

@@ -86,6 +86,12 @@ def service_suspended(body: Mapping[str, Any]) -> bool:
     return spec.get("suspend") is True or (isinstance(cluster, Mapping) and cluster.get("suspend") is True)
 
 
+def serving_suspended(body: Mapping[str, Any]) -> bool:
+    """A RayService's or RayCluster's gate is closed (``spec.suspend``; a RayService's older field too)."""
+    return service_suspended(body) if body.get("kind") == "RayService" else \
+        (body.get("spec") or {}).get("suspend") is True
+
+
 def cluster_suspended_confirmed(body: Mapping[str, Any]) -> bool:
     """KubeRay has stopped the RayCluster's pods: ``status.state: suspended`` (1.1) or the
     ``RayClusterSuspended`` condition (later releases); never started also holds nothing."""
