@@ -311,3 +311,23 @@ async def test_mutating_webhook_creates_rayservices_and_rayclusters_suspended() 
         other = await post(port, "suspend-serving",
                            review(rayservice("x", "elsewhere", suspend=False), "ray.io", "v1", "rayservices"))
         assert other["allowed"] is True and not other.get("patch")
+
+
+async def test_two_services_cannot_reserve_beyond_the_leaf_max_and_notes_are_events() -> None:
+    async with serving_env(runtime=600) as env:
+        await env.create(TREES, serving_tree(batch=("0", "8")))
+        await env.start_operator()
+        # KubeRay's CRD requires maxReplicas; int32 max is its "no bound" (the samples' older default).
+        capped = rayservice("capped", "serve", replicas=1, low=1, high=2**31 - 1)
+        await env.create(RAYSERVICES, capped)
+        # head 1 + 7 replicas = serve's max 8
+        await eventually(lambda: any("capped at 7 replicas" in e["message"] for e in env.events("capped", "Note")),
+                         what="the engine's cap told as an event")
+        await eventually(lambda: record(env, RAYSERVICES, "serve", "capped"), what="capped admitted")
+        await env.create(RAYSERVICES, rayservice("second", "serve", replicas=1, low=1, high=2))
+        queued = await eventually(lambda: env.events("second", "Queued"), what="second waits")
+        assert "reservation does not fit" in queued[0]["message"] and "max" in queued[0]["message"]
+        assert (cond(env, RAYSERVICES, "serve", "second") or {}).get("type") == "Queued"
+        assert obj(env, RAYSERVICES, "serve", "second")["spec"]["suspend"] is True
+        await env.api.delete(RAYSERVICES, "serve", "capped")
+        await eventually(lambda: record(env, RAYSERVICES, "serve", "second"), what="second admitted")

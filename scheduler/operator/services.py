@@ -241,6 +241,8 @@ class Services:
         if not suspended:
             return  # running and never admitted by us (created before the webhook): not ours to count
         if live is not None and live.state == ServiceState.RUNNING:
+            if record is None or float(record.get("admittedAtEpoch") or 0) + 1e-6 < (live.admitted_at or 0):
+                return  # stale: a version from before our admission patch
             # Suspended by its owner while running (we never suspend a service): it frees everything
             # and queues again.
             engine.finish_service(uid)
@@ -375,6 +377,8 @@ class Services:
         if not suspend:
             return  # running, never admitted by us
         if base is not None and base.state in (WorkloadState.ADMITTED, WorkloadState.PREEMPTING):
+            if record is None or float(record.get("admittedAtEpoch") or 0) + 1e-6 < (base.admitted_at or 0):
+                return  # stale: a version from before our admission patch
             # Stopped (preempted, or suspended by its owner): release every piece; it queues again at
             # the size it has now.
             self.drop_cluster(uid)
@@ -648,6 +652,7 @@ class Services:
                     view.uid in self.upgrading and "upgrade" in view.reason.message:
                 type_ = "UpgradeWaits"
             else:
+                self.announced.pop(view.uid, None)  # not waiting: the next wait is told again
                 continue
             if self.announced.get(view.uid) != (type_, view.reason.message):
                 self.announced[view.uid] = (type_, view.reason.message)
