@@ -331,3 +331,22 @@ async def test_two_services_cannot_reserve_beyond_the_leaf_max_and_notes_are_eve
         assert obj(env, RAYSERVICES, "serve", "second")["spec"]["suspend"] is True
         await env.api.delete(RAYSERVICES, "serve", "capped")
         await eventually(lambda: record(env, RAYSERVICES, "serve", "second"), what="second admitted")
+
+
+async def test_a_stale_event_from_before_the_admission_releases_nothing() -> None:
+    async with serving_env(runtime=600) as env:
+        await env.create(TREES, serving_tree(serve=("6", "8"), batch=("2", "8")))
+        op = await env.start_operator()
+        created_web = await env.create(RAYSERVICES, rayservice("web", "serve"))
+        created_lab = await env.create(RAYCLUSTERS, raycluster("lab", "batch"))
+        await eventually(lambda: record(env, RAYSERVICES, "serve", "web"), what="web admitted")
+        await eventually(lambda: record(env, RAYCLUSTERS, "batch", "lab"), what="lab admitted")
+        engine = op.controller.engine
+        assert engine is not None
+        # A watch may still deliver the versions from before our admission patches (suspended, no record).
+        await op.controller.on_rayservice("MODIFIED", created_web)
+        await op.controller.on_raycluster("MODIFIED", created_lab)
+        web = engine.service(created_web["metadata"]["uid"])
+        lab = engine.job(created_lab["metadata"]["uid"])
+        assert web is not None and web.state == "Running"
+        assert lab is not None and lab.state == "Admitted"
