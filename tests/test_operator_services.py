@@ -350,3 +350,19 @@ async def test_a_stale_event_from_before_the_admission_releases_nothing() -> Non
         lab = engine.job(created_lab["metadata"]["uid"])
         assert web is not None and web.state == "Running"
         assert lab is not None and lab.state == "Admitted"
+
+
+async def test_an_admission_the_api_refused_is_undone_and_tried_again() -> None:
+    async with serving_env(runtime=600) as env:
+        await env.create(TREES, serving_tree())
+        await env.start_operator()
+        # More 500s than the client retries: the first admission patches of each kind are not written.
+        env.server.inject("PATCH", "rayservices", status=500, times=8, subresource=None)
+        env.server.inject("PATCH", "rayclusters", status=500, times=8, subresource=None)
+        await env.create(RAYSERVICES, rayservice("web", "serve"))
+        await env.create(RAYCLUSTERS, raycluster("lab", "batch"))
+        await eventually(lambda: obj(env, RAYSERVICES, "serve", "web")["spec"]["suspend"] is False,
+                         what="web admitted on a later try")
+        await eventually(lambda: obj(env, RAYCLUSTERS, "batch", "lab")["spec"]["suspend"] is False,
+                         what="lab admitted on a later try")
+        assert record(env, RAYSERVICES, "serve", "web")["granted"] == 1

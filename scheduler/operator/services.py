@@ -24,6 +24,7 @@ restored as such (``Engine.restore_service``).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import functools
 import json
@@ -510,15 +511,36 @@ class Services:
         base = uid.split(SCALE_UP, 1)[0]
         if base not in self.rayclusters:
             return False
-        if isinstance(d, Admit):
-            await self._admit_cluster(base, d)
-        elif isinstance(d, Preempt):
-            await self._preempt_cluster(base, d)
-        elif isinstance(d, Reject):
-            body = self.rayclusters.get(base)
-            if body is not None:
-                self.reject(body, d.reason.code.value, d.reason.message)
+        try:
+            if isinstance(d, Admit):
+                await self._admit_cluster(base, d)
+            elif isinstance(d, Preempt):
+                await self._preempt_cluster(base, d)
+            elif isinstance(d, Reject):
+                body = self.rayclusters.get(base)
+                if body is not None:
+                    self.reject(body, d.reason.code.value, d.reason.message)
+        except (ApiError, TimeoutError, OSError) as exc:
+            log.warning("could not apply %s to %s: %s", type(d).__name__, d.workload.display_name, exc)
+            engine = self.s.engine
+            w = engine.job(uid) if engine is not None else None
+            if engine is not None and w is not None and w.state == WorkloadState.ADMITTED and isinstance(d, Admit):
+                # Not written: undo it, and queue the cluster again later (a preemption is simply decided
+                # again by a later cycle).
+                engine.cancel(uid)
+                asyncio.get_running_loop().call_later(self.s.config.retry_failed_after_s, self._resync, base)
         return True
+
+    def _resync(self, uid: str) -> None:
+        """Sync one object again (a write that failed): it is queued anew if it still waits."""
+        s = self.s
+        if s.engine is None or s.tree is None:
+            return
+        if uid in self.rayclusters:
+            self.sync_cluster(self.rayclusters[uid])
+        elif uid in self.rayservices:
+            self.sync_service(self.rayservices[uid])
+        s.wake.set()
 
     async def _admit_cluster(self, uid: str, d: Admit) -> None:
         s = self.s
@@ -630,7 +652,14 @@ class Services:
             tell = self._announcements()
             refusals, self.refusals = self.refusals, []
         for uid, patch, reason, message, type_ in writes:
-            await self._patch_service(uid, patch, reason, message, type_)
+            written = await self._patch_service(uid, patch, reason, message, type_)
+            if not written and reason == "Admitted":
+                # The service was not unsuspended: undo its admission, and queue it again later.
+                async with s.lock:
+                    if s.engine is not None and uid in s.engine.live_services:
+                        s.engine.finish_service(uid)
+                        self.asked.pop(uid, None)
+                asyncio.get_running_loop().call_later(s.config.retry_failed_after_s, self._resync, uid)
         for uid, kind, type_, code, message in tell:
             await self._tell(uid, kind, type_, code, message)
         for uid, kind, code, message in refusals:
@@ -717,14 +746,15 @@ class Services:
                                              CONDITION_ANNOTATION: condition("Admitted", "Admitted", message)}}}
 
     async def _patch_service(self, uid: str, build: Callable[[Mapping[str, Any]], dict[str, Any]], reason: str,
-                             message: str, type_: str) -> None:
+                             message: str, type_: str) -> bool:
         """Write ``build(body)`` under the body's resourceVersion (an admission replaces the worker list
-        whole: an autoscaler's edit in between must not be lost), reading again on a conflict."""
+        whole: an autoscaler's edit in between must not be lost), reading again on a conflict. False: not
+        written (the object is gone, or the API kept refusing)."""
         s = self.s
         for _ in range(6):
             body = self.rayservices.get(uid)
             if body is None:
-                return
+                return False
             meta = body["metadata"]
             patch = build(body)
             patch.setdefault("metadata", {})["resourceVersion"] = meta.get("resourceVersion")
@@ -734,21 +764,22 @@ class Services:
                 try:
                     fresh = await s.client.get(RAYSERVICES, meta.get("namespace"), meta["name"])
                 except NotFound:
-                    return
+                    return False
                 if uid in self.rayservices and job_uid(fresh) == uid:
                     self.rayservices[uid] = fresh
                 continue
             except NotFound:
-                return
+                return False
             except (ApiError, TimeoutError, OSError) as exc:
                 log.warning("could not write RayService %s: %s", _ref(body), exc)
-                return
+                return False
             if uid in self.rayservices:
                 self.rayservices[uid] = new
             if reason:
                 self.announced.pop(uid, None)
                 s.events.post(new, "RayService", reason, message, type_ or "Normal")
-            return
+            return True
+        return False
 
     async def _tell(self, uid: str, kind: str, type_: str, code: str, message: str, event: bool = True) -> None:
         s = self.s
