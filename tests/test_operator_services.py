@@ -366,3 +366,61 @@ async def test_an_admission_the_api_refused_is_undone_and_tried_again() -> None:
         await eventually(lambda: obj(env, RAYCLUSTERS, "batch", "lab")["spec"]["suspend"] is False,
                          what="lab admitted on a later try")
         assert record(env, RAYSERVICES, "serve", "web")["granted"] == 1
+
+
+def _allowed_by_rbac() -> set[tuple[str, str, str]]:
+    """(verb, apiGroup, resource) the operator's ClusterRole in deploy/ grants."""
+    import yaml
+
+    out = set()
+    with open(Path(__file__).resolve().parents[1] / "deploy" / "02-rbac.yaml") as f:
+        for doc in yaml.safe_load_all(f):
+            if doc and doc.get("kind") == "ClusterRole":
+                for rule in doc["rules"]:
+                    for group in rule["apiGroups"]:
+                        for res in rule["resources"]:
+                            out |= {(verb, group, res) for verb in rule["verbs"]}
+    return out
+
+
+def _rbac_need(method: str, path: str) -> tuple[str, str, str] | None:
+    """What RBAC a request needs (verb, apiGroup, resource[/subresource]); None: discovery."""
+    parts = [p for p in path.split("/") if p]
+    if parts[:1] == ["api"]:
+        group, rest = "", parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        group, rest = parts[1], parts[3:]
+    else:
+        return None
+    if len(rest) >= 2 and rest[0] == "namespaces" and len(rest) != 2:
+        rest = rest[2:]
+    if not rest:
+        return None
+    resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+    verb = {"PATCH": "patch", "POST": "create", "DELETE": "delete", "PUT": "update"}.get(method)
+    if verb is None:
+        verb = "get" if len(rest) > 1 else "list"
+    return verb, group, resource
+
+
+async def test_the_operator_needs_no_more_than_its_cluster_role_grants() -> None:
+    from kmock_cluster import ADMIN_TOKEN
+
+    async with serving_env(runtime=600) as env:
+        env.server.record = True
+        await env.create(TREES, serving_tree())
+        await env.start_operator()
+        await env.create(RAYSERVICES, rayservice("web", "serve", replicas=1, low=1, high=5))
+        await env.create(RAYCLUSTERS, raycluster("lab", "batch", workers=1))
+        await eventually(lambda: record(env, RAYSERVICES, "serve", "web"), what="web admitted")
+        await eventually(lambda: record(env, RAYCLUSTERS, "batch", "lab"), what="lab admitted")
+        await env.create_job(rayjob("b0", "batch"))
+        await eventually(lambda: env.running("batch", "b0"), what="b0 borrowing")
+        await autoscale(env, RAYSERVICES, "serve", "web", 5)  # takes back headroom: b0 or lab preempted
+        await eventually(lambda: record(env, RAYSERVICES, "serve", "web")["granted"] == 5, what="scale-up")
+        await eventually(lambda: env.events(reason="Preempted"), what="a borrower preempted")
+        granted = _allowed_by_rbac()
+        needed = {need for s in env.server.seen if s.token != ADMIN_TOKEN
+                  if (need := _rbac_need(s.method, s.path)) is not None}
+        assert ("patch", "ray.io", "rayservices") in needed and ("list", "ray.io", "rayclusters") in needed
+        assert needed - granted == set()
