@@ -38,6 +38,8 @@ import attrs
 import kmock
 
 RAYJOBS = "ray.io/v1/rayjobs"
+RAYSERVICES = "ray.io/v1/rayservices"
+RAYCLUSTERS = "ray.io/v1/rayclusters"
 TREES = "scheduling.sigs.k8s.io/v1beta1/elasticquotatrees"
 POLICIES = "scheduling.alibabacloud.com/v1alpha1/resourcepolicies"
 PRIORITY_CLASSES = "scheduling.k8s.io/v1/priorityclasses"
@@ -48,6 +50,14 @@ PEERINGS = "kopf.dev/v1/clusterkopfpeerings"
 RESOURCES: dict[str, kmock.ResourceInfo] = {
     RAYJOBS: kmock.ResourceInfo(
         kind="RayJob", singular="rayjob", namespaced=True, subresources={"status"},
+        verbs={"get", "list", "watch", "patch", "create", "delete", "update"},
+    ),
+    RAYSERVICES: kmock.ResourceInfo(
+        kind="RayService", singular="rayservice", namespaced=True, subresources={"status"},
+        verbs={"get", "list", "watch", "patch", "create", "delete", "update"},
+    ),
+    RAYCLUSTERS: kmock.ResourceInfo(
+        kind="RayCluster", singular="raycluster", namespaced=True, subresources={"status"},
         verbs={"get", "list", "watch", "patch", "create", "delete", "update"},
     ),
     TREES: kmock.ResourceInfo(

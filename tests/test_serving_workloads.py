@@ -82,6 +82,15 @@ def test_a_rayservice_with_autoscaling_declares_its_replicas_bounds_and_hot_rese
     assert (d.application, d.name, d.min_replicas, d.max_replicas, d.per_replica[GPU]) == ("app", "Model", 1, 6, 1000)
 
 
+def test_a_rayservice_scaled_to_its_maximum_keeps_its_shape() -> None:
+    # The autoscaler raising replicas to maxReplicas is a scale-up, not a new cluster shape: the group
+    # stays the service's scaling group (it was charged as a fixed head part, an upgrade, before).
+    below, at_max = rayservice_request(gpu_service(replicas=2)), rayservice_request(gpu_service(replicas=8))
+    assert at_max.scaling_group == "gpu" and at_max.replicas == 8
+    assert (at_max.spec.head, at_max.spec.replica, at_max.spec.max_replicas) == \
+        (below.spec.head, below.spec.replica, below.spec.max_replicas)
+
+
 def test_a_rayservice_without_max_replicas_is_capped_by_the_quota_with_a_note() -> None:
     from engine_helpers import engine, node, tree
 

@@ -302,8 +302,8 @@ def queue_totals(s: EngineState) -> list[QueueTotals]:
     out: list[QueueTotals] = []
     for name, q in s.queues.items():
         requested: dict[str, int] = {}
-        for w in q.jobs.values():
-            for r, v in w.request.items():
+        for key in q.pending:
+            for r, v in job_of(key).request.items():
                 requested[r] = requested.get(r, 0) + v
         out.append(QueueTotals(name, len(q.pending), len(q.admitted), requested))
     return out

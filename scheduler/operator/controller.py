@@ -28,6 +28,7 @@ from rayqueue.scheduler.operator.metrics import OperatorMetrics
 from rayqueue.scheduler.operator.queries import Queries, merge_patch, tree_status
 from rayqueue.scheduler.operator.recovery import Recovery
 from rayqueue.scheduler.operator.release import Release
+from rayqueue.scheduler.operator.services import Services
 from rayqueue.scheduler.operator.state import OperatorConfig, OperatorState, _now
 from rayqueue.scheduler.operator.watch import RayJobWatch
 
@@ -42,6 +43,8 @@ class Controller:
         self.queries = Queries(self.state)
         self.release = Release(self.state, self.intake, self.queries)
         self.recovery = Recovery(self.state, self.intake)
+        self.services = Services(self.state, self.intake)
+        self.state.extensions.append(self.services)
         # RayJobs come from our own watch, not kopf's (``watch.py``); through ``self.on_rayjob`` looked up
         # at each event, so that a wrapper set on the instance (the benchmark's) sees every event.
         self.watch = RayJobWatch(self.state.client, lambda kind, body: self.on_rayjob(kind, body),
@@ -98,6 +101,12 @@ class Controller:
 
     async def on_node(self, event_type: str, body: Mapping[str, Any]) -> None:
         await self.intake.on_node(event_type, body)
+
+    async def on_rayservice(self, event_type: str, body: Mapping[str, Any]) -> None:
+        await self.services.on_rayservice(event_type, body)
+
+    async def on_raycluster(self, event_type: str, body: Mapping[str, Any]) -> None:
+        await self.services.on_raycluster(event_type, body)
 
     # ================================================================ queries
 

@@ -22,6 +22,7 @@ from rayqueue.scheduler.operator.controller import Controller, OperatorConfig
 from rayqueue.scheduler.operator.kube import Connection, KubeClient
 from rayqueue.scheduler.operator.metrics import OperatorMetrics
 from rayqueue.scheduler.operator.rayjobs import MUTATED_ANNOTATION, is_managed, webhook_patch
+from rayqueue.scheduler.operator.services import serving_suspended
 from rayqueue.scheduler.workloads.resourcepolicy import ResourcePolicyError, units_from_manifest
 
 log = logging.getLogger("rayqueue.operator")
@@ -101,6 +102,14 @@ def build_registry(controller: Controller, connection: Connection, webhooks: boo
     async def node_event(event: Mapping[str, Any], **_: Any) -> None:
         await controller.on_node(_event_type(event), event["object"])
 
+    @kopf.on.event("ray.io", "v1", "rayservices", registry=registry)
+    async def rayservice_event(event: Mapping[str, Any], **_: Any) -> None:
+        await controller.on_rayservice(_event_type(event), event["object"])
+
+    @kopf.on.event("ray.io", "v1", "rayclusters", registry=registry)
+    async def raycluster_event(event: Mapping[str, Any], **_: Any) -> None:
+        await controller.on_raycluster(_event_type(event), event["object"])
+
     if webhooks:
         register_webhooks(registry, controller)
     return registry
@@ -123,6 +132,26 @@ def register_webhooks(registry: kopf.OperatorRegistry, controller: Controller) -
         said = ", ".join(f"spec.{k}={str(v).lower()}" for k, v in sorted(changes.items()))
         patch.setdefault("metadata", {}).setdefault("annotations", {})[MUTATED_ANNOTATION] = said
         warnings.append(f"rayqueue set {said}: the job waits in its queue and frees its cluster when done")
+
+    def suspend_serving(body: Mapping[str, Any], patch: kopf.Patch, warnings: list[str]) -> None:
+        raw = dict(body)
+        if not is_managed(raw, controller.tree) or serving_suspended(raw):
+            return
+        patch.setdefault("spec", {})["suspend"] = True
+        patch.setdefault("metadata", {}).setdefault("annotations", {})[MUTATED_ANNOTATION] = "spec.suspend=true"
+        warnings.append(f"rayqueue set spec.suspend=true: the {raw.get('kind')} waits in its queue for admission")
+
+    @kopf.on.mutate("ray.io", "v1", "rayservices", operation="CREATE", id="suspend-serving",
+                    registry=registry, persistent=True)
+    def suspend_new_rayservices(body: Mapping[str, Any], patch: kopf.Patch, warnings: list[str],
+                                **_: Any) -> None:
+        suspend_serving(body, patch, warnings)
+
+    @kopf.on.mutate("ray.io", "v1", "rayclusters", operation="CREATE", id="suspend-serving",
+                    registry=registry, persistent=True)
+    def suspend_new_rayclusters(body: Mapping[str, Any], patch: kopf.Patch, warnings: list[str],
+                                **_: Any) -> None:
+        suspend_serving(body, patch, warnings)
 
     @kopf.on.validate("scheduling.sigs.k8s.io", "v1beta1", "elasticquotatrees", id="validate-tree",
                       registry=registry, persistent=True)

@@ -287,6 +287,8 @@ class Intake:
         s.engine = Engine(tree, self.units(), s.config.engine, clock=s.clock)
         self.apply_capacities()
         s.released.clear()
+        for ext in s.extensions:  # services first: a job preempted for one is restored as such
+            ext.restore()
         for body in sorted(s.jobs.values(), key=lambda b: (b["metadata"].get("creationTimestamp") or "",
                                                             b["metadata"].get("name") or "")):
             self.sync_job(body)

@@ -35,6 +35,8 @@ class Recovery:
         classes = await s.client.list(PRIORITY_CLASSES)
         nodes = await s.client.list(NODES)
         jobs = await s.client.list(RAYJOBS)
+        for ext in s.extensions:
+            await ext.relist()
         async with s.cycle_lock, s.lock:
             s.engine = None
             s.tree = s.tree_body = None
@@ -52,6 +54,8 @@ class Recovery:
                     s.policy_body = p
             for j in jobs:
                 s.jobs[job_uid(j)] = j
+            for ext in s.extensions:
+                ext.reset()
             for t in trees:
                 if intake.is_our_tree(t):
                     intake.apply_tree(t, rebuild=False)

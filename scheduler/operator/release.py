@@ -88,6 +88,8 @@ class Release:
 
                 await asyncio.gather(*(apply(d) for d in decisions))
                 s.status_dirty = True
+            for ext in s.extensions:
+                await ext.after_cycle()
             self.queries.maybe_update_gauges()
             s.metrics.cycle_seconds.observe(time.perf_counter() - started)
             log.debug("cycle %d: %d decisions in %.3fs", s.cycles, len(decisions), time.perf_counter() - started)
@@ -97,6 +99,9 @@ class Release:
 
     async def apply(self, d: Decision) -> None:
         try:
+            for ext in self.s.extensions:
+                if await ext.apply(d):
+                    return
             if isinstance(d, Admit):
                 await self.apply_admit(d)
             elif isinstance(d, Preempt):
@@ -185,7 +190,8 @@ class Release:
             return
         ns, name = ns_name(w.name)
         preemptor = s.engine.job(d.preemptor) if s.engine else None
-        by = preemptor.name if preemptor is not None else d.preemptor
+        service = s.engine.service(d.preemptor) if preemptor is None and s.engine else None
+        by = preemptor.name if preemptor is not None else f"RayService {service.name}" if service else d.preemptor
         message = f"{d.reason.message} (to make room for {by}); quota is held until the job is Suspended"
         try:
             body = await s.client.patch(RAYJOBS, ns, name, preempt_patch(d.reason.code.value, message, d.preemptor))

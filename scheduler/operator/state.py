@@ -12,11 +12,12 @@ import datetime
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from rayqueue.queue.priority import PriorityClasses
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.engine import Engine, EngineConfig
+from rayqueue.scheduler.engine.decisions import Decision
 from rayqueue.scheduler.operator.kube import EventPoster, KubeClient, Resource
 from rayqueue.scheduler.operator.metrics import OperatorMetrics
 
@@ -47,6 +48,26 @@ class OperatorConfig:
     leadership_poll_s: float = 1.0
     watch_inactivity_s: float = 70.0  # kopf re-opens a watch that has been silent this long
     gauges_interval_s: float = 1.0  # pending/admitted/usage gauges are recomputed at most this often
+
+
+class Extension(Protocol):
+    """A front end for more kinds beside RayJobs (``services.py``: RayService, RayCluster), hooked into the
+    rebuild, the cycle and the writing of decisions."""
+
+    async def relist(self) -> None:
+        """Before a resync (no lock held): list the kind's objects."""
+
+    def reset(self) -> None:
+        """In a resync, under ``lock``: the caches become what ``relist`` read."""
+
+    def restore(self) -> None:
+        """Under ``lock``, the engine just rebuilt: count the kind's running objects, before the RayJobs."""
+
+    async def apply(self, d: Decision) -> bool:
+        """Write a decision about one of the kind's objects; False: not one of ours."""
+
+    async def after_cycle(self) -> None:
+        """After each cycle's decisions are written (``cycle_lock`` held)."""
 
 
 def _now() -> float:
@@ -86,6 +107,7 @@ class OperatorState:
         # only echoes what the engine already knows (the versions before it came through the watch, in
         # order, and the write changed nothing the engine reads). Not a preemption's: see apply_preempt.
         self.own_versions: dict[str, str] = {}
+        self.extensions: list[Extension] = []  # more kinds than RayJobs (``services.py``)
         self.leader = config.peering is None
         self.synced = False
         self.cycles = 0

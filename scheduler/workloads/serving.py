@@ -266,7 +266,8 @@ def rayservice_request(manifest: Any) -> ServiceRequest:
     labels = _labels(meta, ident)
     shape = cluster_shape(spec.get("rayClusterConfig"), ident, "spec.rayClusterConfig")
     notes: list[str] = []
-    scaling = [g for g in shape.groups if shape.autoscaling and not g.suspended and g.max_replicas > g.replicas]
+    # A group can scale when its bounds leave room, wherever its replicas stand now (at its maximum too).
+    scaling = [g for g in shape.groups if shape.autoscaling and not g.suspended and g.max_replicas > g.min_replicas]
     fixed: Resources = dict(shape.head)
     fixed_pods = 1
     chosen = scaling[0] if scaling else None
