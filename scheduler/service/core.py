@@ -139,6 +139,8 @@ class ServiceConfig:
     retry_base_s: float = 0.5  # Ray unreachable: retry a release / stop after this, doubling
     retry_max_s: float = 10.0
     log_tail_chars: int = 64_000  # how much of a finished driver's log is kept in SQL
+    #: how long log snapshots (at preemption, at the end) are kept; None: for ever
+    log_retention_s: float | None = 30 * 86400.0
     cancel_settle_s: float = 60.0  # how long a cancelled job's end is awaited in Ray (for its status and log)
     #: the largest HTTP request body read (413 beyond); a KubeRay sample is a few KiB, a batch of them far less
     max_body_bytes: int = 4 * 2**20
@@ -551,6 +553,7 @@ class Service:
             released=False,
             reason_code=w.reason.code.value if w.reason else None,
             reason=w.reason.message if w.reason else None,
+            borrowed=json.dumps(_borrowed_share(self.engine.tree, w)),
         )
         self.metrics.admitted.labels(queue=w.queue, unit=d.placement.unit).inc()
         self.metrics.wait_seconds.labels(queue=w.queue).observe(max(0.0, now - row.submitted_at))
@@ -691,6 +694,22 @@ class Service:
             ray_message=status.message,
             logs=logs[-self.config.log_tail_chars :] if logs else None,
         )
+        if logs:
+            self._keep_logs(job_id, st.CANCELLED, logs)
+
+    async def _snapshot_logs(self, job_id: str, sid: str, kind: str) -> None:
+        """Keep the driver's log as it was when Ray stopped it (a preemption): the next attempt's log
+        replaces it in Ray, and Ray forgets both with its cluster."""
+        try:
+            logs = await asyncio.to_thread(self.ray.logs, sid)
+        except RayUnavailable:
+            return
+        if logs:
+            self._keep_logs(job_id, kind, logs)
+
+    def _keep_logs(self, job_id: str, kind: str, logs: str) -> None:
+        row = self.store.get(job_id)
+        self.store.add_log_snapshot(job_id, row.attempt if row else 0, kind, logs, self.config.log_tail_chars)
 
     async def _poll_loop(self) -> None:
         while True:
@@ -743,6 +762,7 @@ class Service:
         if not status.terminal:
             return False
         if job_id in self._preempting and status.status == "STOPPED":
+            await self._snapshot_logs(job_id, sid, "Preempted")
             async with self.engine_lock:
                 self._requeue(job_id, "Requeued", f"Ray stopped {sid}; back in the queue", preempted=True)
             return True
@@ -770,6 +790,8 @@ class Service:
             ray_message=status.message,
             logs=tail,
         )
+        if tail:
+            self.store.add_log_snapshot(job_id, row.attempt, state, tail, self.config.log_tail_chars)
         self._active.pop(job_id, None)
         self._preempting.discard(job_id)
         if self.engine.has_job(job_id):
@@ -1176,6 +1198,12 @@ def status_view(engine: Engine, ray_address: str) -> dict[str, Any]:
         for u in engine.units.units
     ]
     return {"tree": tree.name, "nodes": nodes, "units": units, "ray": ray_address}
+
+
+def _borrowed_share(tree: QuotaTree, w: Workload) -> Resources:
+    """The part of a just-admitted job's request its leaf holds above its ``min`` (reclaimable)."""
+    lent = tree.borrowed(tree.leaves[w.queue])
+    return {r: min(v, lent[r]) for r, v in w.request.items() if lent.get(r, 0) > 0 and r != MAX_JOBS}
 
 
 def _visible(request: Resources) -> Resources:

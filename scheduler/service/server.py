@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rayqueue.queue.priority import PriorityClasses
 from rayqueue.quota.manifests import DocumentError, read_documents
@@ -37,6 +37,9 @@ from rayqueue.scheduler.service.raycluster import (
 from rayqueue.scheduler.service.rayjobs import RayJobs
 from rayqueue.scheduler.service.store import Store, default_db_url
 from rayqueue.scheduler.workloads.resourcepolicy import Units, load_resource_policy
+
+if TYPE_CHECKING:
+    from rayqueue.scheduler.service.dashboard import ServiceLive
 
 log = logging.getLogger("rayqueue.service")
 
@@ -143,6 +146,7 @@ class Runner:
         self.service: Service | None = None
         self.server: Any = None
         self._server_task: asyncio.Task[None] | None = None
+        self.dashboard: ServiceLive | None = None
 
     @property
     def url(self) -> str:
@@ -187,6 +191,9 @@ class Runner:
         from rayqueue.scheduler.service.api import create_app
 
         app = create_app(self.service, opts.token)
+        from rayqueue.scheduler.service.dashboard import attach
+
+        self.dashboard = attach(app, self.service, opts.token, address)[1]
         config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning", lifespan="off")
         self.server = _Server(config)
         return self.service
@@ -282,6 +289,8 @@ class Runner:
             if not done:
                 self._server_task.cancel()
             self._server_task = None
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         if self.service is not None:
             await self.service.stop()
             self.service.ray.close()

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Index, func, text
 from sqlalchemy import event as sa_event
-from sqlalchemy import func, text
 from sqlalchemy import inspect as sa_inspect
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
@@ -41,6 +41,8 @@ RAY_SETTLED = ("SUCCEEDED", "FAILED", "STOPPED", RAY_NOT_FOUND)
 
 class JobRecord(SQLModel, table=True):
     __tablename__ = "jobs"
+    # the dashboard's history page: one team's finished jobs in a time range, newest first
+    __table_args__ = (Index("ix_jobs_queue_finished_at", "queue", "finished_at"),)
 
     id: str = Field(primary_key=True)
     name: str = Field(index=True)
@@ -58,11 +60,13 @@ class JobRecord(SQLModel, table=True):
     manifest: str = ""  # the RayJob as JSON
     request: str = "{}"  # the gang's total, milli-units, as JSON
     pods: int = 1
-    submitted_at: float = 0.0
+    submitted_at: float = Field(default=0.0, index=True)  # the history pages search by time
     admitted_at: float | None = None
+    # the first admission (``admitted_at`` is the latest one, cleared on requeue): the wait a user had
+    first_admitted_at: float | None = None
     released_at: float | None = None
     running_at: float | None = None
-    finished_at: float | None = None
+    finished_at: float | None = Field(default=None, index=True)
     ray_status: str | None = None
     ray_message: str | None = None
     preemptions: int = 0
@@ -84,11 +88,33 @@ class EventRecord(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     job_id: str = Field(index=True)
     at: float
-    kind: str  # Submitted, Admitted, Released, Running, Preempting, Requeued, Succeeded, ...
+    kind: str = Field(index=True)  # Submitted, Admitted, Released, Running, Preempting, Requeued, Succeeded, ...
     state: str | None = None
     unit: str | None = None
     message: str = ""
     reason_code: str | None = None  # the engine's reason, when the change came with one
+    # the job another job was preempted for (``Preempting``): the dashboard's "preempted by whom"
+    by_job: str | None = None
+    # ``Admitted``: the part of the request borrowed (above the leaf's min) at admission, milli-units as JSON
+    borrowed: str | None = None
+
+
+#: Kinds of event that only record why a pending job waits (its reason code changed); not state changes.
+WAITING = "Waiting"
+
+
+class LogSnapshotRecord(SQLModel, table=True):
+    """The tail of a driver's log captured when its Ray job ended or was preempted, readable after Ray has
+    forgotten the job (capped by ``ServiceConfig.log_tail_chars``, pruned after the retention setting)."""
+
+    __tablename__ = "log_snapshots"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(index=True)
+    attempt: int = 0
+    at: float = Field(index=True)
+    kind: str  # "Preempted", or the state it ended in (Succeeded, Failed, Stopped, Cancelled)
+    text: str = ""
 
 
 class SettingRecord(SQLModel, table=True):
@@ -142,6 +168,8 @@ class Store:
                         continue
                     kind = column.type.compile(dialect=self.engine.dialect)
                     conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+                for index in table.indexes:  # indexes added since (create_all makes only new tables')
+                    index.create(conn, checkfirst=True)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -174,15 +202,19 @@ class Store:
     def transition(self, job_id: str, kind: str, message: str = "", at: float | None = None, **fields: Any) -> JobRecord:
         """Update a job's fields and record the event in one transaction."""
         at = time.time() if at is None else at
+        borrowed = fields.pop("borrowed", None)  # the event's alone: the job row keeps no such field
         with self.session() as s:
             job = s.get(JobRecord, job_id)
             if job is None:
                 raise KeyError(f"no job {job_id!r}")
             for key, value in fields.items():
                 setattr(job, key, value)
+            if fields.get("admitted_at") is not None and job.first_admitted_at is None:
+                job.first_admitted_at = fields["admitted_at"]
             s.add(job)
             s.add(EventRecord(job_id=job_id, at=at, kind=kind, state=job.state, unit=job.unit, message=message,
-                              reason_code=fields.get("reason_code")))
+                              reason_code=fields.get("reason_code"), by_job=fields.get("preempted_by"),
+                              borrowed=borrowed))
             s.commit()
             s.refresh(job)
             return job
@@ -192,6 +224,29 @@ class Store:
         with self.session() as s:
             s.add(EventRecord(job_id=job_id, at=time.time() if at is None else at, kind=kind, message=message))
             s.commit()
+
+    def add_events(self, events: Iterable[EventRecord]) -> None:
+        """Events that change no job row (``Waiting``: a pending job's reason changed), in one transaction."""
+        with self.session() as s:
+            s.add_all(list(events))
+            s.commit()
+
+    def add_log_snapshot(self, job_id: str, attempt: int, kind: str, text: str, cap: int,
+                         at: float | None = None) -> None:
+        """Keep the last ``cap`` characters of a driver's log (at preemption, or at the end)."""
+        with self.session() as s:
+            s.add(LogSnapshotRecord(job_id=job_id, attempt=attempt, kind=kind, text=text[-cap:] if cap else "",
+                                    at=time.time() if at is None else at))
+            s.commit()
+
+    def prune_log_snapshots(self, before: float) -> int:
+        """Drop the log snapshots taken before ``before`` (the retention setting); how many went."""
+        with self.session() as s:
+            rows = list(s.exec(select(LogSnapshotRecord).where(col(LogSnapshotRecord.at) < before)))
+            for row in rows:
+                s.delete(row)
+            s.commit()
+            return len(rows)
 
     def get(self, job_id: str) -> JobRecord | None:
         with self.session() as s:
