@@ -112,7 +112,7 @@ def team_chart(series: Mapping[str, Sequence[tuple[float, float]]], start: float
     inner_w, inner_h = width - left - right, height - top - bottom
     peak = max((v for pts in series.values() for _, v in pts), default=0.0) or 1.0
     span = max(end - start, 1.0)
-    x = lambda t: round(left + inner_w * (t - start) / span, 1)  # noqa: E731
+    x = lambda t: round(left + inner_w * min(1.0, max(0.0, (t - start) / span)), 1)  # noqa: E731
     y = lambda v: round(top + inner_h * (1 - v / peak), 1)  # noqa: E731
     label = duration if fmt == "seconds" else (lambda v: f"{v:g}")
     out = [f'<svg class="chart" width="{width}" height="{height}" role="img" aria-label="{escape(title)}">',

@@ -137,7 +137,9 @@ class History:
 
     def time_range(self) -> tuple[float | None, float | None]:
         with self.engine.connect() as conn:
-            lo, hi = conn.execute(select(func.min(jobs.c.finished_at), func.max(jobs.c.finished_at))).one()
+            # from the first submission of a finished job: its preemptions and waits come before its end
+            lo, hi = conn.execute(select(func.min(jobs.c.submitted_at), func.max(jobs.c.finished_at))
+                                  .where(jobs.c.finished_at.is_not(None))).one()
         return lo, hi
 
     # ------------------------------------------------------------------ charts
