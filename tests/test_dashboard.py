@@ -20,11 +20,11 @@ from standalone_env import rayjob, tree
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.dashboard import timeline
 from rayqueue.scheduler.dashboard.history import History
-from rayqueue.scheduler.dashboard.pages import Filters, history_app
+from rayqueue.scheduler.dashboard.pages import Filters, history_app, mount
 from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.api import create_app
 from rayqueue.scheduler.service.core import Service, ServiceConfig
-from rayqueue.scheduler.service.dashboard import attach
+from rayqueue.scheduler.service.dashboard import ServiceLive, attach
 from rayqueue.scheduler.service.rayjobs import RayStatus
 from rayqueue.scheduler.service.store import Store
 
@@ -198,8 +198,8 @@ async def test_a_waiting_job_shows_its_position_reason_and_expected_start_live(t
         second, third = _submit(svc, "second"), _submit(svc, "third")
         await _settle(svc)
         app = create_app(svc)
-        dash, live = attach(app, svc, None, "http://127.0.0.1:8265")
-        await live.stop()  # the test drives the reason recorder itself
+        live = ServiceLive(svc, "http://127.0.0.1:8265")  # not started: the test drives the reason recorder
+        dash = live.pages = mount(app, History(engine=svc.store.engine), live)
         async with _client(app) as http:
             queue = await http.get("/queues/team-a")
             tree_html = (await http.get("/")).text
@@ -261,8 +261,8 @@ async def test_preemption_keeps_the_log_and_says_who_preempted_and_the_borrowed_
         assert preempting and preempting[0].by_job == taker and preempting[0].reason_code == "Reclaimed"
         assert svc.store.get(borrower).state == st.PENDING  # type: ignore[union-attr]
         app = create_app(svc)
-        _, live = attach(app, svc, None, None)
-        await live.stop()
+        live = ServiceLive(svc)
+        mount(app, History(engine=svc.store.engine), live)
         async with _client(app) as http:
             seen = _text((await http.get(f"/jobs/{borrower}")).text)
         assert f"preempted for {taker}" in seen
@@ -287,3 +287,29 @@ def test_an_older_store_gets_the_new_columns_and_indexes(tmp_path: Path) -> None
     store.add_log_snapshot("j", 0, "Preempted", "x" * 100, cap=10, at=T0)
     assert store.prune_log_snapshots(T0 + 1) == 1
     store.close()
+
+
+async def test_an_open_event_stream_ends_when_the_service_stops(tmp_path: Path) -> None:
+    """A browser tab left open on a live page must not hold ``rayqueue serve`` up at its shutdown."""
+    svc = await _service(tmp_path, tree(("team-a", 1, 1), root_min=1, root_max=1))
+    try:
+        app = create_app(svc)
+        dash, live = attach(app, svc, None, None)
+
+        class Tab:
+            async def is_disconnected(self) -> bool:
+                return False  # never closes by itself
+
+        stream = dash._stream(Tab(), Filters())  # type: ignore[arg-type]
+        await anext(stream)
+        await anext(stream)  # the first rows
+
+        async def drain() -> int:
+            return len([chunk async for chunk in stream])
+
+        reading = asyncio.ensure_future(drain())
+        await live.stop()
+        await asyncio.wait_for(reading, 30)  # ends at once rather than streaming for ever
+    finally:
+        await svc.stop()
+        svc.store.close()

@@ -108,6 +108,11 @@ class Dashboard:
         self.live = live
         self.title = title
         self.env = environment()
+        #: set when the front end shuts down: open event streams end, so the server can stop
+        self.closing = asyncio.Event()
+
+    def close(self) -> None:
+        self.closing.set()
 
     def render(self, template: str, **context: Any) -> str:
         return self.env.get_template(template).render(title=self.title, live=self.live is not None, **context)
@@ -263,7 +268,7 @@ class Dashboard:
         last = None
         beat = time.monotonic()
         yield "retry: 2000\n\n"
-        while not await request.is_disconnected():
+        while not self.closing.is_set() and not await request.is_disconnected():
             html = self.queue_fragment(await self.queue_rows(f))
             if html != last:
                 last = html
@@ -272,7 +277,12 @@ class Dashboard:
             elif time.monotonic() - beat > HEARTBEAT_S:
                 beat = time.monotonic()
                 yield ": alive\n\n"
-            await asyncio.sleep(STREAM_INTERVAL_S)
+            # woken at once by a shutdown: a browser tab left open must not hold the server up
+            closing = asyncio.ensure_future(self.closing.wait())
+            try:
+                await asyncio.wait({closing}, timeout=STREAM_INTERVAL_S)
+            finally:
+                closing.cancel()
 
     async def job_html(self, job_id: str) -> str:
         job = await self._db(self.history.job, job_id)

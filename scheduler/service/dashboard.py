@@ -39,6 +39,7 @@ class ServiceLive:
 
     def __init__(self, service: Service, ray_dashboard_url: str | None = None) -> None:
         self.service = service
+        self.pages: Dashboard | None = None  # closed by ``stop``, which ends its event streams
         self.ray_dashboard_url = ray_dashboard_url
         self._cached: LiveSnapshot | None = None
         self._lock = asyncio.Lock()
@@ -139,6 +140,8 @@ class ServiceLive:
         self._task = asyncio.create_task(self._run(), name="rayqueue-dashboard")
 
     async def stop(self) -> None:
+        if self.pages is not None:
+            self.pages.close()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -148,7 +151,7 @@ class ServiceLive:
 def attach(app: FastAPI, service: Service, token: str | None, ray_dashboard_url: str | None) -> tuple[Dashboard, ServiceLive]:
     """Mount the dashboard on the service's app and start its bookkeeping; ``ServiceLive.stop`` ends it."""
     live = ServiceLive(service, ray_dashboard_url)
-    dash = mount(app, History(engine=service.store.engine), live, token)
+    dash = live.pages = mount(app, History(engine=service.store.engine), live, token)
     live.start()
     return dash, live
 

@@ -266,8 +266,14 @@ class Runner:
         assert self.server is not None
         loop = asyncio.get_running_loop()
         server = self.server
+
+        def stop() -> None:
+            if self.dashboard is not None and self.dashboard.pages is not None:
+                self.dashboard.pages.close()  # its open event streams would hold uvicorn's graceful stop up
+            server.should_exit = True
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+            loop.add_signal_handler(sig, stop)
         try:
             await server.serve()
         finally:
@@ -283,14 +289,14 @@ class Runner:
             await asyncio.sleep(0.05)
 
     async def shutdown(self) -> None:
+        if self.dashboard is not None:
+            await self.dashboard.stop()  # first: its open event streams would hold the HTTP server up
         if self.server is not None and self._server_task is not None:
             self.server.should_exit = True
             done, _ = await asyncio.wait({self._server_task}, timeout=10)
             if not done:
                 self._server_task.cancel()
             self._server_task = None
-        if self.dashboard is not None:
-            await self.dashboard.stop()
         if self.service is not None:
             await self.service.stop()
             self.service.ray.close()
