@@ -137,6 +137,14 @@ def test_the_dashboard_follows_real_jobs_and_keeps_their_story_after_ray_is_gone
         steady = submit("steady", "team-a", "normal")
         _until(lambda: job(borrower)["state"] == job(steady)["state"] == "Running",
                                "team-a's two jobs to run")
+        # the tree: team-a uses its guaranteed GPU and borrows team-b's idle one
+        page.goto(f"{url}/")
+        borrowed = page.locator('tr[data-node="team-a"][data-resource="nvidia.com/gpu"] td.borrowed')
+        assert borrowed.inner_text().strip() == "1"
+        _shot(page, "quota-tree")
+        page.locator('a[href="/queues/team-a"]').click()  # a node links to its queue
+        page.wait_for_url(f"{url}/queues/team-a")
+
         waiter = submit("waiter", "team-a", "normal")  # team-a is at its max: it waits
         taker = submit("taker", "team-b", "normal")  # within team-b's min: reclaims the borrowed GPU
         _until(lambda: "Requeued" in events(borrower), "the borrower to be preempted")
@@ -151,11 +159,6 @@ def test_the_dashboard_follows_real_jobs_and_keeps_their_story_after_ray_is_gone
         assert "QuotaMaxExceeded" in reason and "would use" in reason, reason
         page.locator("#live-status", has_text="updated").wait_for(timeout=PAGE_WAIT_MS)  # rows came by SSE
         _shot(page, "queue")
-
-        page.goto(f"{url}/")
-        page.locator('a[href="/queues/team-a"]').wait_for(timeout=PAGE_WAIT_MS)
-        assert "borrowed" in page.inner_text("main")
-        _shot(page, "quota-tree")
 
         page.goto(f"{url}/jobs/{borrower}")
         timeline = page.locator("svg.timeline")

@@ -15,6 +15,8 @@ from rayqueue.scheduler.dashboard.timeline import Timeline
 #: one colour per team, cycled (colour-blind-safe Okabe-Ito palette)
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 BINARY_UNITS = (("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10))
+#: the width of one character of an 11px label, roughly (labels are cut to fit the chart)
+CHAR_PX = 6.2
 PHASE_COLOURS = {"waiting": "#E69F00", "admitted": "#009E73", "preempting": "#D55E00"}
 
 
@@ -53,6 +55,9 @@ def quota_bar(resource: str, used: int, lo: int, hi: int | None, borrowed: int, 
     """One resource of one quota node: used (the part within ``min`` and the borrowed part apart), a
     reserved part (serving headroom, when a front end reports it), a tick at ``min``, the track up to
     ``max`` (or to what is shown, when unbounded)."""
+    if hi is None and not lo:
+        # neither limited nor guaranteed here: a bar would only show "full"; the numbers say it all
+        return Markup('<span class="nolimit">no limit</span>')
     top = max(hi if hi is not None else 0, lo, used + reserved, 1)
     x = lambda v: round(width * v / top, 1)  # noqa: E731
     own = used - borrowed
@@ -99,8 +104,11 @@ def timeline_chart(t: Timeline, width: int = 960) -> Markup:
         dx = -4 if anchor == "end" else 4
         out.append(f'<line x1="{mx}" y1="8" x2="{mx}" y2="{y}" stroke="#555" stroke-dasharray="2,2"/>')
         text = f"{duration(m.at - t.start)} {m.kind}: {m.text}"
+        room = int((mx if anchor == "end" else width - mx) / CHAR_PX) - 1  # never cut off by the edge
+        if len(text) > room:
+            text = text[: max(room - 1, 8)] + "…"
         out.append(f'<text class="mark mark-{escape(m.kind)}" x="{mx + dx}" y="{y + 4}" font-size="11" '
-                   f'text-anchor="{anchor}">{escape(text[:140])}</text>')
+                   f'text-anchor="{anchor}"><title>{escape(m.text)}</title>{escape(text)}</text>')
     out.append("</svg>")
     return Markup("".join(out))
 

@@ -16,7 +16,7 @@ import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -41,6 +41,8 @@ STREAM_INTERVAL_S = 1.0
 #: a comment line this often keeps proxies from closing a quiet stream
 HEARTBEAT_S = 15.0
 MAX_FILTER = 253
+#: what the history page's charts cover when no time range is given
+CHART_WINDOW_S = 7 * 86400.0
 
 
 def css() -> str:
@@ -330,9 +332,13 @@ class Dashboard:
                    until=parse_time(q.get("until"), "until", now), outcome=outcome, name=q.get("name") or None)
         rows, total = await self._db(self.history.finished, s, PAGE_SIZE, (page_no - 1) * PAGE_SIZE)
         lo, hi = await self._db(self.history.time_range)
-        start = s.since if s.since is not None else (lo or now - 86400)
-        end = s.until if s.until is not None else max(hi or now, start + 60)
+        end = s.until if s.until is not None else (hi or now)
+        # Charts cover the last CHART_WINDOW_S of the history unless a range is asked for: a year of
+        # history stays one index range, never a scan of every job.
+        start = s.since if s.since is not None else max(lo or end - 86400, end - CHART_WINDOW_S)
+        end = max(end, start + 60)
         bucket = max(60.0, (end - start) / 24)
+        s = replace(s, since=start) if s.since is None else s
         wait_series: dict[str, list[tuple[float, float]]] = {}
         for row in await self._db(self.history.wait_by_team, s, start, bucket):
             wait_series.setdefault(row["team"], []).append((start + (row["bucket"] + 0.5) * bucket,
@@ -347,6 +353,7 @@ class Dashboard:
             "history.html", rows=rows, total=total, page_no=page_no, pages=pages, q=q, outcomes=OUTCOMES,
             teams=await self._db(self.history.teams), page="history",
             wait_chart=charts.team_chart(wait_series, start, end, "mean wait to admission, per team", "seconds"),
+            chart_range=(start, end),
             preempt_chart=charts.team_chart(preempt_series, start, end, "preemptions per team"),
             prev_url=f"/history?{urlencode({**base, 'page': page_no - 1})}" if page_no > 1 else None,
             next_url=f"/history?{urlencode({**base, 'page': page_no + 1})}" if page_no < pages else None,
