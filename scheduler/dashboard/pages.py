@@ -45,11 +45,6 @@ MAX_FILTER = 253
 CHART_WINDOW_S = 7 * 86400.0
 
 
-def css() -> str:
-    """The shared stylesheet (the simulator's HTML report uses it too)."""
-    return (HERE / "static" / "dashboard.css").read_text()
-
-
 def environment() -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
     env.globals.update(quantity=charts.quantity, duration=charts.duration, when=charts.when,
