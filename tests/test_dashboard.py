@@ -313,3 +313,25 @@ async def test_an_open_event_stream_ends_when_the_service_stops(tmp_path: Path) 
     finally:
         await svc.stop()
         svc.store.close()
+
+
+async def test_a_long_queue_lists_its_first_jobs_and_counts_the_rest(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from rayqueue.scheduler.service import dashboard as service_dashboard
+
+    monkeypatch.setattr(service_dashboard, "SHOWN_PER_QUEUE", 3)
+    svc = await _service(tmp_path, tree(("team-a", 1, 1), root_min=1, root_max=1))
+    try:
+        svc.submit_text("---\n".join(rayjob(f"j{i}", "python x.py", namespace="team-a") for i in range(8)))
+        await _settle(svc)
+        app = create_app(svc)
+        live = ServiceLive(svc)
+        mount(app, History(engine=svc.store.engine), live)
+        async with _client(app) as http:
+            page = await http.get("/queues/team-a")
+        positions = re.findall(r'<tr class="state-pending" data-job="[^"]+"><td class="pos">(\d+)</td>', page.text)
+        assert positions == ["0", "1", "2"]
+        assert "7 jobs pending; the first of each queue are listed" in _text(page.text)
+    finally:
+        await svc.stop()
+        svc.store.close()

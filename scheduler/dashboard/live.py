@@ -50,6 +50,8 @@ class LiveSnapshot:
     reserved: dict[str, dict[str, int]] = field(default_factory=dict)
     #: False when the backlog is too large to forecast on every refresh (expected starts left out)
     forecast: bool = True
+    #: queue -> how many jobs it has pending (``pending`` may hold only the first ones of each)
+    pending_counts: dict[str, int] = field(default_factory=dict)
 
 
 class LiveSource(Protocol):

@@ -239,8 +239,11 @@ class Dashboard:
             snap = await self.snapshot()
             teams = sorted({n["name"] for n in snap.status["nodes"] if n["leaf"]}) if snap is not None \
                 else await self._db(self.history.teams)
+            shown = sum(1 for r in rows if r["state"] == "Pending")
+            waiting = sum(n for q, n in snap.pending_counts.items() if not f.team or q == f.team) \
+                if snap is not None else None
             return self.render("queue.html", rows=rows, f=f, teams=teams, page="queues", now=time.time(),
-                               stream=f"/stream/queues?{f.query()}", states=LIVE)
+                               stream=f"/stream/queues?{f.query()}", states=LIVE, shown=shown, waiting=waiting)
 
         @r.get("/stream/queues")
         async def stream_queues(request: Request) -> Response:

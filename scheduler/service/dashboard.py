@@ -28,6 +28,10 @@ log = logging.getLogger("rayqueue.service.dashboard")
 SNAPSHOT_TTL_S = 1.0
 #: Beyond this many pending jobs, a refresh skips the forecast (each one simulates the whole backlog).
 FORECAST_LIMIT = 2000
+#: A forecast is reused this long (seconds): a viewer's refresh must not keep the engine busy.
+FORECAST_TTL_S = 10.0
+#: The queue page shows each queue's first jobs; the rest are counted (a backlog of 100,000 is not a table).
+SHOWN_PER_QUEUE = 200
 #: How often pending jobs' reasons are compared with the last recorded ones (at least; a big backlog
 #: is read less often, so that the scan never takes more than a tenth of the engine's time).
 REASON_INTERVAL_S = 1.0
@@ -45,6 +49,7 @@ class ServiceLive:
         self._lock = asyncio.Lock()
         self._reasons: dict[str, str] = {}  # pending job -> the reason code last recorded
         self._task: asyncio.Task[None] | None = None
+        self._starts: tuple[float, dict[str, float | None]] | None = None  # (when, the last forecast)
 
     def ray_job_url(self, submission_id: str) -> str | None:
         return f"{self.ray_dashboard_url}/#/jobs/{submission_id}" if self.ray_dashboard_url else None
@@ -59,8 +64,10 @@ class ServiceLive:
         """One reading of the engine (a worker thread holding the engine lock)."""
         engine = self.service.engine
         pending: list[PendingJob] = []
+        counts: dict[str, int] = {}
         for q in engine.queue_views():
-            for uid in q.pending:
+            counts[q.name] = len(q.pending)
+            for uid in q.pending[:SHOWN_PER_QUEUE]:
                 info = engine.explain(uid)
                 job = engine.job(uid)
                 if job is None:
@@ -72,9 +79,12 @@ class ServiceLive:
                     reason=info.reason.message if info.reason else None,
                     expected_start=None, submitted_at=job.submitted_at,
                 ))
-        forecast = len(pending) <= FORECAST_LIMIT
+        forecast = sum(counts.values()) <= FORECAST_LIMIT
         if forecast and pending:
-            starts = forecast_starts(engine, self.service.clock())
+            # the forecast simulates the whole backlog: at most every FORECAST_TTL_S, not at every reading
+            if self._starts is None or time.monotonic() - self._starts[0] > FORECAST_TTL_S:
+                self._starts = (time.monotonic(), forecast_starts(engine, self.service.clock()))
+            starts = self._starts[1]
             for p in pending:
                 p.expected_start = starts.get(p.id)
         held = [
@@ -83,7 +93,7 @@ class ServiceLive:
             for j in engine.jobs() if j.state in (WorkloadState.ADMITTED, WorkloadState.PREEMPTING)
         ]
         return LiveSnapshot(taken_at=time.monotonic(), status=status_view(engine, self.service.ray.address),
-                            pending=pending, held=held, forecast=forecast)
+                            pending=pending, held=held, forecast=forecast, pending_counts=counts)
 
     def _priority_class(self, uid: str) -> str | None:
         w = self.service.engine.workloads.get(uid)
