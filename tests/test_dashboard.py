@@ -335,3 +335,20 @@ async def test_a_long_queue_lists_its_first_jobs_and_counts_the_rest(tmp_path: P
     finally:
         await svc.stop()
         svc.store.close()
+
+
+def test_rayqueue_dashboard_refuses_a_missing_or_foreign_database_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from rayqueue.scheduler.cli import app as cli_app
+
+    missing = CliRunner().invoke(cli_app, ["dashboard", "--db", str(tmp_path / "nope.db"), "--port", "0"])
+    assert missing.exit_code == 2 and "no such file" in missing.output and "Traceback" not in missing.output
+    assert not (tmp_path / "nope.db").exists()  # nothing created where nothing was
+    foreign = tmp_path / "other.db"
+    import sqlite3
+
+    sqlite3.connect(foreign).execute("CREATE TABLE t (x)").connection.commit()
+    out = CliRunner().invoke(cli_app, ["dashboard", "--db", f"sqlite:///{foreign}", "--port", "0"])
+    assert out.exit_code == 1 and "no such table: jobs" in out.output and "Traceback" not in out.output
+    assert len(out.output.strip().splitlines()) <= 2

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, Integer, and_, cast, column, create_engine, func, select, table, text
+from sqlalchemy import Engine, Integer, and_, cast, column, create_engine, func, select, table
 from sqlalchemy import event as sa_event
 
 #: The final states a finished job has (the service's words), plus a job refused by the engine.
@@ -187,6 +187,8 @@ class History:
         return out
 
     def ping(self) -> None:
+        """Raise (SQLAlchemyError) unless this is a rayqueue store: its tables answer."""
         with self.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+            conn.execute(select(jobs.c.id).limit(1))
+            conn.execute(select(events.c.id).limit(1))
 

@@ -601,10 +601,11 @@ def dashboard(
 
     console = _console()
     url = db
-    if "://" not in db:
-        path = Path(db)
-        if not path.is_file():
-            console.print(f"[bold red]cannot start:[/] --db {db}: no such file (give a SQLite file or a SQL URL)")
+    path = Path(db.removeprefix("sqlite:///")) if "://" not in db or db.startswith("sqlite:///") else None
+    if path is not None:
+        if not path.is_file():  # SQLite would create an empty database there, and the pages would be empty
+            console.print(f"cannot start: --db {db}: no such file (give a SQLite file or a SQL URL)",
+                          markup=False, soft_wrap=True)
             raise typer.Exit(2)
         url = f"sqlite:///{path.resolve()}"
     if not is_loopback(host) and not token:
@@ -617,7 +618,7 @@ def dashboard(
         app = history_app(url, token)
     except SQLAlchemyError as exc:
         first = (str(exc).splitlines() or [""])[0][:200]
-        console.print(f"[bold red]cannot start:[/] --db {db}: {first}", markup=False)
+        console.print(f"cannot start: --db {db}: {first}", markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
     console.print(f"rayqueue dashboard (history, read-only) on [bold]http://{host}:{port}/[/] over {url}")
     uvicorn.run(app, host=host, port=port, log_level="warning")
