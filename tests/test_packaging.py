@@ -145,7 +145,7 @@ def test_a_command_without_its_extra_says_which_to_install(tmp_path: Path, args:
     assert list(tmp_path.iterdir()) == []  # refused before any work
 
 
-SERVICE_MODULES = ["api", "cli", "core", "demo", "metrics", "raycluster", "rayjobs", "server", "store"]
+SERVICE_MODULES = ["api", "cli", "core", "dashboard", "demo", "metrics", "raycluster", "rayjobs", "server", "store"]
 OPERATOR_MODULES = ["cli", "controller", "handlers", "kube", "metrics", "rayjobs"]
 
 
