@@ -7,6 +7,7 @@ import asyncio
 import html as html_lib
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 from standalone_env import rayjob, tree
 
 from rayqueue.quota.tree import QuotaTree
-from rayqueue.scheduler.dashboard import timeline
+from rayqueue.scheduler.dashboard import charts, timeline
 from rayqueue.scheduler.dashboard.history import History
 from rayqueue.scheduler.dashboard.pages import Filters, history_app, mount
 from rayqueue.scheduler.service import store as st
@@ -352,3 +353,31 @@ def test_rayqueue_dashboard_refuses_a_missing_or_foreign_database_in_one_line(tm
     out = CliRunner().invoke(cli_app, ["dashboard", "--db", f"sqlite:///{foreign}", "--port", "0"])
     assert out.exit_code == 1 and "no such table: jobs" in out.output and "Traceback" not in out.output
     assert len(out.output.strip().splitlines()) <= 2
+
+
+async def test_the_operator_serves_the_live_pages_from_its_engine() -> None:
+    """The operator's pages: its engine's quota tree and queues, read-only, with no SQL history."""
+    from types import SimpleNamespace
+
+    from rayqueue.queue.workload import Workload
+    from rayqueue.scheduler.engine import Engine
+    from rayqueue.scheduler.operator.dashboard import dashboard_app
+
+    now = float(int(time.time()))
+    engine = Engine(QuotaTree.from_yaml_text(tree(("team-a", 1, 1), root_min=1, root_max=1)), clock=lambda: now)
+    for i in range(3):
+        engine.submit(Workload(uid=f"team-a/job-{i}", queue="team-a", request={GPU: 1000}, submitted_at=now + i,
+                               name=f"job-{i}", expected_duration=600))
+    engine.schedule(now)
+    controller = SimpleNamespace(engine=engine, lock=asyncio.Lock(), clock=lambda: now, leader=True)
+    async with _client(dashboard_app(controller)) as http:  # type: ignore[arg-type]
+        queue = await http.get("/queues/team-a")
+        tree_page = _text((await http.get("/")).text)
+        job = await http.get("/jobs/team-a/job-1")
+    rows = re.findall(r'<tr class="state-pending" data-job="([^"]+)"><td class="pos">(\d+)</td>', queue.text)
+    assert rows == [("team-a/job-1", "0"), ("team-a/job-2", "1")]
+    seen = _text(queue.text)
+    # job-0 ends after its expected 600 s: job-1 is expected to start then, job-2 600 s later
+    assert "QuotaMaxExceeded" in seen and charts.when(now + 600) in seen and charts.when(now + 1200) in seen
+    assert "2 pending · 1 running" in tree_page
+    assert job.status_code == 404 and "keeps no SQL history" in _text(job.text)

@@ -100,7 +100,7 @@ class Filters:
 class Dashboard:
     """The pages of one front end: its live source (None: history alone) and its store."""
 
-    def __init__(self, history: History, live: LiveSource | None = None, title: str = "rayqueue") -> None:
+    def __init__(self, history: History | None, live: LiveSource | None = None, title: str = "rayqueue") -> None:
         self.history = history
         self.live = live
         self.title = title
@@ -173,6 +173,14 @@ class Dashboard:
             wanted = list(LIVE)
         if f.state and f.state not in wanted:
             return rows
+        if self.history is None:  # no SQL history: the jobs holding quota as the engine knows them
+            for h in snap.held if snap is not None else []:
+                state = "Preempting" if h.preempting else "Admitted"
+                if f.matches(h.queue, 0, None, state) and not f.priority:
+                    rows.append({"id": h.id, "name": h.id, "queue": h.queue, "priority": "", "priority_class": None,
+                                 "state": state, "unit": h.unit, "position": None, "expected_start": None,
+                                 "forecast": False, "reason": None, "reason_code": None, "submitted_at": 0})
+            return rows
         for j in await self._db(self.history.live_jobs, f.team, [f.state] if f.state else wanted):
             if f.matches(j["queue"], j["priority"], j["priority_class"], j["state"]):
                 rows.append({**j, "position": None, "expected_start": None, "forecast": False})
@@ -221,7 +229,7 @@ class Dashboard:
 
         async def tree_page() -> str:
             snap = await self.snapshot()
-            stored = None if snap is not None else await self._db(self.history.stored_tree)
+            stored = None if snap is not None or self.history is None else await self._db(self.history.stored_tree)
             rows, units = self.tree_rows(snap, stored)
             return self.render("tree.html", rows=rows, units=units, snap=snap, page="tree")
 
@@ -238,7 +246,7 @@ class Dashboard:
             rows = await self.queue_rows(f)
             snap = await self.snapshot()
             teams = sorted({n["name"] for n in snap.status["nodes"] if n["leaf"]}) if snap is not None \
-                else await self._db(self.history.teams)
+                else await self._db(self.history.teams) if self.history is not None else []
             shown = sum(1 for r in rows if r["state"] == "Pending")
             waiting = sum(n for q, n in snap.pending_counts.items() if not f.team or q == f.team) \
                 if snap is not None else None
@@ -255,7 +263,7 @@ class Dashboard:
             return StreamingResponse(self._stream(request, f), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-        @r.get("/jobs/{job_id}", response_class=HTMLResponse)
+        @r.get("/jobs/{job_id:path}", response_class=HTMLResponse)  # the operator's ids are namespace/name
         async def job_route(request: Request, job_id: str) -> Response:
             return await page(request, lambda: self.job_html(job_id))
 
@@ -284,12 +292,19 @@ class Dashboard:
             finally:
                 closing.cancel()
 
+    def _history(self) -> History:
+        if self.history is None:
+            raise HTTPException(404, f"{self.title} keeps no SQL history: job pages and the history need one "
+                                     "(the live pages are the quota tree and the queues)")
+        return self.history
+
     async def job_html(self, job_id: str) -> str:
-        job = await self._db(self.history.job, job_id)
+        history = self._history()
+        job = await self._db(history.job, job_id)
         if job is None:
             raise HTTPException(404, f"no job {job_id!r} in the history")
-        events = await self._db(self.history.events, job_id)
-        snapshots = await self._db(self.history.log_snapshots, job_id)
+        events = await self._db(history.events, job_id)
+        snapshots = await self._db(history.log_snapshots, job_id)
         request = _resources(job["request"])
         now = time.time()
         t = timeline.build(events, request, now)
@@ -304,7 +319,7 @@ class Dashboard:
         if snap is not None and job["unit"]:
             unit_kind = next((str(u.get("resource")).upper() for u in snap.status["units"] if u["name"] == job["unit"]),
                              None)
-        manifest = await self._db(self.history.manifest, job_id)
+        manifest = await self._db(history.manifest, job_id)
         return self.render(
             "job.html", job=job, events=events, snapshots=snapshots, t=t, chart=charts.timeline_chart(t),
             request=request, live_entry=live_entry, ray_link=ray_link, unit_kind=unit_kind, page="job",
@@ -312,6 +327,7 @@ class Dashboard:
         )
 
     async def history_html(self, request: Request) -> str:
+        history = self._history()
         q = request.query_params
         now = time.time()
         for key in ("team", "outcome", "name", "since", "until"):
@@ -328,8 +344,8 @@ class Dashboard:
             raise BadInput(f"history: page must be between 1 and {MAX_PAGE}")
         s = Search(team=q.get("team") or None, since=parse_time(q.get("since"), "since", now),
                    until=parse_time(q.get("until"), "until", now), outcome=outcome, name=q.get("name") or None)
-        rows, total = await self._db(self.history.finished, s, PAGE_SIZE, (page_no - 1) * PAGE_SIZE)
-        lo, hi = await self._db(self.history.time_range)
+        rows, total = await self._db(history.finished, s, PAGE_SIZE, (page_no - 1) * PAGE_SIZE)
+        lo, hi = await self._db(history.time_range)
         end = s.until if s.until is not None else (hi or now)
         # Charts cover the last CHART_WINDOW_S of the history unless a range is asked for: a year of
         # history stays one index range, never a scan of every job.
@@ -338,18 +354,18 @@ class Dashboard:
         bucket = max(60.0, (end - start) / 24)
         s = replace(s, since=start) if s.since is None else s
         wait_series: dict[str, list[tuple[float, float]]] = {}
-        for row in await self._db(self.history.wait_by_team, s, start, bucket):
+        for row in await self._db(history.wait_by_team, s, start, bucket):
             wait_series.setdefault(row["team"], []).append((start + (row["bucket"] + 0.5) * bucket,
                                                             float(row["mean_wait"] or 0.0)))
         preempt_series: dict[str, list[tuple[float, float]]] = {}
-        for row in await self._db(self.history.preemptions_by_team, s, start, bucket):
+        for row in await self._db(history.preemptions_by_team, s, start, bucket):
             preempt_series.setdefault(row["team"], []).append((start + (row["bucket"] + 0.5) * bucket,
                                                                float(row["preemptions"])))
         pages = max(1, math.ceil(total / PAGE_SIZE))
         base = {k: v for k, v in q.items() if k != "page" and v}
         return self.render(
             "history.html", rows=rows, total=total, page_no=page_no, pages=pages, q=q, outcomes=OUTCOMES,
-            teams=await self._db(self.history.teams), page="history",
+            teams=await self._db(history.teams), page="history",
             wait_chart=charts.team_chart(wait_series, start, end, "mean wait to admission, per team", "seconds"),
             chart_range=(start, end),
             preempt_chart=charts.team_chart(preempt_series, start, end, "preemptions per team"),
@@ -424,7 +440,7 @@ def token_guard(token: str | None) -> Callable[[Request], None]:
     return guard
 
 
-def mount(app: FastAPI, history: History, live: LiveSource | None = None, token: str | None = None,
+def mount(app: FastAPI, history: History | None, live: LiveSource | None = None, token: str | None = None,
           title: str = "rayqueue") -> Dashboard:
     """Add the dashboard's pages to ``app`` (at ``/``, beside its API)."""
     dash = Dashboard(history, live, title)
