@@ -15,16 +15,16 @@ from typing import Any
 
 import numpy as np
 
+from rayqueue.scheduler.dashboard.style import css, header
 from rayqueue.simulations.plots import DASHES, cdf_points, figures_of, pyplot, time_axis
 from rayqueue.simulations.simulator import SimulationResult, format_duration
 from rayqueue.simulations.summary import short_name, summarize, write_jobs_csv
 
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
-table{border-collapse:collapse;margin:1em 0;font-size:13px}
-th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
-img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
+# The dashboard's stylesheet (one look for every page rayqueue makes), then the report's own touches.
+_CSS = css() + """
+table{font-size:13px}
+td{text-align:right}td:first-child,th:first-child{text-align:left}
+img{max-width:100%;border:1px solid #eee;margin:0.5em 0;background:#fff}
 .note{color:#666;font-size:13px}
 """
 
@@ -68,6 +68,8 @@ def render_html(summary: dict[str, Any], figures: dict[str, bytes]) -> str:
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>rayqueue simulation: "
         f"{html.escape(summary['scenario'])}</title><style>{_CSS}</style></head><body>",
+        header("simulation report"),
+        "<main>",
         f"<h1>Simulation: {html.escape(summary['scenario'])}</h1>",
         f"<p>{html.escape(summary.get('description') or '')}</p>",
         f"<p>{t['jobs']:,} jobs from <code>{html.escape(t['source'])}</code> ({t['rows']:,} rows; "
@@ -143,7 +145,7 @@ def render_html(summary: dict[str, Any], figures: dict[str, bytes]) -> str:
         "makespan x price; ACS, ECI and elastic units cost what they used. Run: "
         f"{summary['run']['wall_seconds']} s wall, {_fmt(summary['run']['jobs_per_second'])} jobs/s.</p>"
     )
-    parts.append("</body></html>")
+    parts.append("</main></body></html>")
     return "\n".join(parts)
 
 
@@ -272,7 +274,7 @@ def write_comparison(
         )
     page = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>rayqueue: comparison</title><style>{_CSS}</style>"
-        "</head><body><h1>Scenarios side by side</h1>",
+        f"</head><body>{header('simulation comparison')}<main><h1>Scenarios side by side</h1>",
         trace_note,
         _table(
             table_rows,
@@ -296,7 +298,7 @@ def write_comparison(
         _img(figures["compare_cost.png"], "cost per scenario"),
         "<p>Each scenario's full report: "
         + ", ".join(f"<a href='{html.escape(s['scenario'])}/report.html'>{html.escape(s['scenario'])}</a>" for s in summaries)
-        + "</p></body></html>",
+        + "</p></main></body></html>",
     ]
     (d / "compare.html").write_text("\n".join(page))
     return data

@@ -145,8 +145,9 @@ def test_a_command_without_its_extra_says_which_to_install(tmp_path: Path, args:
     assert list(tmp_path.iterdir()) == []  # refused before any work
 
 
-SERVICE_MODULES = ["admission", "api", "capacity", "cli", "core", "demo", "intake", "metrics", "queries", "raycluster",
-                   "rayjobs", "recovery", "release", "server", "state", "store", "tables", "tree_changes"]
+SERVICE_MODULES = ["admission", "api", "capacity", "cli", "core", "dashboard", "demo", "intake", "metrics", "queries",
+                   "raycluster", "rayjobs", "recovery", "release", "server", "serving", "state", "store", "tables",
+                   "tree_changes"]
 OPERATOR_MODULES = ["cli", "controller", "handlers", "kube", "metrics", "rayjobs"]
 
 

@@ -60,6 +60,7 @@ def test_flags_write_summary_jobs_and_report(tmp_path: Path) -> None:
     assert {r["unit"] for r in rows} == {"ecs", "acs"}
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3
+    assert '<header class="top">' in page and "header.top .brand" in page  # the dashboard's look
     for png in ("wait_cdf.png", "utilisation.png", "queues.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG")
     assert "team-a" in result.output and "ACS" in result.output

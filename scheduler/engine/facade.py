@@ -242,6 +242,10 @@ class Engine:
         """What the capacity rule reads of each unit (``scheduler.engine.capacity``)."""
         return views.unit_capacity_views(self._s)
 
+    def borrowed_share(self, uid: str) -> Resources:
+        """The part of admitted job ``uid``'s request its leaf holds above its ``min``."""
+        return views.borrowed_share(self._s, uid)
+
     def queue_totals(self) -> list[views.QueueTotals]:
         """Per leaf queue: pending and admitted counts and the pending jobs' summed request."""
         return views.queue_totals(self._s)

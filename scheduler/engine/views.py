@@ -13,7 +13,7 @@ from typing import Any
 
 from rayqueue.queue.queues import job_of
 from rayqueue.queue.workload import Reason, ReasonCode, Workload, WorkloadState
-from rayqueue.quota.quantity import Resources
+from rayqueue.quota.quantity import MAX_JOBS, Resources
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.engine.serving import reserved_by_node
 from rayqueue.scheduler.engine.state import EngineState
@@ -89,6 +89,7 @@ class JobView:
     admitted_at: float | None
     preempted_by: str | None
     preemptions: int
+    priority_class: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +162,7 @@ def job_view(w: Workload) -> JobView:
         admitted_at=w.admitted_at,
         preempted_by=w.preempted_by,
         preemptions=w.preemptions,
+        priority_class=w.priority_class,
     )
 
 
@@ -307,3 +309,10 @@ def queue_totals(s: EngineState) -> list[QueueTotals]:
                 requested[r] = requested.get(r, 0) + v
         out.append(QueueTotals(name, len(q.pending), len(q.admitted), requested))
     return out
+
+
+def borrowed_share(s: EngineState, uid: str) -> Resources:
+    """The part of an admitted job's request its leaf holds above its ``min`` (what reclaim may take back)."""
+    w = s.get(uid)
+    lent = s.tree.borrowed(s.tree.leaves[w.queue])
+    return {r: min(v, lent[r]) for r, v in w.request.items() if lent.get(r, 0) > 0 and r != MAX_JOBS}

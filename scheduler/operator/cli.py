@@ -31,6 +31,7 @@ def operator(
     identity: Annotated[str | None, typer.Option(help="this instance's name (default: $POD_NAME or host)")]
     = None,
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (0: off)")] = 8080,
+    dashboard_port: Annotated[int, typer.Option(help="read-only dashboard pages port (0: off)")] = 0,
     webhook_port: Annotated[int, typer.Option(help="admission webhook HTTPS port (0: no webhooks)")] = 9443,
     webhook_cert: Annotated[str | None, typer.Option(help="TLS certificate file for the webhook server")]
     = None,
@@ -97,6 +98,10 @@ def operator(
                        f"kubeconfig{f' context {context}' if context else ''}): {exc}", err=True)
             raise typer.Exit(2) from None
         op = Operator(connection, config, webhook=webhook, metrics_port=metrics_port or None)
+        if dashboard_port:
+            from rayqueue.scheduler.operator.dashboard import serve_dashboard
+
+            await serve_dashboard(op.controller, dashboard_port)  # stops with the operator's loop
         typer.echo(f"rayqueue operator {config.identity}: API {connection.server} ({connection.source}), "
                    f"{'standalone' if standalone else f'peering {peering!r} priority {priority}'}, "
                    f"metrics :{metrics_port or 'off'}, webhooks :{webhook_port or 'off'}")

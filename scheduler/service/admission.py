@@ -10,6 +10,7 @@ between threads per cycle, not one per step), the preemptions on the event loop.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -100,6 +101,7 @@ class Admission:
             released=False,
             reason_code=w.reason.code.value if w.reason else None,
             reason=w.reason.message if w.reason else None,
+            borrowed=json.dumps(s.engine.borrowed_share(w.uid)),
         )
         if row is None:
             return None

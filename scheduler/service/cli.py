@@ -150,6 +150,9 @@ def serve(
     reattach_wait: float = typer.Option(60.0, "--ray-reattach-wait", min=1.0, help="Seconds to wait for the local "
                                         "Ray head a crashed run left to answer before stopping it and starting "
                                         "a new one."),
+    log_retention_days: float = typer.Option(30.0, "--log-retention-days", min=0.0,
+                                             help="How long the log snapshots taken at preemption and at the end "
+                                             "are kept for the dashboard (0: for ever)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the standalone service: queue RayJobs under the quota tree and run them on Ray."""
@@ -175,7 +178,8 @@ def serve(
         num_gpus=num_gpus,
         num_cpus=num_cpus, unit_gpus=parsed, db=db, state_dir=state_dir, host=host, port=port, token=token,
         config=ServiceConfig(poll_interval_s=poll_interval, max_body_bytes=int(max_body_mb * 2**20),
-                             serve_http_port=serve_port),
+                             serve_http_port=serve_port,
+                             log_retention_s=log_retention_days * 86400 if log_retention_days else None),
         ray_wait_s=ray_wait, reattach_wait_s=reattach_wait, say=lambda line: console.print(line, markup=False, soft_wrap=True),
     )
     runner = Runner(opts)
@@ -188,7 +192,7 @@ def serve(
             raise
         assert runner.service is not None
         console.print(
-            f"rayqueue serving on [bold]{runner.url}[/] (API docs {runner.url}/docs), "
+            f"rayqueue serving on [bold]{runner.url}[/] (dashboard {runner.url}/, API docs {runner.url}/docs), "
             f"Ray at {runner.service.ray.address}, state in {runner.store.url if runner.store else '-'}"
         )
         await runner.serve()
@@ -388,8 +392,51 @@ def demo_command(
     raise typer.Exit(run_demo(keep_state=keep))
 
 
+def dashboard(
+    db: str = typer.Option(..., "--db", envvar="RAYQUEUE_DB",
+                           help="The store to read: a SQL URL (sqlite:///path/rayqueue.db, postgresql+psycopg://...) "
+                           "or the path of a SQLite file."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Bind address; a non-loopback one requires --token."),
+    port: int = typer.Option(8267, "--port"),
+    token: str | None = typer.Option(None, "--token", envvar="RAYQUEUE_TOKEN", help="Token the pages ask for."),
+) -> None:
+    """Serve the dashboard over a store alone, read-only: the history of every job (timelines, reasons,
+    logs) for a post-mortem, with no Ray cluster and no service running."""
+    with _needs_ray("rayqueue dashboard"):
+        import uvicorn
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from rayqueue.scheduler.dashboard.pages import history_app
+        from rayqueue.scheduler.service.server import is_loopback, port_free
+
+    console = _console()
+    url = db
+    path = Path(db.removeprefix("sqlite:///")) if "://" not in db or db.startswith("sqlite:///") else None
+    if path is not None:
+        if not path.is_file():  # SQLite would create an empty database there, and the pages would be empty
+            console.print(f"cannot start: --db {db}: no such file (give a SQLite file or a SQL URL)",
+                          markup=False, soft_wrap=True)
+            raise typer.Exit(2)
+        url = f"sqlite:///{path.resolve()}"
+    if not is_loopback(host) and not token:
+        console.print(f"[bold red]cannot start:[/] --host {host} is not a loopback address: set --token")
+        raise typer.Exit(2)
+    if not port_free(host, port):
+        console.print(f"[bold red]cannot start:[/] port {port} on {host} is in use; pick --port")
+        raise typer.Exit(1)
+    try:
+        app = history_app(url, token)
+    except SQLAlchemyError as exc:
+        first = (str(exc).splitlines() or [""])[0][:200]
+        console.print(f"cannot start: --db {db}: {first}", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(f"rayqueue dashboard (history, read-only) on [bold]http://{host}:{port}/[/] over {url}")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
+    app.command("dashboard")(dashboard)
     app.command("submit")(submit)
     app.command("status")(status)
     app.command("jobs")(jobs)

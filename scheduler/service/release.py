@@ -140,6 +140,23 @@ class Release:
             ray_message=status.message,
             logs=logs[-s.config.log_tail_chars :] if logs else None,
         )
+        if logs:
+            self.keep_logs(job_id, st.CANCELLED, logs)
+
+    async def snapshot_logs(self, job_id: str, sid: str, kind: str) -> None:
+        """Keep the driver's log as it was when Ray stopped it (a preemption): the next attempt's log
+        replaces it in Ray, and Ray forgets both with its cluster."""
+        try:
+            logs = await asyncio.to_thread(self.s.ray.logs, sid)
+        except RayUnavailable:
+            return
+        if logs:
+            self.keep_logs(job_id, kind, logs)
+
+    def keep_logs(self, job_id: str, kind: str, logs: str) -> None:
+        s = self.s
+        row = s.store.get(job_id)
+        s.store.add_log_snapshot(job_id, row.attempt if row else 0, kind, logs, s.config.log_tail_chars)
 
     # ---------------------------------------------------------------- following released jobs
 
@@ -204,6 +221,7 @@ class Release:
         if not status.terminal:
             return False
         if job_id in s.preempting and status.status == "STOPPED":
+            await self.snapshot_logs(job_id, sid, "Preempted")
             async with s.engine_lock:
                 self.requeue(job_id, "Requeued", f"Ray stopped {sid}; back in the queue", preempted=True)
             return True
@@ -233,6 +251,8 @@ class Release:
             ray_message=status.message,
             logs=tail,
         )
+        if tail:
+            s.store.add_log_snapshot(job_id, row.attempt, state, tail, s.config.log_tail_chars)
         s.unfollow(job_id)
         s.preempting.discard(job_id)
         if s.engine.has_job(job_id):

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rayqueue.queue.priority import PriorityClasses
 from rayqueue.quota.manifests import DocumentError, read_documents
@@ -37,6 +37,9 @@ from rayqueue.scheduler.service.raycluster import (
 from rayqueue.scheduler.service.rayjobs import RayJobs
 from rayqueue.scheduler.service.store import Store, default_db_url
 from rayqueue.scheduler.workloads.resourcepolicy import Units, load_resource_policy
+
+if TYPE_CHECKING:
+    from rayqueue.scheduler.service.dashboard import ServiceLive
 
 log = logging.getLogger("rayqueue.service")
 
@@ -143,6 +146,7 @@ class Runner:
         self.service: Service | None = None
         self.server: Any = None
         self._server_task: asyncio.Task[None] | None = None
+        self.dashboard: ServiceLive | None = None
 
     @property
     def url(self) -> str:
@@ -187,6 +191,9 @@ class Runner:
         from rayqueue.scheduler.service.api import create_app
 
         app = create_app(self.service, opts.token)
+        from rayqueue.scheduler.service.dashboard import attach
+
+        self.dashboard = attach(app, self.service, opts.token, address)[1]
         config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning", lifespan="off")
         self.server = _Server(config)
         return self.service
@@ -259,8 +266,14 @@ class Runner:
         assert self.server is not None
         loop = asyncio.get_running_loop()
         server = self.server
+
+        def stop() -> None:
+            if self.dashboard is not None and self.dashboard.pages is not None:
+                self.dashboard.pages.close()  # its open event streams would hold uvicorn's graceful stop up
+            server.should_exit = True
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+            loop.add_signal_handler(sig, stop)
         try:
             await server.serve()
         finally:
@@ -276,6 +289,8 @@ class Runner:
             await asyncio.sleep(0.05)
 
     async def shutdown(self) -> None:
+        if self.dashboard is not None:
+            await self.dashboard.stop()  # first: its open event streams would hold the HTTP server up
         if self.server is not None and self._server_task is not None:
             self.server.should_exit = True
             done, _ = await asyncio.wait({self._server_task}, timeout=10)

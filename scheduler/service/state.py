@@ -42,6 +42,8 @@ class ServiceConfig:
     retry_base_s: float = 0.5  # Ray unreachable: retry a release / stop after this, doubling
     retry_max_s: float = 10.0
     log_tail_chars: int = 64_000  # how much of a finished driver's log is kept in SQL
+    #: how long log snapshots (at preemption, at the end) are kept; None: for ever
+    log_retention_s: float | None = 30 * 86400.0
     cancel_settle_s: float = 60.0  # how long a cancelled job's end is awaited in Ray (for its status and log)
     #: the largest HTTP request body read (413 beyond); a KubeRay sample is a few KiB, a batch of them far less
     max_body_bytes: int = 4 * 2**20

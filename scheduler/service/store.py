@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Row, Table, Update, bindparam, func, text
+from sqlalchemy import Connection, Index, Row, Table, Update, bindparam, func, text
 from sqlalchemy import event as sa_event
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import configure_mappers
@@ -41,8 +41,19 @@ RAY_NOT_FOUND = "NOT_FOUND"
 RAY_SETTLED = ("SUCCEEDED", "FAILED", "STOPPED", RAY_NOT_FOUND)
 
 
+#: What the history page's lists and charts read of a job, in both of its covering indexes (team first,
+#: and end time first).
+HISTORY_COLUMNS = ("queue", "finished_at", "state", "submitted_at", "first_admitted_at", "admitted_at", "id")
+
+
 class JobRecord(SQLModel, table=True):
     __tablename__ = "jobs"
+    # The dashboard's history page: one team's finished jobs in a time range, newest first; and a covering
+    # index for its charts and deep pages, read without touching the rows (which hold manifests and logs).
+    __table_args__ = (
+        Index("ix_jobs_queue_finished_at", *HISTORY_COLUMNS),
+        Index("ix_jobs_finished_at_covering", *HISTORY_COLUMNS[1::-1], *HISTORY_COLUMNS[2:]),
+    )
 
     id: str = Field(primary_key=True)
     name: str = Field(index=True)
@@ -60,11 +71,13 @@ class JobRecord(SQLModel, table=True):
     manifest: str = ""  # the RayJob as JSON
     request: str = "{}"  # the gang's total, milli-units, as JSON
     pods: int = 1
-    submitted_at: float = 0.0
+    submitted_at: float = Field(default=0.0, index=True)  # the history pages search by time
     admitted_at: float | None = None
+    # the first admission (``admitted_at`` is the latest one, cleared on requeue): the wait a user had
+    first_admitted_at: float | None = None
     released_at: float | None = None
     running_at: float | None = None
-    finished_at: float | None = None
+    finished_at: float | None = Field(default=None, index=True)
     ray_status: str | None = None
     ray_message: str | None = None
     preemptions: int = 0
@@ -86,11 +99,33 @@ class EventRecord(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     job_id: str = Field(index=True)
     at: float
-    kind: str  # Submitted, Admitted, Released, Running, Preempting, Requeued, Succeeded, ...
+    kind: str = Field(index=True)  # Submitted, Admitted, Released, Running, Preempting, Requeued, Succeeded, ...
     state: str | None = None
     unit: str | None = None
     message: str = ""
     reason_code: str | None = None  # the engine's reason, when the change came with one
+    # the job another job was preempted for (``Preempting``): the dashboard's "preempted by whom"
+    by_job: str | None = None
+    # ``Admitted``: the part of the request borrowed (above the leaf's min) at admission, milli-units as JSON
+    borrowed: str | None = None
+
+
+#: Kinds of event that only record why a pending job waits (its reason code changed); not state changes.
+WAITING = "Waiting"
+
+
+class LogSnapshotRecord(SQLModel, table=True):
+    """The tail of a driver's log captured when its Ray job ended or was preempted, readable after Ray has
+    forgotten the job (capped by ``ServiceConfig.log_tail_chars``, pruned after the retention setting)."""
+
+    __tablename__ = "log_snapshots"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(index=True)
+    attempt: int = 0
+    at: float = Field(index=True)
+    kind: str  # "Preempted", or the state it ended in (Succeeded, Failed, Stopped, Cancelled)
+    text: str = ""
 
 
 class SettingRecord(SQLModel, table=True):
@@ -173,6 +208,8 @@ class Store:
                         continue
                     kind = column.type.compile(dialect=self.engine.dialect)
                     conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+                for index in table.indexes:  # indexes added since (create_all makes only new tables')
+                    index.create(conn, checkfirst=True)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -190,6 +227,12 @@ class Store:
     @contextmanager
     def session(self) -> Iterator[Session]:
         with Session(self.engine, expire_on_commit=False) as s:
+            yield s
+
+    @contextmanager
+    def writing_session(self) -> Iterator[Session]:
+        """An ORM session for writes off the hot path, taking its turn as :meth:`writing` does."""
+        with self._write_lock, Session(self.engine, expire_on_commit=False) as s:
             yield s
 
     # ------------------------------------------------------------------ jobs
@@ -225,15 +268,27 @@ class Store:
         """Update a job's fields and record the event in one transaction."""
         at = time.time() if at is None else at
         with self.writing() as conn:
-            if fields:
-                names = tuple(sorted(fields))
-                conn.execute(_update_of(names), {"job_id": job_id, **{f"new_{f}": fields[f] for f in names}})
             row = conn.execute(GET_JOB, {"job_id": job_id}).one_or_none()
             if row is None:
-                raise KeyError(f"no job {job_id!r}")  # the transaction is rolled back
-            conn.execute(ADD_EVENT, {"job_id": job_id, "at": at, "kind": kind, "state": row.state, "unit": row.unit,
-                                     "message": message, "reason_code": fields.get("reason_code")})
-        return _job(row)
+                raise KeyError(f"no job {job_id!r}")
+            job = self._apply(conn, row, job_id, kind, message, at, fields)
+        return job
+
+    @staticmethod
+    def _apply(conn: Connection, row: Row[Any], job_id: str, kind: str, message: str, at: float,
+               fields: dict[str, Any]) -> JobRecord:
+        """Write ``fields`` to the job's row and record the event, in the caller's transaction."""
+        borrowed = fields.pop("borrowed", None)  # the event's alone: the job row keeps no such field
+        if fields.get("admitted_at") is not None and row.first_admitted_at is None:
+            fields["first_admitted_at"] = fields["admitted_at"]
+        if fields:
+            names = tuple(sorted(fields))
+            conn.execute(_update_of(names), {"job_id": job_id, **{f"new_{f}": fields[f] for f in names}})
+        job = JobRecord.model_construct(**{**row._mapping, **fields})
+        conn.execute(ADD_EVENT, {"job_id": job_id, "at": at, "kind": kind, "state": job.state, "unit": job.unit,
+                                 "message": message, "reason_code": fields.get("reason_code"),
+                                 "by_job": fields.get("preempted_by"), "borrowed": borrowed})
+        return job
 
     def transition_from(
         self, job_id: str, only_from: str, kind: str, message: str, at: float, **fields: Any
@@ -244,12 +299,7 @@ class Store:
             row = conn.execute(GET_JOB, {"job_id": job_id}).one_or_none()
             if row is None or row.state != only_from:
                 return None
-            names = tuple(sorted(fields))
-            conn.execute(_update_of(names), {"job_id": job_id, **{f"new_{f}": fields[f] for f in names}})
-            job = JobRecord.model_construct(**{**row._mapping, **fields})
-            conn.execute(ADD_EVENT, {"job_id": job_id, "at": at, "kind": kind, "state": job.state, "unit": job.unit,
-                                     "message": message, "reason_code": fields.get("reason_code")})
-        return job
+            return self._apply(conn, row, job_id, kind, message, at, fields)
 
     def admit(self, job_id: str, message: str, at: float, **fields: Any) -> JobRecord | None:
         """``Admitted``: the job's row gets ``fields`` and its next attempt's Ray submission id, read and
@@ -259,18 +309,36 @@ class Store:
             if row is None:
                 return None
             fields = {**fields, "submission_id": submission_id(job_id, row.attempt)}
-            names = tuple(sorted(fields))
-            conn.execute(_update_of(names), {"job_id": job_id, **{f"new_{f}": fields[f] for f in names}})
-            job = JobRecord.model_construct(**{**row._mapping, **fields})
-            conn.execute(ADD_EVENT, {"job_id": job_id, "at": at, "kind": ADMITTED, "state": job.state, "unit": job.unit,
-                                     "message": message, "reason_code": fields.get("reason_code")})
-        return job
+            return self._apply(conn, row, job_id, ADMITTED, message, at, fields)
 
     def record(self, job_id: str, kind: str, message: str = "", at: float | None = None) -> None:
         """An event that changes no field (e.g. the quota tree was applied)."""
         with self.writing() as conn:
             conn.execute(ADD_EVENT, {"job_id": job_id, "at": time.time() if at is None else at, "kind": kind,
                                      "state": None, "unit": None, "message": message, "reason_code": None})
+
+    def add_events(self, events: Iterable[EventRecord]) -> None:
+        """Events that change no job row (``Waiting``: a pending job's reason changed), in one transaction."""
+        with self.writing_session() as s:
+            s.add_all(list(events))
+            s.commit()
+
+    def add_log_snapshot(self, job_id: str, attempt: int, kind: str, text: str, cap: int,
+                         at: float | None = None) -> None:
+        """Keep the last ``cap`` characters of a driver's log (at preemption, or at the end)."""
+        with self.writing_session() as s:
+            s.add(LogSnapshotRecord(job_id=job_id, attempt=attempt, kind=kind, text=text[-cap:] if cap else "",
+                                    at=time.time() if at is None else at))
+            s.commit()
+
+    def prune_log_snapshots(self, before: float) -> int:
+        """Drop the log snapshots taken before ``before`` (the retention setting); how many went."""
+        with self.writing_session() as s:
+            rows = list(s.exec(select(LogSnapshotRecord).where(col(LogSnapshotRecord.at) < before)))
+            for row in rows:
+                s.delete(row)
+            s.commit()
+            return len(rows)
 
     def get(self, job_id: str) -> JobRecord | None:
         with self.engine.connect() as conn:
