@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean native
+.PHONY: demo test lint bench clean native browser
 
 NATIVE := $(VENV)/.native
 # The engine's hot path, compiled with mypyc (setup.py); edited sources are compiled again.
@@ -37,7 +37,13 @@ lint: $(STAMP)
 	$(BIN)/mypy quota queue scheduler simulations
 	$(BIN)/lint-imports
 
-test: $(NATIVE) lint
+# The dashboard's browser test drives Debian's chromium (tests/test_dashboard_browser.py fails without it).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "chromium is missing: install it as root (apt-get install chromium); the browser test needs it" >&2; fi; }
+
+test: $(NATIVE) lint browser
 	$(BIN)/python -m pytest -q
 
 bench: $(NATIVE)
