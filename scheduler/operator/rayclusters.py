@@ -94,14 +94,13 @@ class RayClusterGate(ServingBase):
 
     def restore_cluster(self, body: Mapping[str, Any], req: ClusterRequest, record: Mapping[str, Any]) -> None:
         s = self.s
-        engine, tree = s.engine, s.tree
-        assert engine is not None and tree is not None
+        engine = s.engine
+        assert engine is not None
         uid = job_uid(body)
-        try:
-            queue, priority = self._queue_priority(body, tree)
-        except ServingRejected as exc:
-            log.warning("cannot restore %s: %s", _ref(body), exc)
+        restored = self._restored_queue(body)
+        if restored is None:
             return
+        queue, priority = restored
         at = float(record.get("admittedAtEpoch") or s.clock())
         w = req.workload(uid, queue, priority, _created_epoch(body, s.clock()))
         w.name = _ref(body)

@@ -109,14 +109,13 @@ class RayServiceFollower(ServingBase):
 
     def restore_service(self, body: Mapping[str, Any], req: ServiceRequest, record: Mapping[str, Any]) -> None:
         s = self.s
-        engine, tree = s.engine, s.tree
-        assert engine is not None and tree is not None
+        engine = s.engine
+        assert engine is not None
         uid = job_uid(body)
-        try:
-            queue, priority = self._queue_priority(body, tree)
-        except ServingRejected as exc:
-            log.warning("cannot restore RayService %s: %s", _ref(body), exc)
+        restored = self._restored_queue(body)
+        if restored is None:
             return
+        queue, priority = restored
         svc = req.service(uid, queue, priority, _created_epoch(body, s.clock()))
         svc.name = _ref(body)
         by_unit = {str(k): int(v) for k, v in (record.get("byUnit") or {}).items()}

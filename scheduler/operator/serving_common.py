@@ -118,6 +118,16 @@ class ServingBase:
                 from exc
         return leaf.name, priority
 
+    def _restored_queue(self, body: Mapping[str, Any]) -> tuple[str, int] | None:
+        """The queue and priority of a running object counted back in; None (logged) if they no longer
+        resolve: it keeps running, uncounted, as one never admitted by us."""
+        assert self.s.tree is not None
+        try:
+            return self._queue_priority(body, self.s.tree)
+        except ServingRejected as exc:
+            log.warning("cannot restore %s %s: %s", body.get("kind") or "object", _ref(body), exc)
+            return None
+
     def _resync(self, uid: str) -> None:
         """Sync one object again (a write that failed): it is queued anew if it still waits."""
         s = self.s
