@@ -11,17 +11,19 @@ from rayqueue.scheduler.service.rayjobs import RayStatus
 
 
 class FakeRay:
-    """Accepts every job (``RUNNING`` at once); ``stop`` stops a pending or running one."""
+    """Accepts every job (``start_state``, ``RUNNING`` unless a test's subclass says otherwise); ``stop``
+    stops a pending or running one."""
 
     address = "fake://ray"
     auth_token = None
+    start_state = "RUNNING"
 
     def __init__(self) -> None:
         self.jobs: dict[str, str] = {}
 
     def submit(self, sub: Any) -> bool:
         fresh = sub.submission_id not in self.jobs
-        self.jobs.setdefault(sub.submission_id, "RUNNING")
+        self.jobs.setdefault(sub.submission_id, self.start_state)
         return fresh
 
     def status(self, sid: str) -> RayStatus | None:
