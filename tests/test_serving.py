@@ -210,7 +210,8 @@ def test_metrics_show_reserved_beside_used_and_the_services_replicas() -> None:
     assert "rayqueue_quota_resource_reserved{" not in m.exposition().decode()
 
 
-def test_a_new_tree_or_policy_keeps_counting_services_and_handed_over_victims_once() -> None:
+def web_took_back_from_train() -> Engine:
+    """``web`` scaled up to 4 replicas and took back the headroom ``train`` borrowed (train is preempted)."""
     e = engine(serving_tree())
     e.submit_service(service("web", hot=0))
     e.schedule(0.0)
@@ -218,6 +219,11 @@ def test_a_new_tree_or_policy_keeps_counting_services_and_handed_over_victims_on
     e.schedule(1.0)
     e.scale_service("web", 4, now=2.0)
     assert preempted(e.schedule(2.0)) == ["train"]
+    return e
+
+
+def test_a_new_tree_or_policy_keeps_counting_services_and_handed_over_victims_once() -> None:
+    e = web_took_back_from_train()
     before = {n.name: n.used for n in e.node_views()}
     e.set_tree(serving_tree())
     assert {n.name: n.used for n in e.node_views()} == before
@@ -228,17 +234,7 @@ def test_a_new_tree_or_policy_keeps_counting_services_and_handed_over_victims_on
 
 
 def test_a_restart_restores_the_service_and_its_victims_without_counting_twice() -> None:
-    def run() -> Engine:
-        e = engine(serving_tree())
-        e.submit_service(service("web", hot=0))
-        e.schedule(0.0)
-        e.submit(job("train", "batch", gpu=14))
-        e.schedule(1.0)
-        e.scale_service("web", 4, now=2.0)
-        assert preempted(e.schedule(2.0)) == ["train"]
-        return e
-
-    live = run()
+    live = web_took_back_from_train()
     again = engine(serving_tree())
     view = live.service("web")
     again.restore_service(service("web", hot=0, replicas=4), view.granted, view.by_unit, admitted_at=0.0)

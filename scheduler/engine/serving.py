@@ -22,6 +22,12 @@ Rules, in one place (docs/admission.md words them with examples):
 
 Services are tried at the start of every cycle, before any batch job, so a job admitted in this cycle
 is never a victim (no admission has to be withdrawn).
+
+Why one module of about 650 lines: a service's life (submit, scale, upgrade, finish), its reservation
+check and the choice of the batch jobs it takes headroom back from all charge and uncharge through the
+same few helpers (``charge``, ``place``, ``undo``) inside one cycle, and an ``undo`` must reverse exactly
+what they did; the engine is compiled with mypyc, where calls between modules cost more than calls within
+one. Split apart, each half would reach into the other's bookkeeping.
 """
 
 from __future__ import annotations
