@@ -4,13 +4,13 @@
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from heapq import heappush
+from typing import Any, Final
 
 from rayqueue.queue.queues import LeafQueue, PreemptionPolicy, QueueingStrategy
 from rayqueue.queue.workload import Reason, Workload
@@ -44,6 +44,10 @@ class EngineStats:
     cycles: int = 0
     moved: int = 0  # parked jobs moved to another full blocker instead of being tried
     withdrawn: int = 0  # admissions taken back in the cycle that made them (see Engine._withdraw)
+
+
+# A borrowing share of nothing, boxed once (see ``offer``).
+_NO_SHARE: Final[object] = 0.0
 
 
 class Outcome:
@@ -123,13 +127,17 @@ class EngineState:
             return
         leaf = self.tree.leaves[q.name]
         within = 0 if self.tree.within_guarantee(leaf, w.demand) else 1
-        share = self.tree.fair_share(leaf) if q.name in self.borrowing else 0.0
-        key: tuple[Any, ...] = (within, -w.priority, share, w.submitted_at, w.seq)
+        share: object = self.tree.fair_share(leaf) if q.name in self.borrowing else _NO_SHARE
+        # The priority, submission time and arrival come from the job's order key as it holds them: no
+        # int or float boxed anew per offer, and equal fields are the same object, which a tuple
+        # comparison in the heap passes without calling the field's comparison.
+        order = w.order
+        key: tuple[Any, ...] = (within, order[0], share, order[1], order[3])
         if key == q.heap_key:
             return
         q.heap_version += 1
         q.heap_key = key
-        heapq.heappush(self.heap, key + (q.heap_version, q.name))
+        heappush(self.heap, key + (q.heap_version, q.name))
 
     def get(self, uid: str) -> Workload:
         try:
