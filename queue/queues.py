@@ -7,12 +7,19 @@ fit is *parked* until something that could make it fit happens (see the wake-up 
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+import bisect
+import heapq
 from collections.abc import Iterator
-from heapq import heappop, heappush
 from typing import Any, Final, Literal
 
 from rayqueue.queue.workload import Workload
+
+# Library functions the hot path calls, as Final: mypyc keeps them in C statics instead of looking
+# each one up in the module's globals dict at every call.
+bisect_left: Final = bisect.bisect_left
+insort: Final = bisect.insort
+heappop: Final = heapq.heappop
+heappush: Final = heapq.heappush
 
 QueueingStrategy = Literal["StrictFIFO", "BestEffortFIFO"]
 PreemptionPolicy = Literal["Never", "LowerPriority"]

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from heapq import heappop
+import heapq
 from typing import Final
 
 from rayqueue.queue.queues import LeafQueue
@@ -18,6 +18,10 @@ from rayqueue.scheduler.engine.preemption import Preemption
 from rayqueue.scheduler.engine.serving import Serving
 from rayqueue.scheduler.engine.state import EngineState
 from rayqueue.scheduler.engine.units import Unit
+
+# Library functions the hot path calls, as Final: mypyc keeps them in C statics instead of looking
+# each one up in the module's globals dict at every call.
+heappop: Final = heapq.heappop
 
 # Wake-up rounds in one cycle after the first: what is left waits for the next cycle (see next_wakeup).
 ROUNDS: Final = 3

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from heapq import heappop, heappush
+import heapq
 from typing import Final
 
 from rayqueue.queue.queues import LeafQueue
@@ -12,6 +12,11 @@ from rayqueue.queue.workload import Workload, WorkloadState
 from rayqueue.quota.quantity import NO_LIMIT, SLOTS
 from rayqueue.scheduler.engine.state import EngineState, Outcome
 from rayqueue.scheduler.engine.wakeup import ANY, BlockerKey, WakeOrder
+
+# Library functions the hot path calls, as Final: mypyc keeps them in C statics instead of looking
+# each one up in the module's globals dict at every call.
+heappop: Final = heapq.heappop
+heappush: Final = heapq.heappush
 
 _RETRY: Final = 0
 _REINDEX: Final = 1

@@ -8,11 +8,17 @@ that waits behind the same full node. That keeps a decision's cost independent o
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from heapq import heappop, heappush
+import bisect
+import heapq
 from typing import Any, Final
 
 from rayqueue.queue.workload import Workload, WorkloadState
+
+# Library functions the hot path calls, as Final: mypyc keeps them in C statics instead of looking
+# each one up in the module's globals dict at every call.
+bisect_left: Final = bisect.bisect_left
+heappop: Final = heapq.heappop
+heappush: Final = heapq.heappush
 
 # The tuples below are typed as plain tuples (``tuple[Any, ...]``), not by their fields: mypyc unboxes a
 # fixed-length tuple type into a C struct on every read from a list, set or dict (a reference taken on
