@@ -7,12 +7,19 @@ fit is *parked* until something that could make it fit happens (see the wake-up 
 
 from __future__ import annotations
 
+import bisect
 import heapq
-from bisect import bisect_left, insort
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from rayqueue.queue.workload import Workload
+
+# Library functions the hot path calls, as Final: mypyc keeps them in C statics instead of looking
+# each one up in the module's globals dict at every call.
+bisect_left: Final = bisect.bisect_left
+insort: Final = bisect.insort
+heappop: Final = heapq.heappop
+heappush: Final = heapq.heappush
 
 QueueingStrategy = Literal["StrictFIFO", "BestEffortFIFO"]
 PreemptionPolicy = Literal["Never", "LowerPriority"]
@@ -37,7 +44,7 @@ def job_of(key: OrderKey) -> Workload:
 VictimKey = tuple[int, float, int, str]
 
 # Keys per chunk of ``SortedKeys`` before it splits in two.
-CHUNK = 512
+CHUNK: Final = 512
 
 
 class SortedKeys:
@@ -150,7 +157,7 @@ class LeafQueue:
     def add(self, w: Workload) -> None:
         key = w.order = order_key(w)
         self.pending.add(key)
-        heapq.heappush(self.ready, key)
+        heappush(self.ready, key)
 
     def remove(self, w: Workload) -> None:
         self.pending.remove(w.order)
@@ -164,7 +171,7 @@ class LeafQueue:
         if w.uid not in self.parked:
             return False
         self.parked.discard(w.uid)
-        heapq.heappush(self.ready, w.order)
+        heappush(self.ready, w.order)
         return True
 
     def start(self, w: Workload) -> None:
@@ -189,7 +196,7 @@ class LeafQueue:
             w: Workload = key[4]
             if w.order is key and w.uid not in parked:
                 break
-            heapq.heappop(ready)
+            heappop(ready)
         else:
             return None
         if self.strategy == "StrictFIFO" and self.pending.first() != w.order:

@@ -91,7 +91,7 @@ class ResourceSlots:
         return {names[i]: v for i, v in enumerate(vector) if v}
 
 
-SLOTS = ResourceSlots()
+SLOTS: Final = ResourceSlots()
 
 
 class Demand:

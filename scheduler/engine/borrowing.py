@@ -94,10 +94,9 @@ class BorrowLedger:
                             i = slots[k]
                             sums[i] = sums[i] + delta
             if any_now:
-                if before is None or len(before) < width:
-                    before = counted[name] = [0] * width
-                for i in slots:
-                    before[i] = used[i] if i < len(used) else 0
+                # A copy of the leaf's usage (only its guaranteed slots are read back): the items are
+                # shared as they are, where storing them one by one boxed each large int anew.
+                counted[name] = used.copy()
             elif before is not None:
                 del counted[name]
         self.s.borrow_changed = set()

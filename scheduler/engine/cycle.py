@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import heapq
+from typing import Final
 
 from rayqueue.queue.queues import LeafQueue
 from rayqueue.queue.workload import Reason, ReasonCode, Workload, WorkloadState
@@ -18,8 +19,12 @@ from rayqueue.scheduler.engine.serving import Serving
 from rayqueue.scheduler.engine.state import EngineState
 from rayqueue.scheduler.engine.units import Unit
 
+# Library functions the hot path calls, as Final: mypyc keeps them in C statics instead of looking
+# each one up in the module's globals dict at every call.
+heappop: Final = heapq.heappop
+
 # Wake-up rounds in one cycle after the first: what is left waits for the next cycle (see next_wakeup).
-ROUNDS = 3
+ROUNDS: Final = 3
 
 
 class Cycle:
@@ -52,7 +57,7 @@ class Cycle:
         rounds = 0
         while True:
             while heap:
-                entry = heapq.heappop(heap)
+                entry = heappop(heap)
                 version: int = entry[5]
                 name: str = entry[6]
                 q = queues.get(name)
@@ -104,7 +109,7 @@ class Cycle:
             w = self.s.workloads.get(uid)
             if w is not None and w.park_token == token and w.uid in self.s.queues[w.queue].parked:
                 return at
-            heapq.heappop(timers)
+            heappop(timers)
         return None
 
     def attempt(self, w: Workload, q: LeafQueue, now: float) -> list[Decision] | None:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import heapq
+from typing import Final
 
 from rayqueue.queue.queues import LeafQueue
 from rayqueue.queue.workload import Workload, WorkloadState
@@ -12,7 +13,13 @@ from rayqueue.quota.quantity import NO_LIMIT, SLOTS
 from rayqueue.scheduler.engine.state import EngineState, Outcome
 from rayqueue.scheduler.engine.wakeup import ANY, BlockerKey, WakeOrder
 
-_RETRY, _REINDEX = 0, 1
+# Library functions the hot path calls, as Final: mypyc keeps them in C statics instead of looking
+# each one up in the module's globals dict at every call.
+heappop: Final = heapq.heappop
+heappush: Final = heapq.heappush
+
+_RETRY: Final = 0
+_REINDEX: Final = 1
 
 
 class Parking:
@@ -39,17 +46,19 @@ class Parking:
             w.retry_after = 0.0
         # Jobs within their guarantee wake first, as they go first across queues.
         within = 0 if self.s.tree.within_guarantee(self.s.tree.leaves[w.queue], w.demand) else 1
-        order: WakeOrder = (within, -w.priority, w.submitted_at, w.display_name, w.seq)
+        # (within, -priority, submitted_at, name, seq): the queue's order key's fields, already boxed.
+        queued = w.order
+        order: WakeOrder = (within, queued[0], queued[1], queued[2], queued[3])
         blockers = outcome.blockers
         if not blockers and outcome.retry_at is None:
             blockers = [(ANY, 0)]  # nothing a release would signal: retry after any release
         if outcome.retry_at is not None:
-            heapq.heappush(self.s.timers, (outcome.retry_at, w.seq, w.uid, token, _RETRY))
+            heappush(self.s.timers, (outcome.retry_at, w.seq, w.uid, token, _RETRY))
         self.s.parked[w.uid] = ([] if outcome.alternatives else blockers, order)
         if delay > 0:
             # Backing off: out of the wake-up index until the delay ends, so releases meanwhile neither
             # wake it nor count it against the room they free.
-            heapq.heappush(self.s.timers, (w.retry_after, w.seq, w.uid, token, _REINDEX))
+            heappush(self.s.timers, (w.retry_after, w.seq, w.uid, token, _REINDEX))
             return
         if outcome.alternatives:
             for key, need in blockers:  # any of them freeing may be enough
@@ -147,7 +156,7 @@ class Parking:
         self.s.now = now
         timers = self.s.timers
         while timers and timers[0][0] <= now:
-            timer = heapq.heappop(timers)
+            timer = heappop(timers)
             uid: str = timer[2]
             token: int = timer[3]
             kind: int = timer[4]

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from rayqueue.queue.queues import LeafQueue, PreemptionPolicy, QueueingStrategy
 from rayqueue.queue.workload import Reason, Workload
@@ -19,6 +19,10 @@ from rayqueue.quota.tree import PREEMPTION_ATTRIBUTE, QUEUEING_ATTRIBUTE, QuotaN
 from rayqueue.scheduler.engine.decisions import Placement
 from rayqueue.scheduler.engine.units import Units
 from rayqueue.scheduler.engine.wakeup import BlockerKey, WakeIndex, WakeOrder
+
+# Library functions the hot path calls, as Final: mypyc keeps them in C statics instead of looking
+# each one up in the module's globals dict at every call.
+heappush: Final = heapq.heappush
 
 
 @dataclass(slots=True)
@@ -44,6 +48,10 @@ class EngineStats:
     cycles: int = 0
     moved: int = 0  # parked jobs moved to another full blocker instead of being tried
     withdrawn: int = 0  # admissions taken back in the cycle that made them (see Engine._withdraw)
+
+
+# A borrowing share of nothing, boxed once (see ``offer``).
+_NO_SHARE: Final[object] = 0.0
 
 
 class Outcome:
@@ -123,13 +131,17 @@ class EngineState:
             return
         leaf = self.tree.leaves[q.name]
         within = 0 if self.tree.within_guarantee(leaf, w.demand) else 1
-        share = self.tree.fair_share(leaf) if q.name in self.borrowing else 0.0
-        key: tuple[Any, ...] = (within, -w.priority, share, w.submitted_at, w.seq)
+        share: object = self.tree.fair_share(leaf) if q.name in self.borrowing else _NO_SHARE
+        # The priority, submission time and arrival come from the job's order key as it holds them: no
+        # int or float boxed anew per offer, and equal fields are the same object, which a tuple
+        # comparison in the heap passes without calling the field's comparison.
+        order = w.order
+        key: tuple[Any, ...] = (within, order[0], share, order[1], order[3])
         if key == q.heap_key:
             return
         q.heap_version += 1
         q.heap_key = key
-        heapq.heappush(self.heap, key + (q.heap_version, q.name))
+        heappush(self.heap, key + (q.heap_version, q.name))
 
     def get(self, uid: str) -> Workload:
         try:

@@ -8,11 +8,17 @@ that waits behind the same full node. That keeps a decision's cost independent o
 
 from __future__ import annotations
 
+import bisect
 import heapq
-from bisect import bisect_left
-from typing import Any
+from typing import Any, Final
 
 from rayqueue.queue.workload import Workload, WorkloadState
+
+# Library functions the hot path calls, as Final: mypyc keeps them in C statics instead of looking
+# each one up in the module's globals dict at every call.
+bisect_left: Final = bisect.bisect_left
+heappop: Final = heapq.heappop
+heappush: Final = heapq.heappush
 
 # The tuples below are typed as plain tuples (``tuple[Any, ...]``), not by their fields: mypyc unboxes a
 # fixed-length tuple type into a C struct on every read from a list, set or dict (a reference taken on
@@ -21,14 +27,18 @@ from rayqueue.queue.workload import Workload, WorkloadState
 
 # ("node", name, resource) | ("unit", name, resource) | ("pods", name, "") | ("terminating", unit, "") | ("any", "", "")
 BlockerKey = tuple[Any, ...]
-ANY: BlockerKey = ("any", "", "")
+ANY: Final[BlockerKey] = ("any", "", "")
 
 # How parked jobs wake: (within guarantee first, -priority, submission time, name, arrival).
 WakeOrder = tuple[Any, ...]
 # The wake order, the park token, the job: one flat tuple, so a heap comparison is one tuple comparison.
 # Orders are unique (arrival is), so jobs are never compared.
 Entry = tuple[Any, ...]
-TOKEN, JOB = 5, 6  # where an entry holds the park token and the job
+# Where an entry holds the park token and the job. Module constants are Final throughout the hot
+# modules: mypyc inlines them (or keeps them in a C static) instead of a dict lookup in the module's
+# globals at every use.
+TOKEN: Final = 5
+JOB: Final = 6
 
 
 class _Blocker:
@@ -65,7 +75,7 @@ class WakeIndex:
         if i == len(needs) or needs[i] != need:
             needs.insert(i, need)
             blocker.buckets.insert(i, [])
-        heapq.heappush(blocker.buckets[i], order + (token, w))
+        heappush(blocker.buckets[i], order + (token, w))
 
     def pop_fitting(self, key: BlockerKey, room: int | None) -> list[tuple[Workload, int]]:
         """Remove and return (job, token) of the best-ordered live jobs whose needs fit in ``room``
@@ -90,7 +100,7 @@ class WakeIndex:
                     token: int = head[TOKEN]
                     if job.park_token == token and job.state == pending:
                         break
-                    heapq.heappop(bucket)
+                    heappop(bucket)
                 if not bucket:
                     del buckets[i]
                     del needs[i]
@@ -101,7 +111,7 @@ class WakeIndex:
                 i += 1
             if best is None:
                 break
-            heapq.heappop(buckets[best_i])
+            heappop(buckets[best_i])
             woken.append((best[JOB], best[TOKEN]))
             budget -= needs[best_i]
         if not needs:
