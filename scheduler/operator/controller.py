@@ -78,6 +78,8 @@ class Controller:
         await self.state.events.drain(timeout=2.0)
         await self.state.events.stop()
         await self.state.client.close()
+        if self.state.history is not None:
+            await asyncio.to_thread(self.state.history.close)
 
     async def resync(self) -> None:
         await self.recovery.resync()
