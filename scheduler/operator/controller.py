@@ -22,6 +22,7 @@ from typing import Any
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.engine import Engine
 from rayqueue.scheduler.engine.decisions import Decision
+from rayqueue.scheduler.operator.history import HistoryWriter
 from rayqueue.scheduler.operator.intake import Intake
 from rayqueue.scheduler.operator.kube import EventPoster, KubeClient
 from rayqueue.scheduler.operator.metrics import OperatorMetrics
@@ -129,6 +130,20 @@ class Controller:
     def tree(self) -> QuotaTree | None:
         """The last good tree (parsed; no usage): the webhook maps namespaces with it."""
         return self.state.tree
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """The engine's lock: the dashboard reads the engine between two decisions."""
+        return self.state.lock
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self.state.clock
+
+    @property
+    def history(self) -> HistoryWriter | None:
+        """The SQL history this operator writes (``--history-db``), if any."""
+        return self.state.history
 
     @property
     def leader(self) -> bool:

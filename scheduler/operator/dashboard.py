@@ -63,7 +63,7 @@ def dashboard_app(controller: Controller, token: str | None = None, history_url:
     from rayqueue.scheduler.dashboard.pages import mount
 
     app = FastAPI(title="rayqueue operator dashboard", docs_url=None, redoc_url=None, openapi_url=None)
-    writer = controller.state.history
+    writer = controller.history
     history = History(engine=writer.store.engine) if writer is not None else History(history_url) if history_url \
         else None
     mount(app, history, OperatorLive(controller), token, title="rayqueue operator")
