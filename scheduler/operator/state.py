@@ -127,8 +127,9 @@ class OperatorState:
         self.history_ended: set[str] = set()  # uids whose end was recorded (a finished job is seen again)
 
     def record(self, item: Record) -> None:
-        """Queue a history record (no I/O here: a worker thread writes it)."""
-        if self.history is not None:
+        """Queue a history record (no I/O here: a worker thread writes it). Only the leader records: one
+        writer per history, and a follower that becomes leader relists, recording what it had not seen."""
+        if self.history is not None and self.leader:
             self.history.record(item)
 
     def wrote(self, uid: str, body: dict[str, Any]) -> None:
