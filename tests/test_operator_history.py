@@ -107,3 +107,25 @@ async def test_history_of_admitted_preempted_and_finished_jobs_survives_a_restar
             assert [e["kind"] for e in events_of(url, job_id)].count("Submitted") == 1
         assert [e["kind"] for e in events_of(url, quick_uid)].count("Succeeded") == 1
         assert events_of(url, b1_uid)[-1]["kind"] == "Deleted" and job_row(url, b1_uid)["state"] == "Cancelled"
+
+
+async def test_a_broken_history_database_never_stops_admission(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    async with environment(runtime=60) as env:
+        await env.create(TREES, tree_manifest({"team-a": ("4", "4")}, root_min="4", root_max="4"))
+        op = await env.start_operator(history_url=url)
+        engine = create_engine(url)
+        with engine.begin() as conn:  # the database breaks under the operator: every write now fails
+            conn.execute(text("DROP TABLE events"))
+        engine.dispose()
+        await env.create_job(rayjob("one", "team-a"))
+        await env.create_job(rayjob("two", "team-a"))
+        await eventually(lambda: env.running("team-a", "one") and env.running("team-a", "two"), what="both admitted")
+        registry = op.controller.metrics.registry
+
+        def counted() -> bool:
+            assert op.controller.history is not None
+            op.controller.history.flush()
+            return (registry.get_sample_value("rayqueue_history_write_errors_total") or 0) >= 1
+
+        await eventually(counted, what="the failed history writes counted")
