@@ -129,3 +129,31 @@ async def test_a_broken_history_database_never_stops_admission(tmp_path: Path) -
             return (registry.get_sample_value("rayqueue_history_write_errors_total") or 0) >= 1
 
         await eventually(counted, what="the failed history writes counted")
+
+
+async def test_a_history_attached_later_records_running_jobs_as_admitted_and_waiting_ones_with_reasons(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    async with environment(runtime=60) as env:
+        await env.create(TREES, tree_manifest({"team-a": ("2", "2")}, root_min="2", root_max="2"))
+        op = await env.start_operator()  # no history yet
+        await env.create_job(rayjob("early", "team-a"))
+        await eventually(lambda: env.running("team-a", "early"), what="early admitted")
+        await op.stop()
+        env.operators.remove(op)
+        op2 = await env.start_operator(identity="op-2", history_url=url)
+        await env.create_job(rayjob("blocked", "team-a"))  # the queue is full: it waits
+        early, blocked = uid(env, "team-a", "early"), uid(env, "team-a", "blocked")
+        history = op2.controller.history
+        assert history is not None
+
+        def recorded() -> bool:
+            history.flush()
+            return "Waiting" in [e["kind"] for e in events_of(url, blocked)]
+
+        await eventually(recorded, what="the blocked job's reason recorded")
+        row = job_row(url, early)
+        assert row["state"] == "Admitted" and row["unit"] == env.admission("team-a", "early")["unit"]
+        assert [e["kind"] for e in events_of(url, early)] == ["Submitted", "Admitted"]
+        waiting = [e for e in events_of(url, blocked) if e["kind"] == "Waiting"]
+        assert waiting[0]["reason_code"] and job_row(url, blocked)["reason_code"] == waiting[-1]["reason_code"]

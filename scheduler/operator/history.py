@@ -44,6 +44,9 @@ class Submitted:
     pods: int
     at: float
     manifest: str = ""
+    # restored running (admitted before the history was attached): where, and since when
+    unit: str | None = None
+    admitted_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -126,15 +129,22 @@ class HistoryWriter:
         if isinstance(r, Submitted):
             if row is not None:
                 return  # seen before this operator started: its timeline goes on
+            running = r.admitted_at is not None
             job = st.JobRecord(id=r.job_id, name=r.name, namespace=r.namespace, queue=r.queue, priority=r.priority,
-                               priority_class=r.priority_class, state=st.PENDING, request=json.dumps(r.request),
-                               pods=r.pods, submitted_at=r.at, manifest=r.manifest)
+                               priority_class=r.priority_class, state=st.ADMITTED if running else st.PENDING,
+                               request=json.dumps(r.request), pods=r.pods, submitted_at=r.at, manifest=r.manifest,
+                               unit=r.unit, admitted_at=r.admitted_at, first_admitted_at=r.admitted_at)
             conn.execute(st.ADD_JOB, [job.model_dump()])
             conn.execute(st.ADD_EVENT, {
                 "job_id": r.job_id, "at": r.at, "kind": "Submitted", "state": st.PENDING, "unit": None,
                 "message": f"queued in {r.queue} with priority {r.priority}"
                            + (f" ({r.priority_class})" if r.priority_class else ""),
                 "reason_code": None})
+            if running:
+                conn.execute(st.ADD_EVENT, {
+                    "job_id": r.job_id, "at": r.admitted_at, "kind": st.ADMITTED, "state": st.ADMITTED,
+                    "unit": r.unit, "message": "admitted before this history was recorded (its admission record)",
+                    "reason_code": None})
             return
         if row is None:
             return  # a job this history never saw submitted (the store was attached later): nothing to extend
@@ -157,12 +167,13 @@ class HistoryWriter:
 
 
 
-def submitted(w: Workload, namespace: str | None) -> Submitted:
-    """The record of a RayJob the engine just queued (or restored)."""
+def submitted(w: Workload, namespace: str | None, unit: str | None = None,
+              admitted_at: float | None = None) -> Submitted:
+    """The record of a RayJob the engine just queued, or restored as running (``unit``, ``admitted_at``)."""
     return Submitted(job_id=w.uid, name=w.name.partition("/")[2] or w.name, namespace=namespace, queue=w.queue,
                      priority=w.priority, priority_class=w.priority_class,
                      request={str(r): int(v) for r, v in w.request.items() if r != MAX_JOBS}, pods=w.pods,
-                     at=w.submitted_at)
+                     at=w.submitted_at, unit=unit, admitted_at=admitted_at)
 
 
 def outcome(body: Mapping[str, Any]) -> tuple[str, str]:

@@ -203,7 +203,8 @@ class Intake:
                                preempting=True, reason=reason)
             else:
                 engine.restore(job, unit, record_epoch)
-            s.record(submitted(job, obs.namespace))  # a job admitted before the history was attached
+            # only written if the history does not know it (admitted before the history was attached)
+            s.record(submitted(job, obs.namespace, unit=str(unit) if unit else None, admitted_at=record_epoch))
             s.announced.pop(uid, None)
             s.status_dirty = True
             return
