@@ -104,3 +104,16 @@ async def test_rayqueue_operator_records_history_and_serves_job_pages_on_its_por
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_rayqueue_operator_with_a_history_db_it_cannot_open_says_so_in_one_line(tmp_path: Path) -> None:
+    async with environment() as env:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "rayqueue.scheduler.cli", "operator", "--server", env.url, "--standalone",
+            "--webhook-port", "0", "--metrics-port", "0", "--history-db", str(tmp_path),  # a folder, not a file
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2, err.decode()
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and f"--history-db sqlite:///{tmp_path}: cannot open it" in lines[0]
+    assert "Traceback" not in err.decode() + out.decode()

@@ -101,7 +101,13 @@ def operator(
             typer.echo(f"rayqueue operator: no Kubernetes API to connect to (in-cluster service account or "
                        f"kubeconfig{f' context {context}' if context else ''}): {exc}", err=True)
             raise typer.Exit(2) from None
-        op = Operator(connection, config, webhook=webhook, metrics_port=metrics_port or None)
+        from rayqueue.scheduler.operator.history import HistoryError
+
+        try:
+            op = Operator(connection, config, webhook=webhook, metrics_port=metrics_port or None)
+        except HistoryError as exc:
+            typer.echo(f"rayqueue operator: {exc}", err=True)
+            raise typer.Exit(2) from None
         if dashboard_port:
             from rayqueue.scheduler.operator.dashboard import serve_dashboard
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, bindparam
+from sqlalchemy.exc import SQLAlchemyError
 
 from rayqueue.queue.workload import Workload
 from rayqueue.quota.quantity import MAX_JOBS
@@ -70,11 +71,19 @@ Record = Submitted | Change
 _STOP = object()
 
 
+class HistoryError(Exception):
+    """The history database cannot be opened at start (a wrong URL, a file that cannot be created)."""
+
+
 class HistoryWriter:
     """Queue history records from the event loop; a daemon thread writes them in batches."""
 
     def __init__(self, url: str, on_error: Callable[[], None] | None = None) -> None:
-        self.store = st.Store(url)  # creates the tables (or adds missing columns) before the operator starts
+        try:  # creates the tables (or adds missing columns) before the operator starts
+            self.store = st.Store(url)
+        except (SQLAlchemyError, OSError, ValueError, ImportError) as exc:  # ImportError: no driver (psycopg)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise HistoryError(f"--history-db {url}: cannot open it as a history database: {first}") from None
         self.url = url
         self._on_error = on_error
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
