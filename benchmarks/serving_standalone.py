@@ -38,7 +38,7 @@ from rayqueue.scheduler.service import store as st  # noqa: E402
 from rayqueue.scheduler.service.core import Service, ServiceConfig  # noqa: E402
 from rayqueue.scheduler.service.raycluster import LocalRayCluster, free_ports  # noqa: E402
 from rayqueue.scheduler.service.rayjobs import RayJobs  # noqa: E402
-from rayqueue.scheduler.service.serving import ServeApi, serve_target  # noqa: E402
+from rayqueue.scheduler.service.serve_deploy import ServeApi, serve_target  # noqa: E402
 from rayqueue.scheduler.service.store import Store  # noqa: E402
 
 TREE = tree(("serving", 2, 2), ("batch", 1, 3), root_min=3, root_max=3)

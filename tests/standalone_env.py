@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 import textwrap
 import time
@@ -122,6 +123,24 @@ def tree(*leaves: tuple[str, int, int], root_min: int | None = None, root_max: i
 #: How long a test waits for an event before calling it a hang: generous, since a busy 2-core machine
 #: running Ray is slow; the wait ends as soon as the event happens.
 HANG_GUARD_S = 240.0
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = HANG_GUARD_S) -> None:
+    """Wait until a ``rayqueue serve`` (or post-mortem) process answers ``/healthz``; fail with its log if
+    it exits or stays silent."""
+    import httpx  # the service's HTTP client: only the tests that start a server need it
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).json().get("ok"):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"serve did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
 
 
 async def wait_until(check: Callable[[], Any] | Callable[[], Awaitable[Any]], timeout: float = HANG_GUARD_S,

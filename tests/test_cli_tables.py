@@ -11,10 +11,10 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import uvicorn
+from fake_ray import FakeRay
 from standalone_env import rayjob
 from typer.testing import CliRunner
 
@@ -22,7 +22,6 @@ from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.cli import app as cli_app
 from rayqueue.scheduler.service.api import create_app
 from rayqueue.scheduler.service.core import Service, ServiceConfig
-from rayqueue.scheduler.service.rayjobs import RayStatus
 from rayqueue.scheduler.service.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,28 +36,8 @@ JOBS = [
 ]
 
 
-class AcceptingRay:
+class AcceptingRay(FakeRay):
     address = "http://127.0.0.1:8265"
-
-    def __init__(self) -> None:
-        self.jobs: dict[str, str] = {}
-
-    def submit(self, sub: Any) -> bool:
-        self.jobs[sub.submission_id] = "RUNNING"
-        return True
-
-    def status(self, sid: str) -> RayStatus | None:
-        s = self.jobs.get(sid)
-        return None if s is None else RayStatus(s)
-
-    def statuses(self, sids: list[str]) -> dict[str, RayStatus | None]:
-        return {sid: self.status(sid) for sid in sids}
-
-    def stop(self, sid: str) -> None:
-        self.jobs[sid] = "STOPPED"
-
-    def logs(self, sid: str) -> str | None:
-        return None
 
 
 @pytest.fixture

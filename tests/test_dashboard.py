@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from dashboard_seed import GPU, T0, seed_bulk, seeded_store
+from fake_ray import FakeRay, settle
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from standalone_env import rayjob, tree
@@ -26,7 +27,6 @@ from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.api import create_app
 from rayqueue.scheduler.service.core import Service, ServiceConfig
 from rayqueue.scheduler.service.dashboard import ServiceLive, attach
-from rayqueue.scheduler.service.rayjobs import RayStatus
 from rayqueue.scheduler.service.store import Store
 
 NODES = [{"state": "ALIVE", "labels": {}, "resources_total": {"CPU": 64.0, "GPU": 8.0, "memory": 2.0**36}}]
@@ -139,45 +139,6 @@ async def test_pages_follow_the_api_token_rule(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- live, on a service
 
 
-class FakeRay:
-    address = "fake://ray"
-    auth_token = None
-
-    def __init__(self) -> None:
-        self.jobs: dict[str, str] = {}
-
-    def submit(self, sub: Any) -> bool:
-        fresh = sub.submission_id not in self.jobs
-        self.jobs.setdefault(sub.submission_id, "RUNNING")
-        return fresh
-
-    def status(self, sid: str) -> RayStatus | None:
-        s = self.jobs.get(sid)
-        return None if s is None else RayStatus(s)
-
-    def statuses(self, sids: list[str]) -> dict[str, RayStatus | None]:
-        return {sid: self.status(sid) for sid in sids}
-
-    def stop(self, sid: str) -> None:
-        if self.jobs.get(sid) == "RUNNING":
-            self.jobs[sid] = "STOPPED"
-
-    def logs(self, sid: str) -> str | None:
-        return f"driver output of {sid}\n" if sid in self.jobs else None
-
-    def close(self) -> None:
-        pass
-
-
-async def _settle(svc: Service) -> None:
-    for _ in range(100):
-        await asyncio.sleep(0)
-        await svc.poll_once()
-        if not svc.state.releasing and not svc.state.background:
-            return
-        await asyncio.sleep(0.005)
-
-
 async def _service(tmp_path: Path, tree_yaml: str) -> Service:
     svc = Service(Store(f"sqlite:///{tmp_path}/live.db"), FakeRay(), QuotaTree.from_yaml_text(tree_yaml),  # type: ignore[arg-type]
                   config=ServiceConfig(poll_interval_s=3600, capacity_interval_s=3600), tree_yaml=tree_yaml,
@@ -197,7 +158,7 @@ async def test_a_waiting_job_shows_its_position_reason_and_expected_start_live(t
     try:
         first = _submit(svc, "first")
         second, third = _submit(svc, "second"), _submit(svc, "third")
-        await _settle(svc)
+        await settle(svc)
         app = create_app(svc)
         live = ServiceLive(svc, "http://127.0.0.1:8265")  # not started: the test drives the reason recorder
         dash = live.pages = mount(app, History(engine=svc.store.engine), live)
@@ -229,7 +190,7 @@ async def test_a_waiting_job_shows_its_position_reason_and_expected_start_live(t
         assert before.startswith("event: rows\n") and f'data-job="{second}"><td class="pos">0' in before
         svc.ray.jobs[first] = "SUCCEEDED"  # type: ignore[attr-defined]
         await svc.poll_once()
-        await _settle(svc)
+        await settle(svc)
         live._cached = None
         after = await asyncio.wait_for(anext(stream), 30)
         assert f'data-job="{third}"><td class="pos">0' in after and f'data-job="{second}"><td class="pos"></td>' in after
@@ -250,14 +211,14 @@ async def test_preemption_keeps_the_log_and_says_who_preempted_and_the_borrowed_
     try:
         low = _submit(svc, "low", priority="low")
         borrower = _submit(svc, "borrower", priority="low")  # team-a above its min: borrowed
-        await _settle(svc)
+        await settle(svc)
         admitted = [e for e in svc.store.events(borrower) if e.kind == "Admitted"]
         assert json.loads(admitted[0].borrowed or "{}") == {GPU: 1000}
         assert json.loads([e for e in svc.store.events(low) if e.kind == "Admitted"][0].borrowed or "{}") == {}
         taker = _submit(svc, "taker", namespace="team-b")  # within team-b's min: reclaims the borrowed GPU
-        await _settle(svc)
+        await settle(svc)
         await svc.poll_once()
-        await _settle(svc)
+        await settle(svc)
         preempting = [e for e in svc.store.events(borrower) if e.kind == "Preempting"]
         assert preempting and preempting[0].by_job == taker and preempting[0].reason_code == "Reclaimed"
         assert svc.store.get(borrower).state == st.PENDING  # type: ignore[union-attr]
@@ -324,7 +285,7 @@ async def test_a_long_queue_lists_its_first_jobs_and_counts_the_rest(tmp_path: P
     svc = await _service(tmp_path, tree(("team-a", 1, 1), root_min=1, root_max=1))
     try:
         svc.submit_text("---\n".join(rayjob(f"j{i}", "python x.py", namespace="team-a") for i in range(8)))
-        await _settle(svc)
+        await settle(svc)
         app = create_app(svc)
         live = ServiceLive(svc)
         mount(app, History(engine=svc.store.engine), live)

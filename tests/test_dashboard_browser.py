@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from standalone_env import HANG_GUARD_S, Gates, rayjob, tree
+from standalone_env import HANG_GUARD_S, Gates, rayjob, tree, wait_http
 
 from rayqueue.scheduler.service.raycluster import free_ports, head_processes
 from rayqueue.scheduler.service.store import Store
@@ -43,20 +43,6 @@ def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "rayqueue.scheduler.cli", *args], stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + HANG_GUARD_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).json().get("ok"):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"did not answer within {HANG_GUARD_S}s:\n{log.read_text()[-3000:]}")
 
 
 def _until(check: Any, what: str) -> None:
@@ -117,7 +103,7 @@ def test_the_dashboard_follows_real_jobs_and_keeps_their_story_after_ray_is_gone
     ray_temp = None
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     try:
-        _wait_http(url, proc, log)
+        wait_http(url, proc, log)
 
         def submit(name: str, namespace: str, priority: str) -> str:
             body = {"yaml": rayjob(name, gates.entrypoint(name), namespace=namespace, priority=priority)}
@@ -183,7 +169,7 @@ def test_the_dashboard_follows_real_jobs_and_keeps_their_story_after_ray_is_gone
     pm = _start(["dashboard", "--db", str(state / "rayqueue.db"), "--port", str(post_mortem_port)], pm_log)
     pm_url = f"http://127.0.0.1:{post_mortem_port}"
     try:
-        _wait_http(pm_url, pm, pm_log)
+        wait_http(pm_url, pm, pm_log)
         page.goto(f"{pm_url}/jobs/{borrower}")
         logs = page.locator("details.logs")
         assert logs.count() == 2  # at the preemption, and at the end

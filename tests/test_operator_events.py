@@ -6,7 +6,8 @@ import pytest
 from operator_env import environment, eventually
 
 from rayqueue.scheduler.operator.controller import Controller, OperatorConfig
-from rayqueue.scheduler.operator.kube import Connection, EventPoster, KubeClient
+from rayqueue.scheduler.operator.events import EventPoster
+from rayqueue.scheduler.operator.kube import Connection, KubeClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # a hang guard; waits end at their event
 

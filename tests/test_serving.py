@@ -8,6 +8,7 @@ from engine_helpers import admitted, engine, gpus, job, node, preempted, tree
 from rayqueue.queue.workload import ReasonCode, WorkloadState
 from rayqueue.quota.quantity import CPU, GPU
 from rayqueue.scheduler.engine import Engine, Service, ServiceSpec, ServiceState
+from rayqueue.scheduler.engine.services import UNSET_MAX_REPLICAS
 from rayqueue.scheduler.engine.units import Unit, Units
 
 NEVER = {"preemptionPolicy": "Never"}
@@ -209,7 +210,8 @@ def test_metrics_show_reserved_beside_used_and_the_services_replicas() -> None:
     assert "rayqueue_quota_resource_reserved{" not in m.exposition().decode()
 
 
-def test_a_new_tree_or_policy_keeps_counting_services_and_handed_over_victims_once() -> None:
+def web_took_back_from_train() -> Engine:
+    """``web`` scaled up to 4 replicas and took back the headroom ``train`` borrowed (train is preempted)."""
     e = engine(serving_tree())
     e.submit_service(service("web", hot=0))
     e.schedule(0.0)
@@ -217,6 +219,11 @@ def test_a_new_tree_or_policy_keeps_counting_services_and_handed_over_victims_on
     e.schedule(1.0)
     e.scale_service("web", 4, now=2.0)
     assert preempted(e.schedule(2.0)) == ["train"]
+    return e
+
+
+def test_a_new_tree_or_policy_keeps_counting_services_and_handed_over_victims_once() -> None:
+    e = web_took_back_from_train()
     before = {n.name: n.used for n in e.node_views()}
     e.set_tree(serving_tree())
     assert {n.name: n.used for n in e.node_views()} == before
@@ -227,17 +234,7 @@ def test_a_new_tree_or_policy_keeps_counting_services_and_handed_over_victims_on
 
 
 def test_a_restart_restores_the_service_and_its_victims_without_counting_twice() -> None:
-    def run() -> Engine:
-        e = engine(serving_tree())
-        e.submit_service(service("web", hot=0))
-        e.schedule(0.0)
-        e.submit(job("train", "batch", gpu=14))
-        e.schedule(1.0)
-        e.scale_service("web", 4, now=2.0)
-        assert preempted(e.schedule(2.0)) == ["train"]
-        return e
-
-    live = run()
+    live = web_took_back_from_train()
     again = engine(serving_tree())
     view = live.service("web")
     again.restore_service(service("web", hot=0, replicas=4), view.granted, view.by_unit, admitted_at=0.0)
@@ -262,3 +259,21 @@ def test_the_forecast_counts_what_running_services_hold() -> None:
     assert e.job("next").state == WorkloadState.PENDING
     # The service holds 4 of the 8 GPUs: "next" starts when "train" ends, not at once.
     assert forecast_starts(e, 1.0)["next"] == 101.0
+
+
+def test_an_unset_max_is_capped_where_the_service_alone_can_be_admitted_beside_a_sibling_s_min() -> None:
+    # root 8 GPUs; batch guarantees 2 of them, so a reservation in "serve" can reach at most 6 (the root's
+    # max less the sibling's min), not 8: a cap of 8 would be a reservation no cycle ever admits.
+    e = engine(tree(
+        node("root", min={GPU: 8}, max={GPU: 8}, children=[
+            node("serve", min={GPU: 2}, max={GPU: 8}, namespaces=["serve"], attributes=NEVER),
+            node("batch", min={GPU: 2}, max={GPU: 8}, namespaces=["batch"], attributes=NEVER),
+        ])
+    ))
+    web = service("web", min_replicas=1, max_replicas=UNSET_MAX_REPLICAS, hot=0)
+    assert e.submit_service(web) is None
+    assert any("capped at 6 replicas" in note for note in web.notes)
+    e.schedule(0.0)
+    view = e.service("web")
+    assert view.state == ServiceState.RUNNING, view.reason
+    assert view.max_replicas == 6

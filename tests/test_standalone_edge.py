@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import fake_ray
 import httpx
 import pytest
 from standalone_env import rayjob, tree
@@ -20,7 +21,6 @@ from rayqueue.scheduler.service import intake
 from rayqueue.scheduler.service.api import create_app
 from rayqueue.scheduler.service.core import Service, ServiceConfig
 from rayqueue.scheduler.service.raycluster import free_ports
-from rayqueue.scheduler.service.rayjobs import RayStatus
 from rayqueue.scheduler.service.store import Store
 
 TWO_TEAMS = tree(("team-a", 1, 3), ("team-b", 1, 3), root_min=2, root_max=3)
@@ -28,34 +28,10 @@ NODES = [{"state": "ALIVE", "labels": {}, "resources_total": {"CPU": 64.0, "GPU"
 LIMIT = 64 * 1024
 
 
-class FakeRay:
+class FakeRay(fake_ray.FakeRay):
     """Accepts every job and keeps it pending: these tests are about the edge, not about running."""
 
-    address = "fake://ray"
-    auth_token = None
-
-    def __init__(self) -> None:
-        self.jobs: dict[str, str] = {}
-
-    def submit(self, sub: Any) -> bool:
-        fresh = sub.submission_id not in self.jobs
-        self.jobs[sub.submission_id] = "PENDING"
-        return fresh
-
-    def status(self, sid: str) -> RayStatus | None:
-        return RayStatus(self.jobs[sid]) if sid in self.jobs else None
-
-    def statuses(self, sids: list[str]) -> dict[str, RayStatus | None]:
-        return {sid: self.status(sid) for sid in sids}
-
-    def stop(self, sid: str) -> None:
-        self.jobs[sid] = "STOPPED"
-
-    def logs(self, sid: str) -> str | None:
-        return ""
-
-    def close(self) -> None:
-        pass
+    start_state = "PENDING"
 
 
 @pytest.fixture

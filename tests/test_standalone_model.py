@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import fake_ray
 import httpx
 import pytest
 import yaml
+from fake_ray import settle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 from rich.console import Console
@@ -30,7 +32,7 @@ from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.api import create_app
 from rayqueue.scheduler.service.core import Service, ServiceConfig, ServiceError, SubmitError
 from rayqueue.scheduler.service.raycluster import free_ports
-from rayqueue.scheduler.service.rayjobs import RayStatus, submission_for
+from rayqueue.scheduler.service.rayjobs import submission_for
 from rayqueue.scheduler.service.server import Runner, ServeOptions, is_loopback, load_priority_classes
 from rayqueue.scheduler.service.store import Store, submission_id
 from rayqueue.scheduler.service.tables import display_quantity, status_tables
@@ -139,11 +141,11 @@ class Crash(BaseException):
     """The service process dies here (kill -9): nothing after this line of the service runs."""
 
 
-class FakeRay:
-    address = "fake://ray"
+class FakeRay(fake_ray.FakeRay):
+    """Ray that keeps a new job pending, and can die with the service mid-submit."""
 
     def __init__(self) -> None:
-        self.jobs: dict[str, str] = {}
+        super().__init__()
         self.accepted: list[str] = []
         self.crash_next_submit = False
 
@@ -157,28 +159,11 @@ class FakeRay:
             raise Crash  # Ray has the job, the service never heard back
         return True
 
-    def status(self, sid: str) -> RayStatus | None:
-        s = self.jobs.get(sid)
-        return None if s is None else RayStatus(s)
-
-    def statuses(self, sids: list[str]) -> dict[str, RayStatus | None]:
-        return {sid: self.status(sid) for sid in sids}
-
-    def stop(self, sid: str) -> None:
-        if self.jobs.get(sid) in ("PENDING", "RUNNING"):
-            self.jobs[sid] = "STOPPED"
-
     def logs(self, sid: str) -> str | None:
         return f"log of {sid}\n" if sid in self.jobs else None
 
 
-async def _settle(svc: Service) -> None:
-    for _ in range(50):
-        await asyncio.sleep(0)
-        await svc.poll_once()
-        if not svc.state.releasing and not svc.state.background:
-            return
-        await asyncio.sleep(0.002)
+
 
 
 async def _start(store: Store, ray: FakeRay) -> Service:
@@ -186,7 +171,7 @@ async def _start(store: Store, ray: FakeRay) -> Service:
                   config=ServiceConfig(poll_interval_s=3600, capacity_interval_s=3600),
                   tree_yaml=TWO_TEAMS, nodes=lambda _: NODES)
     await svc.start()
-    await _settle(svc)
+    await settle(svc)
     return svc
 
 
@@ -271,7 +256,7 @@ def test_crash_at_any_moment_loses_nothing_runs_nothing_twice_and_keeps_quota_ex
                     elif state == "PENDING" and rnd.random() < 0.5:
                         ray.jobs[sid] = "RUNNING"
                 svc = await _start(Store(db), ray)
-            await _settle(svc)
+            await settle(svc)
             _check(svc, ray, accepted)
         await svc.stop()
 
@@ -356,7 +341,7 @@ async def test_a_restart_with_a_tree_that_lost_a_leaf_holding_jobs_refuses_to_st
     ray = FakeRay()
     svc = await _start(Store(db), ray)
     job = svc.submit_text(rayjob("b-job", "python x.py", namespace="team-b"))[0].id
-    await _settle(svc)
+    await settle(svc)
     await svc.stop()
     only_a = tree(("team-a", 1, 3), root_min=2, root_max=3)
     svc2 = Service(Store(db), ray, QuotaTree.from_yaml_text(only_a), nodes=lambda _: NODES)  # type: ignore[arg-type]
@@ -422,12 +407,12 @@ async def test_a_cancelled_running_job_keeps_its_log_and_a_crash_before_ray_stop
     svc = await _start(Store(db), ray)
     first = svc.submit_text(rayjob("first", "python x.py"))[0].id
     second = svc.submit_text(rayjob("second", "python x.py"))[0].id
-    await _settle(svc)
+    await settle(svc)
     ray.jobs[first] = ray.jobs[second] = "RUNNING"
-    await _settle(svc)
+    await settle(svc)
 
     svc.cancel(first)
-    await _settle(svc)
+    await settle(svc)
     row = svc.store.get(first)
     assert ray.jobs[first] == "STOPPED"
     assert row is not None and row.state == st.CANCELLED and row.ray_status == "STOPPED"
@@ -440,7 +425,7 @@ async def test_a_cancelled_running_job_keeps_its_log_and_a_crash_before_ray_stop
     await _crash(svc)
     assert ray.jobs[second] == "RUNNING" and svc.store.unsettled_cancelled()[0].id == second
     svc = await _start(Store(db), ray)  # the restart finds it and stops it in Ray
-    await _settle(svc)
+    await settle(svc)
     assert ray.jobs[second] == "STOPPED"
     assert svc.store.get(second).ray_status == "STOPPED"  # type: ignore[union-attr]
     assert svc.store.unsettled_cancelled() == []
@@ -453,7 +438,7 @@ async def test_quota_dry_run_names_the_running_jobs_it_would_put_over_max_or_mak
     try:
         two = svc.submit_text(rayjob("two", "python x.py", gpus=2))[0].id
         other = svc.submit_text(rayjob("other", "python x.py", namespace="team-b"))[0].id
-        await _settle(svc)
+        await settle(svc)
         smaller = tree(("team-a", 0, 1), ("team-b", 1, 3), root_min=2, root_max=3)
         result = svc.apply_tree(smaller, dry_run=True)
         effects = "\n".join(result["effects"])
@@ -509,13 +494,13 @@ spec:
     await svc.start()
     try:
         low = svc.submit_text(rayjob("low", "python x.py", priority="low"))[0].id
-        await _settle(svc)
+        await settle(svc)
         ray.jobs[low] = "RUNNING"
-        await _settle(svc)
+        await settle(svc)
         high = svc.submit_text(rayjob("high", "python x.py", priority="high"))[0].id
         assert svc.store.get(low).state == st.PREEMPTING  # type: ignore[union-attr]
-        await _settle(svc)  # Ray stops it; the poll sees STOPPED and requeues it
-        await _settle(svc)
+        await settle(svc)  # Ray stops it; the poll sees STOPPED and requeues it
+        await settle(svc)
         assert ray.jobs[low] == "STOPPED"
         row = svc.store.get(low)
         assert row is not None and row.state == st.PENDING and row.preemptions == 1
@@ -541,7 +526,7 @@ async def test_the_status_poll_reads_no_row_of_a_job_already_known_running_and_f
     svc = await _start(Store(f"sqlite:///{tmp_path}/poll.db"), ray)
     try:
         ids = [svc.submit_text(rayjob(f"j{i}", "python x.py", gpus=1))[0].id for i in range(3)]
-        await _settle(svc)
+        await settle(svc)
         for job in ids:
             ray.jobs[job] = "RUNNING"
         await svc.poll_once()
@@ -558,7 +543,7 @@ async def test_the_status_poll_reads_no_row_of_a_job_already_known_running_and_f
         assert reads == []
         del ray.jobs[ids[0]]  # the Ray cluster lost it: requeued, admitted again as a new attempt
         await svc.poll_once()
-        await _settle(svc)
+        await settle(svc)
         again = submission_id(ids[0], 1)
         assert svc.store.get(ids[0]).submission_id == again  # type: ignore[union-attr]
         ray.jobs[again] = "RUNNING"
@@ -620,7 +605,7 @@ async def test_a_generate_name_job_gets_its_own_name_on_each_submit_and_keeps_it
     svc = await _start(Store(db), ray)
     try:
         first, second = svc.submit_text(manifest)[0], svc.submit_text(manifest)[0]
-        await _settle(svc)
+        await settle(svc)
     finally:
         await svc.stop()
     generated = r"cpu-sample-[bcdfghjklmnpqrstvwxz2456789]{5}"  # Kubernetes' alphabet, 5 characters
@@ -654,7 +639,7 @@ async def test_jobs_and_history_show_the_newest_page_and_say_how_many_more_there
     try:
         names = [f"job{i:02}" for i in range(12)]
         ids = [svc.submit_text(rayjob(name, "python x.py", namespace="team-b"))[0].id for name in names]
-        await _settle(svc)
+        await settle(svc)
         all_events = len(store.events())
 
         statements: list[str] = []

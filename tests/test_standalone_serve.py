@@ -16,13 +16,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from standalone_env import HANG_GUARD_S, Gates, rayjob, tree, wait_until
+from standalone_env import HANG_GUARD_S, Gates, rayjob, tree, wait_http, wait_until
 from typer.testing import CliRunner
 
 from rayqueue.quota.quantity import GPU
@@ -48,20 +47,6 @@ def _serve(args: list[str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = HANG_GUARD_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).json().get("ok"):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"serve did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
-
-
 def test_kill_9_the_service_with_its_own_ray_then_restart(tmp_path: Path, gates: Gates) -> None:
     """The default set-up (a local Ray head the service starts), killed with SIGKILL mid-run."""
     port = free_ports(1)[0]
@@ -74,7 +59,7 @@ def test_kill_9_the_service_with_its_own_ray_then_restart(tmp_path: Path, gates:
     proc = _serve(args, log)
     ray_info = None
     try:
-        _wait_http(url, proc, log)
+        wait_http(url, proc, log)
         ids = []
         for name in ("one", "two", "three"):
             resp = httpx.post(f"{url}/v1/jobs", json={"yaml": rayjob(name, gates.entrypoint(name))}, timeout=30)
@@ -96,7 +81,7 @@ def test_kill_9_the_service_with_its_own_ray_then_restart(tmp_path: Path, gates:
         assert httpx.get(f"{ray_info['dashboard_url']}/api/jobs/", timeout=10).status_code == 401
         assert dashboard_alive(ray_info["dashboard_url"], token=ray_info["auth_token"])
         proc = _serve(args, log)
-        _wait_http(url, proc, log)
+        wait_http(url, proc, log)
         # the console says it found the head the killed run left, and uses it
         assert f"re-using the local Ray head a previous run left at {ray_info['dashboard_url']}" in log.read_text()
         after = httpx.get(f"{url}/v1/jobs", timeout=10).json()["jobs"]
@@ -176,7 +161,7 @@ def test_a_head_a_killed_service_left_that_no_longer_answers_is_stopped_and_repl
     proc = _serve(args, log)
     frozen: list[int] = []
     try:
-        _wait_http(url, proc, log)
+        wait_http(url, proc, log)
         old = httpx.get(f"{url}/v1/status", timeout=30).json()["ray"]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(HANG_GUARD_S)
@@ -187,7 +172,7 @@ def test_a_head_a_killed_service_left_that_no_longer_answers_is_stopped_and_repl
             os.kill(pid, signal.SIGSTOP)
 
         proc = _serve(args, log)
-        _wait_http(url, proc, log)
+        wait_http(url, proc, log)
         text = log.read_text()
         assert f"stopped the local Ray head a previous run left at {old}: it did not answer within 5s" in text, text
         assert not head_processes(info["temp_dir"])  # every process of the frozen head is gone
@@ -267,7 +252,7 @@ def test_hostile_and_bad_inputs_over_http_leave_a_memory_bounded_service_answeri
     proc = _serve(["--tree", str(tree_file), "--num-gpus", "1", "--num-cpus", "2", "--port", str(port),
                    "--state-dir", str(tmp_path / "state")], log)
     try:
-        _wait_http(url, proc, log)
+        wait_http(url, proc, log)
         # The cap is set now, on the service alone: Ray's processes (started already) keep their own limits.
         size = int(next(line.split()[1] for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
                         if line.startswith("VmSize:"))) * 1024

@@ -22,7 +22,7 @@ from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.core import Service, ServiceConfig
 from rayqueue.scheduler.service.raycluster import LocalRayCluster, free_ports
 from rayqueue.scheduler.service.rayjobs import RayJobs
-from rayqueue.scheduler.service.serving import ServeApi, serve_target
+from rayqueue.scheduler.service.serve_deploy import ServeApi, serve_target
 from rayqueue.scheduler.service.store import Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]

@@ -5,47 +5,23 @@ the scale-up's preemption in one cycle); tests/test_standalone_services.py runs 
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_ray import FakeRay, settle
 from standalone_env import rayjob, rayservice, tree
 
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.core import Service, ServiceConfig, SubmitError
-from rayqueue.scheduler.service.rayjobs import RayStatus
 
 TREE = tree(("serving", 2, 2), ("batch", 1, 3), root_min=3, root_max=3)
 NODES = [{"state": "ALIVE", "labels": {}, "resources_total": {"CPU": 64.0, "GPU": 8.0, "memory": 2.0**36}}]
 
 
-class FakeRay:
-    address = "fake://ray"
 
-    def __init__(self) -> None:
-        self.jobs: dict[str, str] = {}
-
-    def submit(self, sub: Any) -> bool:
-        fresh = sub.submission_id not in self.jobs
-        self.jobs.setdefault(sub.submission_id, "RUNNING")
-        return fresh
-
-    def status(self, sid: str) -> RayStatus | None:
-        s = self.jobs.get(sid)
-        return None if s is None else RayStatus(s)
-
-    def statuses(self, sids: list[str]) -> dict[str, RayStatus | None]:
-        return {sid: self.status(sid) for sid in sids}
-
-    def stop(self, sid: str) -> None:
-        if self.jobs.get(sid) in ("PENDING", "RUNNING"):
-            self.jobs[sid] = "STOPPED"
-
-    def logs(self, sid: str) -> str | None:
-        return ""
 
 
 class FakeServe:
@@ -85,16 +61,6 @@ async def start(tmp_path: Path) -> tuple[Service, FakeRay, FakeServe]:
     svc.serving.api = serve  # type: ignore[assignment]
     await svc.start()
     return svc, ray, serve
-
-
-async def settle(svc: Service) -> None:
-    """Let the release and deploy tasks run, then follow Ray and Serve once."""
-    for _ in range(20):
-        await asyncio.sleep(0)
-        await svc.poll_once()
-        if not svc.state.releasing and not svc.state.background:
-            break
-        await asyncio.sleep(0.002)
 
 
 async def test_a_burst_preempts_the_borrower_in_the_cycle_that_saw_it_and_a_scale_down_returns_it(

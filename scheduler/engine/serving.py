@@ -22,6 +22,12 @@ Rules, in one place (docs/admission.md words them with examples):
 
 Services are tried at the start of every cycle, before any batch job, so a job admitted in this cycle
 is never a victim (no admission has to be withdrawn).
+
+Why one module of about 650 lines: a service's life (submit, scale, upgrade, finish), its reservation
+check and the choice of the batch jobs it takes headroom back from all charge and uncharge through the
+same few helpers (``charge``, ``place``, ``undo``) inside one cycle, and an ``undo`` must reverse exactly
+what they did; the engine is compiled with mypyc, where calls between modules cost more than calls within
+one. Split apart, each half would reach into the other's bookkeeping.
 """
 
 from __future__ import annotations
@@ -347,14 +353,19 @@ class Serving:
         return None
 
     def most_replicas(self, spec: ServiceSpec, leaf: QuotaNode) -> int:
-        """The most replicas whose head + replicas stay within every ``max`` on the path."""
+        """The most replicas a reservation of this service alone can have (see ``reservation_problem``):
+        head + replicas within the leaf's ``max``, and on each node above, within its ``max`` less the
+        ``min`` of the children off the path (a reservation never takes a sibling's guarantee)."""
         most = UNSET_MAX_REPLICAS
         head = spec.head_charge()
+        below: QuotaNode | None = None  # the child of ``node`` on the path
         for node in leaf.lineage:
             for r, limit in node.max.items():
                 per = spec.replica.get(r, 0)
                 if per > 0:
-                    most = min(most, max(0, (limit - head.get(r, 0)) // per))
+                    siblings = 0 if below is None else sum(c.min.get(r, 0) for c in node.children if c is not below)
+                    most = min(most, max(0, (limit - siblings - head.get(r, 0)) // per))
+            below = node
         return most
 
     def reservation_problem(self, spec: ServiceSpec, leaf: QuotaNode, replacing: Service | None) -> str | None:

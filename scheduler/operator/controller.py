@@ -22,9 +22,10 @@ from typing import Any
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.engine import Engine
 from rayqueue.scheduler.engine.decisions import Decision
+from rayqueue.scheduler.operator.events import EventPoster
 from rayqueue.scheduler.operator.history import HistoryWriter
 from rayqueue.scheduler.operator.intake import Intake
-from rayqueue.scheduler.operator.kube import EventPoster, KubeClient
+from rayqueue.scheduler.operator.kube import KubeClient
 from rayqueue.scheduler.operator.metrics import OperatorMetrics
 from rayqueue.scheduler.operator.queries import Queries, merge_patch, tree_status
 from rayqueue.scheduler.operator.recovery import Recovery

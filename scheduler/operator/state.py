@@ -18,8 +18,9 @@ from rayqueue.queue.priority import PriorityClasses
 from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.engine import Engine, EngineConfig
 from rayqueue.scheduler.engine.decisions import Decision
+from rayqueue.scheduler.operator.events import EventPoster
 from rayqueue.scheduler.operator.history import HistoryWriter, Record
-from rayqueue.scheduler.operator.kube import EventPoster, KubeClient, Resource
+from rayqueue.scheduler.operator.kube import KubeClient, Resource
 from rayqueue.scheduler.operator.metrics import OperatorMetrics
 
 PEERINGS = Resource("kopf.dev", "v1", "clusterkopfpeerings", False, "ClusterKopfPeering")

@@ -41,14 +41,14 @@ from rayqueue.quota.tree import QuotaTree, QuotaTreeError
 from rayqueue.scheduler.engine import Engine
 from rayqueue.scheduler.service.admission import Admission, Decided
 from rayqueue.scheduler.service.capacity import RayCapacity
-from rayqueue.scheduler.service.intake import Accepted, Intake, Prepared, SubmitError
+from rayqueue.scheduler.service.intake import Accepted, AcceptedJob, Intake, Prepared, SubmitError
 from rayqueue.scheduler.service.metrics import ServiceMetrics
 from rayqueue.scheduler.service.queries import Queries, status_view
 from rayqueue.scheduler.service.raycluster import alive_nodes
 from rayqueue.scheduler.service.rayjobs import RayJobs
 from rayqueue.scheduler.service.recovery import Recovery
 from rayqueue.scheduler.service.release import Release
-from rayqueue.scheduler.service.serving import ServiceRecord, Serving
+from rayqueue.scheduler.service.serving import AcceptedService, ServiceRecord, Serving
 from rayqueue.scheduler.service.state import (
     DEFAULT_PRIORITY_CLASSES,
     REJECTED,
@@ -217,12 +217,7 @@ class Service:
         """Every RayJob of every ``(source, text)``, or none of them, in one go on the calling thread; the
         HTTP API uses :meth:`submit`, which does the same off the event loop."""
         prepared = self.intake.prepare(files, queue=queue, priority=priority, ignore_other_kinds=ignore_other_kinds)
-        services = self.serving.accept(prepared)
-        try:
-            workloads = self.intake.accept(prepared)
-        except Exception:
-            self.serving.undo(services)
-            raise
+        services, workloads = self._queue(prepared)
         self.admission.run_cycle()
         return self.intake.answers(workloads) + self.serving.answers(services)
 
@@ -245,15 +240,21 @@ class Service:
             self.admission.dispatch(decided)
             return answers
 
-    def _accept_and_decide(self, prepared: Prepared) -> tuple[list[Accepted], Decided]:
-        """Queue the submission (services and jobs, all or nothing), run the admission cycle and answer
-        (in a worker thread, holding the lock)."""
+    def _queue(self, prepared: Prepared) -> tuple[list[AcceptedService], list[AcceptedJob]]:
+        """Queue a submission's services and jobs, all or nothing (the services are withdrawn if a job
+        is refused)."""
         services = self.serving.accept(prepared)
         try:
             workloads = self.intake.accept(prepared)
         except Exception:
             self.serving.undo(services)
             raise
+        return services, workloads
+
+    def _accept_and_decide(self, prepared: Prepared) -> tuple[list[Accepted], Decided]:
+        """Queue the submission (services and jobs, all or nothing), run the admission cycle and answer
+        (in a worker thread, holding the lock)."""
+        services, workloads = self._queue(prepared)
         started = time.perf_counter()
         decided = self.admission.decide()
         self.state.metrics.cycles.inc()
