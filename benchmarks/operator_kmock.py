@@ -205,7 +205,7 @@ async def _cluster_main(conn: Any, tree: dict[str, Any], specs: list[JobSpec], m
 # ------------------------------------------------------------------------------------------ operator side
 
 
-async def run_operator(url: str, conn: Any, default_gc: bool = False) -> dict[str, Any]:
+async def run_operator(url: str, conn: Any, default_gc: bool = False, history_db: str | None = None) -> dict[str, Any]:
     from rayqueue.scheduler.engine import EngineConfig
     from rayqueue.scheduler.operator.controller import OperatorConfig
     from rayqueue.scheduler.operator.handlers import Operator
@@ -215,7 +215,8 @@ async def run_operator(url: str, conn: Any, default_gc: bool = False) -> dict[st
     if not default_gc:
         tune_gc()  # as the `rayqueue` command (hence `rayqueue operator`) does at start
     config = OperatorConfig(identity="bench", peering=None,
-                            engine=EngineConfig(backoff_base_s=0.05, backoff_max_s=1.0))
+                            engine=EngineConfig(backoff_base_s=0.05, backoff_max_s=1.0),
+                            history_url=f"sqlite:///{history_db}" if history_db else None)
     op = Operator(Connection(server=url), config)
     seen: dict[str, float] = {}
     original = op.controller.on_rayjob
@@ -303,7 +304,8 @@ def report(name: str, specs: list[JobSpec], quota_cpu: float, r: dict[str, Any])
 
 
 def run(name: str, tree: dict[str, Any], specs: list[JobSpec], quota_cpu: float,
-        max_wait: float = MAX_JOB_WAIT_S, default_gc: bool = False, profile: str | None = None) -> dict[str, Any]:
+        max_wait: float = MAX_JOB_WAIT_S, default_gc: bool = False, profile: str | None = None,
+        history_db: str | None = None) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=cluster_side, args=(child, tree, specs, max_wait), daemon=True)
@@ -315,10 +317,10 @@ def run(name: str, tree: dict[str, Any], specs: list[JobSpec], quota_cpu: float,
             import cProfile
 
             with cProfile.Profile() as prof:
-                result = asyncio.run(run_operator(url, parent, default_gc))
+                result = asyncio.run(run_operator(url, parent, default_gc, history_db))
             prof.dump_stats(profile)
         else:
-            result = asyncio.run(run_operator(url, parent, default_gc))
+            result = asyncio.run(run_operator(url, parent, default_gc, history_db))
     finally:
         proc.join(timeout=30)
         if proc.is_alive():
@@ -356,6 +358,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--queues", type=int, default=20)
+    parser.add_argument("--history-db", help="the operator writes its SQL history to this SQLite file (as --history-db)")
     parser.add_argument("--kueue-baseline", action="store_true", help="also run Kueue's baseline (minutes)")
     parser.add_argument("--only-baseline", action="store_true", help="run only Kueue's baseline")
     parser.add_argument("--large-scale", action="store_true",
@@ -372,13 +375,13 @@ def main() -> None:
     results = []
     if not args.only_baseline:
         tree, specs, quota = burst_scenario(args.jobs, args.queues)
-        results.append(run("burst", tree, specs, quota, args.max_wait, args.default_gc, args.profile))
+        results.append(run("burst", tree, specs, quota, args.max_wait, args.default_gc, args.profile, args.history_db))
         print_report(results[-1])
     if args.kueue_baseline or args.only_baseline:
         tree, specs, quota = kueue_baseline(args.scale, 10, 100, 0.1) if args.large_scale else \
             kueue_baseline(args.scale)
         name = "kueue-large-scale" if args.large_scale else "kueue-baseline"
-        results.append(run(name, tree, specs, quota, args.max_wait, args.default_gc, args.profile))
+        results.append(run(name, tree, specs, quota, args.max_wait, args.default_gc, args.profile, args.history_db))
         print_report(results[-1])
     if args.json:
         with open(args.json, "w") as f:

@@ -99,6 +99,9 @@ class Metrics:
         self.conflicts = Counter("rayqueue_api_conflicts_total",
                                  "Patches refused with 409 and re-read before deciding again", registry=r)
         self.events = Counter("rayqueue_events_total", "Kubernetes events posted", ["reason"], registry=r)
+        self.history_errors = Counter("rayqueue_history_write_errors_total",
+                                      "Batches of history events the operator could not write to its database",
+                                      registry=r)
         # label sets each gauge exported last time: what is gone is set to 0 or removed, never left stale
         self._exported: dict[str, set[Labels]] = {}
 

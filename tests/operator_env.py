@@ -123,11 +123,11 @@ class Env:
     async def start_operator(self, *, identity: str = "op-1", peering: str | None = None, priority: int = 0,
                              engine: EngineConfig | None = None, webhook: WebhookConfig | None = None,
                              timeout_s: float = 2.0, wait: bool = True,
-                             connection: Connection | None = None) -> Operator:
+                             connection: Connection | None = None, history_url: str | None = None) -> Operator:
         config = OperatorConfig(identity=identity, peering=peering, priority=priority,
                                 engine=engine or EngineConfig(backoff_base_s=0.05, backoff_max_s=0.2),
                                 status_interval_s=0.2, retry_failed_after_s=0.3, leadership_poll_s=0.2,
-                                announce_after_s=0.1, condition_interval_s=0.2)
+                                announce_after_s=0.1, condition_interval_s=0.2, history_url=history_url)
         op = Operator(connection or self.connection(), config, webhook=webhook)
         op.client.retry = RetryPolicy(attempts=8, base_s=0.02, max_s=0.3, timeout_s=timeout_s)
         op.start()

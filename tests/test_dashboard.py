@@ -330,7 +330,7 @@ async def test_the_operator_serves_the_live_pages_from_its_engine() -> None:
         engine.submit(Workload(uid=f"team-a/job-{i}", queue="team-a", request={GPU: 1000}, submitted_at=now + i,
                                name=f"job-{i}", expected_duration=600))
     engine.schedule(now)
-    controller = SimpleNamespace(engine=engine, lock=asyncio.Lock(), clock=lambda: now, leader=True)
+    controller = SimpleNamespace(engine=engine, lock=asyncio.Lock(), clock=lambda: now, leader=True, history=None)
     async with _client(dashboard_app(controller)) as http:  # type: ignore[arg-type]
         queue = await http.get("/queues/team-a")
         tree_page = _text((await http.get("/")).text)

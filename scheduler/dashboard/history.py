@@ -1,5 +1,5 @@
-"""Read-only queries on the event log the standalone store writes (tables ``jobs``, ``events``,
-``log_snapshots``; their models are in ``scheduler/service/store.py``).
+"""Read-only queries on the event log the service and the operator write (tables ``jobs``, ``events``,
+``log_snapshots``; their models are in ``scheduler/history/store.py``).
 
 The dashboard reads SQL itself, through SQLAlchemy Core, so that it imports no front end and works on
 a copied database file with nothing else running (``rayqueue dashboard --db URL``). Every list is paged

@@ -324,6 +324,8 @@ class Dashboard:
             "job.html", job=job, events=events, snapshots=snapshots, t=t, chart=charts.timeline_chart(t),
             request=request, live_entry=live_entry, ray_link=ray_link, unit_kind=unit_kind, page="job",
             manifest=_manifest_yaml(manifest), now=now,
+            # a front end without driver logs (the operator) says where they are instead
+            logs_note=getattr(self.live, "logs_note", None),
         )
 
     async def history_html(self, request: Request) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 #: Event kinds after which a job holds no quota and waits again.
 REQUEUE_KINDS = frozenset({"Requeued", "Lost", "Interrupted"})
 #: Event kinds that end a job for good.
-FINAL_KINDS = frozenset({"Succeeded", "Failed", "Stopped", "Cancelled", "Rejected"})
+FINAL_KINDS = frozenset({"Succeeded", "Failed", "Stopped", "Cancelled", "Rejected", "Deleted"})  # Deleted: the operator's
 MARK_KINDS = frozenset({"Released", "Running", "Preempting", "Reattached"}) | REQUEUE_KINDS | FINAL_KINDS
 
 

@@ -32,6 +32,9 @@ def operator(
     = None,
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (0: off)")] = 8080,
     dashboard_port: Annotated[int, typer.Option(help="read-only dashboard pages port (0: off)")] = 0,
+    history_db: Annotated[str | None, typer.Option(help="SQL history of each RayJob for the dashboard's job and "
+                                                   "history pages: a SQLite file or SQLAlchemy URL (default: none)")]
+    = None,
     webhook_port: Annotated[int, typer.Option(help="admission webhook HTTPS port (0: no webhooks)")] = 9443,
     webhook_cert: Annotated[str | None, typer.Option(help="TLS certificate file for the webhook server")]
     = None,
@@ -80,6 +83,7 @@ def operator(
                             default_preemption=preemption,  # type: ignore[arg-type]
                             reclaim=reclaim),
         peering=None if standalone else peering,
+        history_url=history_url(history_db),
         priority=priority,
         identity=identity or os.environ.get("POD_NAME") or socket.gethostname(),
     )
@@ -97,7 +101,13 @@ def operator(
             typer.echo(f"rayqueue operator: no Kubernetes API to connect to (in-cluster service account or "
                        f"kubeconfig{f' context {context}' if context else ''}): {exc}", err=True)
             raise typer.Exit(2) from None
-        op = Operator(connection, config, webhook=webhook, metrics_port=metrics_port or None)
+        from rayqueue.scheduler.operator.history import HistoryError
+
+        try:
+            op = Operator(connection, config, webhook=webhook, metrics_port=metrics_port or None)
+        except HistoryError as exc:
+            typer.echo(f"rayqueue operator: {exc}", err=True)
+            raise typer.Exit(2) from None
         if dashboard_port:
             from rayqueue.scheduler.operator.dashboard import serve_dashboard
 
@@ -108,3 +118,19 @@ def operator(
         await op.run()
 
     asyncio.run(main())
+
+
+def history_url(value: str | None) -> str | None:
+    """``--history-db``: a SQLAlchemy URL as given, anything else a SQLite file (its folder made)."""
+    if not value:
+        return None
+    if "://" in value:
+        return value
+    from pathlib import Path
+
+    path = Path(value)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise typer.BadParameter(f"--history-db {value}: cannot create its folder: {exc}") from None
+    return f"sqlite:///{path}"

@@ -23,6 +23,7 @@ from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.engine import Engine
 from rayqueue.scheduler.engine.decisions import Decision
 from rayqueue.scheduler.operator.events import EventPoster
+from rayqueue.scheduler.operator.history import HistoryWriter
 from rayqueue.scheduler.operator.intake import Intake
 from rayqueue.scheduler.operator.kube import KubeClient
 from rayqueue.scheduler.operator.metrics import OperatorMetrics
@@ -79,6 +80,8 @@ class Controller:
         await self.state.events.drain(timeout=2.0)
         await self.state.events.stop()
         await self.state.client.close()
+        if self.state.history is not None:
+            await asyncio.to_thread(self.state.history.close)
 
     async def resync(self) -> None:
         await self.recovery.resync()
@@ -128,6 +131,20 @@ class Controller:
     def tree(self) -> QuotaTree | None:
         """The last good tree (parsed; no usage): the webhook maps namespaces with it."""
         return self.state.tree
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """The engine's lock: the dashboard reads the engine between two decisions."""
+        return self.state.lock
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self.state.clock
+
+    @property
+    def history(self) -> HistoryWriter | None:
+        """The SQL history this operator writes (``--history-db``), if any."""
+        return self.state.history
 
     @property
     def leader(self) -> bool:

@@ -1,6 +1,6 @@
-"""The operator serves the dashboard's live pages (quota tree, queues) on a port of its own, read-only,
-from its in-memory engine. It writes no SQL history (the Kubernetes API is its state), so job pages and
-the history answer only when ``history_url`` names a store that something writes (see docs/dashboard.md).
+"""The operator serves the dashboard on a port of its own, read-only: the live pages (quota tree, queues)
+from its in-memory engine, and the job and history pages from the SQL history it writes when started with
+``--history-db`` (``history.py``; see docs/dashboard.md). Without one, only the live pages answer.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ class OperatorLive:
     """The dashboard's live source over the operator's engine."""
 
     ray_dashboard_url: str | None = None  # each RayJob has its own Ray cluster; KubeRay knows its dashboard
+    #: the job page says why it shows no log: the driver's log is in the RayJob's own Ray cluster
+    logs_note = ("The operator keeps no driver logs: they live in the RayJob's Ray cluster "
+                 "(kubectl logs on its submitter or head pod) and go with it.")
 
     def __init__(self, controller: Controller) -> None:
         self.controller = controller
@@ -60,8 +63,10 @@ def dashboard_app(controller: Controller, token: str | None = None, history_url:
     from rayqueue.scheduler.dashboard.pages import mount
 
     app = FastAPI(title="rayqueue operator dashboard", docs_url=None, redoc_url=None, openapi_url=None)
-    mount(app, History(history_url) if history_url else None, OperatorLive(controller), token,
-          title="rayqueue operator")
+    writer = controller.history
+    history = History(engine=writer.store.engine) if writer is not None else History(history_url) if history_url \
+        else None
+    mount(app, history, OperatorLive(controller), token, title="rayqueue operator")
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, Any]:

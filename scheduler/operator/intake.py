@@ -15,6 +15,8 @@ from rayqueue.quota.quantity import parse_resources
 from rayqueue.quota.tree import QuotaTree, QuotaTreeError
 from rayqueue.scheduler.engine import Engine
 from rayqueue.scheduler.engine.capacity import NodeCapacity, apply_node_capacity
+from rayqueue.scheduler.history import store as st
+from rayqueue.scheduler.operator.history import Change, outcome, submitted
 from rayqueue.scheduler.operator.rayjobs import (
     CONDITION_ANNOTATION,
     MUTATED_ANNOTATION,
@@ -54,6 +56,7 @@ class Intake:
                 s.jobs.pop(uid, None)
                 s.rejected.pop(uid, None)
                 s.announced.pop(uid, None)
+                self.deleted(uid)
                 if s.engine is not None and s.engine.has_job(uid):
                     s.engine.finish(uid)
                     s.status_dirty = True
@@ -72,6 +75,7 @@ class Intake:
                 s.jobs.pop(uid, None)
                 s.rejected.pop(uid, None)
                 s.announced.pop(uid, None)
+                self.deleted(uid)
                 if s.engine is not None and s.engine.has_job(uid):
                     s.engine.finish(uid)
                     s.status_dirty = True
@@ -168,6 +172,12 @@ class Intake:
                 engine.finish(uid)
                 s.status_dirty = True
             s.announced.pop(uid, None)
+            if uid not in s.history_ended:
+                s.history_ended.add(uid)
+                state, message = outcome(body)
+                s.record(Change(uid, state, s.clock(), message, {"state": state, "finished_at": s.clock(),
+                                                                 "ray_message": message or None},
+                                only_live=True))
             return
         if obs.state in (JobState.ADMITTED, JobState.STOPPING):
             if record_epoch <= s.released.get(uid, -1.0):
@@ -193,6 +203,8 @@ class Intake:
                                preempting=True, reason=reason)
             else:
                 engine.restore(job, unit, record_epoch)
+            # only written if the history does not know it (admitted before the history was attached)
+            s.record(submitted(job, obs.namespace, unit=str(unit) if unit else None, admitted_at=record_epoch))
             s.announced.pop(uid, None)
             s.status_dirty = True
             return
@@ -203,6 +215,9 @@ class Intake:
             s.released[uid] = record_epoch
             engine.suspended(uid)
             s.status_dirty = True
+            s.history_reasons.pop(uid, None)
+            s.record(Change(uid, "Requeued", s.clock(), f"suspended; waits again in queue {w.queue}",
+                            {"state": st.PENDING, "unit": None, "admitted_at": None, "preempted_by": None}))
             return
         if w is not None:
             return  # already queued
@@ -218,12 +233,22 @@ class Intake:
         if reject is not None:
             self.reject(body, obs.generation, reject.reason.code.value, reject.reason.message, job.queue)
             return
+        s.record(submitted(job, obs.namespace))
         annotations = (body.get("metadata") or {}).get("annotations") or {}
         if annotations.get(MUTATED_ANNOTATION) and CONDITION_ANNOTATION not in annotations:
             s.events.post(dict(body), "RayJob", "Mutated",
                           f"the rayqueue webhook set {annotations[MUTATED_ANNOTATION]} so that the job "
                           f"waits in queue {job.queue} and frees its Ray cluster when it finishes")
         s.status_dirty = True
+
+    def deleted(self, uid: str) -> None:
+        """The RayJob is gone from the API: its history ends (unless it had finished already)."""
+        s = self.s
+        s.history_reasons.pop(uid, None)
+        if uid not in s.history_ended:
+            s.record(Change(uid, "Deleted", s.clock(), "the RayJob was deleted",
+                            {"state": st.CANCELLED, "finished_at": s.clock()}, only_live=True))
+        s.history_ended.discard(uid)
 
     def reject(self, body: Mapping[str, Any], generation: int, reason: str, message: str, queue: str = "") -> None:
         s = self.s

@@ -14,6 +14,8 @@ import time
 
 from rayqueue.queue.workload import WorkloadState
 from rayqueue.scheduler.engine.decisions import Admit, Decision, Preempt, Reject
+from rayqueue.scheduler.history import store as st
+from rayqueue.scheduler.operator.history import Change
 from rayqueue.scheduler.operator.intake import Intake
 from rayqueue.scheduler.operator.kube import RAYJOBS, TREES, ApiError, Conflict, NotFound
 from rayqueue.scheduler.operator.queries import Queries, merge_patch
@@ -178,10 +180,15 @@ class Release:
         waited = admitted_at - (w.submitted_at or admitted_at)
         s.metrics.admitted.labels(w.queue, placement.unit).inc()
         s.metrics.wait_seconds.labels(w.queue).observe(max(0.0, waited))
-        s.events.post(body, "RayJob", "Admitted",
-                      f"admitted to unit {placement.unit} ({placement.resource}) from queue {w.queue} "
-                      f"after {waited:.1f}s; priority {w.priority}"
-                      + (f" ({w.priority_class})" if w.priority_class else ""))
+        message = (f"admitted to unit {placement.unit} ({placement.resource}) from queue {w.queue} "
+                   f"after {waited:.1f}s; priority {w.priority}" + (f" ({w.priority_class})" if w.priority_class else ""))
+        s.events.post(body, "RayJob", "Admitted", message)
+        if s.history is not None and s.engine is not None:
+            s.history_reasons.pop(uid, None)
+            s.record(Change(uid, st.ADMITTED, admitted_at, message,
+                            {"state": st.ADMITTED, "unit": placement.unit, "admitted_at": admitted_at,
+                             "reason_code": None, "reason": None},
+                            borrowed={str(r): int(v) for r, v in s.engine.borrowed_share(uid).items()}))
 
     async def apply_preempt(self, d: Preempt) -> None:
         s = self.s
@@ -204,6 +211,9 @@ class Release:
         s.metrics.evicted.labels(w.queue, d.reason.code.value).inc()
         s.metrics.preempted.labels(preemptor.queue if preemptor is not None else "", d.reason.code.value).inc()
         s.events.post(body, "RayJob", "Preempted", f"{d.reason.code.value}: {message}", "Warning")
+        s.record(Change(w.uid, st.PREEMPTING, s.clock(), message,
+                        {"state": st.PREEMPTING, "preempted_by": d.preemptor, "reason_code": d.reason.code.value},
+                        reason_code=d.reason.code.value, by_job=d.preemptor, count_preemption=True))
 
     def gone(self, uid: str) -> None:
         s = self.s
@@ -226,6 +236,11 @@ class Release:
         horizon = s.clock() - s.config.announce_after_s
         for w in engine.pending():
             code = w.reason.code.value if w.reason else "Queued"
+            if s.history is not None and w.reason is not None and s.history_reasons.get(w.uid) != code:
+                # the history's ``Waiting`` events: every change of reason, at once (not announce_after_s)
+                s.history_reasons[w.uid] = code
+                s.record(Change(w.uid, st.WAITING, s.clock(), w.reason.message,
+                                {"reason_code": code, "reason": w.reason.message}, reason_code=code))
             if s.announced.get(w.uid) == code:
                 continue
             if (w.pending_since or w.submitted_at or 0.0) > horizon:

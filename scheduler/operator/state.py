@@ -19,6 +19,7 @@ from rayqueue.quota.tree import QuotaTree
 from rayqueue.scheduler.engine import Engine, EngineConfig
 from rayqueue.scheduler.engine.decisions import Decision
 from rayqueue.scheduler.operator.events import EventPoster
+from rayqueue.scheduler.operator.history import HistoryWriter, Record
 from rayqueue.scheduler.operator.kube import KubeClient, Resource
 from rayqueue.scheduler.operator.metrics import OperatorMetrics
 
@@ -49,6 +50,8 @@ class OperatorConfig:
     leadership_poll_s: float = 1.0
     watch_inactivity_s: float = 70.0  # kopf re-opens a watch that has been silent this long
     gauges_interval_s: float = 1.0  # pending/admitted/usage gauges are recomputed at most this often
+    # SQLAlchemy URL of the SQL history the dashboard's job and history pages read (``history.py``); None: none
+    history_url: str | None = None
 
 
 class Extension(Protocol):
@@ -118,6 +121,17 @@ class OperatorState:
         self.tree_condition_target: tuple[str | None, str] | None = None
         metrics.leader.set(1 if self.leader else 0)
         metrics.tree_valid.set(1)
+        self.history: HistoryWriter | None = None
+        if config.history_url:
+            self.history = HistoryWriter(config.history_url, on_error=metrics.history_errors.inc)
+        self.history_reasons: dict[str, str] = {}  # uid -> the reason code last recorded as ``Waiting``
+        self.history_ended: set[str] = set()  # uids whose end was recorded (a finished job is seen again)
+
+    def record(self, item: Record) -> None:
+        """Queue a history record (no I/O here: a worker thread writes it). Only the leader records: one
+        writer per history, and a follower that becomes leader relists, recording what it had not seen."""
+        if self.history is not None and self.leader:
+            self.history.record(item)
 
     def wrote(self, uid: str, body: dict[str, Any]) -> None:
         """The object as our own write left it (the answer to our patch)."""

@@ -1,0 +1,1 @@
+"""The SQL history (jobs, their events, log snapshots) that the front ends write and the dashboard reads."""
