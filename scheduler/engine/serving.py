@@ -421,11 +421,15 @@ class Serving:
                     QuotaViolation(node.path, r, node.used_of(r), need.get(r, 0), node.max[r]).sentence()
                     + (" and no batch job borrows the room" if taken is not None else ""),
                 )
-            taken.append(self.hand_over(victim, svc, leaf))
+            if victim.state == WorkloadState.PREEMPTING:
+                self.take_over(victim, svc)  # already stopping: no second stop, no Preempt
+            else:
+                taken.append(self.hand_over(victim, svc, leaf))
 
     def next_victim(self, svc: Service, leaf: QuotaNode, over: set[str]) -> Workload | None:
         """The next batch job to stop: under a node the scale-up would exceed, in the service's leaf or a
-        borrowing leaf; lowest priority, then newest."""
+        borrowing leaf; one already stopping for a batch job first (its room is taken over), then the
+        lowest priority, then newest."""
         s = self.s
         best: Workload | None = None
         seen: set[str] = set()
@@ -439,11 +443,25 @@ class Serving:
                     continue
                 for key in s.queues[leaf_name].victim_order:
                     v = s.queues[leaf_name].admitted[key[-1]]
+                    if v.state == WorkloadState.PREEMPTING and not v.handed_over:
+                        return v  # already stopping for a batch job: taking its room disrupts nothing more
                     if v.state == WorkloadState.ADMITTED:
                         if best is None or victim_key(v) < victim_key(best):
                             best = v
                         break  # the first admitted one in victim order is this queue's best
         return best
+
+    def take_over(self, v: Workload, svc: Service) -> None:
+        """``v`` is already stopping, preempted for a batch job: the service takes its quota now (a
+        scale-up within the reservation does not wait for batch's own reclaim); the batch job that
+        preempted it waits on as before, for room elsewhere or later."""
+        s = self.s
+        v_leaf = s.tree.leaves[v.queue]
+        s.tree.release(v_leaf, v.demand)
+        s.units.by_name[v.unit or ""].give_back(v.demand, v.pods)
+        v.handed_over = True
+        v.preempted_by = svc.uid
+        self.ledger.note_borrowing(v_leaf)
 
     def hand_over(self, v: Workload, svc: Service, leaf: QuotaNode) -> Preempt:
         """Stop ``v`` and give its quota to the service at once; its pods are terminating."""
