@@ -277,3 +277,27 @@ def test_an_unset_max_is_capped_where_the_service_alone_can_be_admitted_beside_a
     view = e.service("web")
     assert view.state == ServiceState.RUNNING, view.reason
     assert view.max_replicas == 6
+
+
+def test_a_scale_up_takes_the_room_of_a_batch_job_already_stopping_for_a_reclaim() -> None:
+    e = engine(tree(
+        node("root", min={GPU: 8}, max={GPU: 8}, children=[
+            node("serve", min={GPU: 4}, max={GPU: 8}, namespaces=["serve"]),
+            node("batch", min={GPU: 4}, max={GPU: 8}, namespaces=["batch"]),
+        ])
+    ))
+    assert e.submit_service(service("web", min_replicas=0, max_replicas=4, hot=0)) is None
+    e.schedule(0.0)
+    e.submit(job("lend", "batch", gpu=8, at=1.0))
+    assert admitted(e.schedule(1.0)) == ["lend"]  # batch borrows serve's guarantee and the reservation
+    e.submit(job("mine", "serve", gpu=2, at=2.0))
+    assert preempted(e.schedule(2.0)) == ["lend"]  # reclaim: lend is stopping, its quota still held
+    e.scale_service("web", 2, now=3.0)
+    e.schedule(3.0)
+    # The burst does not wait for lend's pods: it takes the quota lend is giving back, without a second stop.
+    view = e.service("web")
+    assert view.granted == 2 and view.scale_waited_s == 0.0
+    assert_within_max(e)
+    e.suspended("lend", 4.0)  # confirming the stop releases nothing twice
+    assert used(e, "root") == 2
+    assert_within_max(e)
