@@ -296,3 +296,34 @@ def test_a_victim_restored_after_its_preemptor_is_waited_for_too() -> None:
     assert preempted(e.schedule()) == []
     e.suspended("a3")
     assert admitted(e.schedule()) == ["b-in"]
+
+
+def test_reclaim_takes_borrowed_jobs_of_two_queues_when_a_third_was_reclaimed_from_first() -> None:
+    # Found by tests/test_engine_properties.py: q2 (min 2) waits for 2 GPUs while q0 and q1 (min 0)
+    # each borrow 1; reclaiming both must give q2 its guarantee.
+    leaves = [
+        node(name, min={GPU: lo}, max={GPU: hi}, attributes={"queueingStrategy": "StrictFIFO", "preemptionPolicy": "Never"})
+        for name, lo, hi in [("q0", 0, 1), ("q1", 0, 1), ("q2", 2, 2), ("q3", 6, 6), ("q4", 4, 7)]
+    ]
+    e = engine(
+        tree(node("root", min={GPU: 12}, max={GPU: 12}, children=leaves)),
+        Units([Unit("ecs", "ecs", capacity={GPU: 12 * MILLI})]),
+    )
+    clock: Clock = e.clock  # type: ignore[assignment]
+    stream = [("q0", 1), ("q1", 1), ("q3", 1), ("q4", 2), ("q0", 1), ("q1", 1), ("q3", 1), ("q4", 5)]
+    stream += [("q0", 1), ("q1", 1), ("q3", 4), ("q4", 2)]
+    for i, (queue, n) in enumerate(stream):
+        clock.t += 1.0
+        e.submit(job(f"j{i}", queue, n, priority=1 if i == 11 else 0, at=clock.t))
+        for d in e.schedule(clock.t):
+            if isinstance(d, Preempt):
+                e.suspended(d.workload.uid, clock.t)
+    clock.t += 1.0
+    e.submit(job("guaranteed", "q2", 2, at=clock.t))
+    for _ in range(len(stream) + 2):
+        for d in e.schedule(clock.t):
+            if isinstance(d, Preempt):
+                e.suspended(d.workload.uid, clock.t)
+        if e.workloads["guaranteed"].state == WorkloadState.ADMITTED:
+            break
+    assert e.workloads["guaranteed"].state == WorkloadState.ADMITTED, e.explain("guaranteed")

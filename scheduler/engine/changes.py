@@ -76,6 +76,7 @@ class Changes:
         self.s.borrowing, self.s.leaf_borrowed, self.s.reclaimable = set(), {}, {}
         self.s.borrow_changed, self.s.borrow_counted = set(), {}
         self.s.victim_leaves, self.s.victim_leaf_count = set(), {}
+        self.s.reclaim_holds = {}  # new mins: every waiting preemptor plans again
         self.s.borrow_admissions += 1  # new mins: a reclaim that failed before may succeed now
         for leaf in tree.leaves.values():
             self.ledger.note_borrowing(leaf)

@@ -16,8 +16,9 @@ from rayqueue.scheduler.engine.parking import Parking
 from rayqueue.scheduler.engine.placement import Placer
 from rayqueue.scheduler.engine.preemption import Preemption
 from rayqueue.scheduler.engine.serving import Serving
-from rayqueue.scheduler.engine.state import EngineState
+from rayqueue.scheduler.engine.state import EngineState, Outcome
 from rayqueue.scheduler.engine.units import Unit
+from rayqueue.scheduler.engine.wakeup import ANY
 
 # Library functions the hot path calls, as Final: mypyc keeps them in C statics instead of looking
 # each one up in the module's globals dict at every call.
@@ -127,6 +128,18 @@ class Cycle:
             w.reason = never
             return [Reject(w, never)]
         leaf = self.s.tree.leaves[w.queue]
+        if self.s.reclaim_holds:
+            if self.s.reclaim_holds.pop(w.uid, None) is not None:
+                self.s.dirty.add(ANY)  # the jobs held back for it compete again
+            holder = self.preemption.held_from(w, leaf)
+            if holder is not None:
+                stats.parked += 1
+                held = Reason(
+                    ReasonCode.WAITING_FOR_RECLAIM,
+                    f"{leaf.path} would borrow room being reclaimed for {holder}, which is within its guarantee",
+                )
+                self.parking.park(w, q, Outcome(held, [], None), now, backoff=False)
+                return None
         outcome = self.placer.try_admit(w, leaf, now)
         if isinstance(outcome, Unit):
             stats.admitted += 1

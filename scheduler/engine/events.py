@@ -60,6 +60,8 @@ class Events:
     def finish(self, uid: str) -> Workload:
         """The job finished, failed or was deleted: release what it held. Pending jobs are removed."""
         w = self.s.get(uid)
+        if self.s.reclaim_holds.pop(uid, None) is not None:
+            self.s.dirty.add(ANY)  # the jobs held back for it compete again
         if w.state in (WorkloadState.ADMITTED, WorkloadState.PREEMPTING):
             self.release(w)
         elif w.state == WorkloadState.PENDING:
@@ -173,6 +175,11 @@ class Events:
             unit.give_back(w.demand, w.pods)
         self.ledger.note_borrowing(leaf)
         if w.state == WorkloadState.PREEMPTING:
+            # Its preemptor tries again now, even if the room it counted on went elsewhere meanwhile:
+            # parked under a room it may never see again, it would wait for good.
+            preemptor = self.s.workloads.get(w.preempted_by or "")
+            if preemptor is not None:
+                self.parking.wake(preemptor)
             unit.terminating_pods -= w.pods
             if not unit.terminating_pods:
                 self.s.dirty.add(("terminating", unit.name, ""))

@@ -62,6 +62,16 @@ class Preemption:
         w.reclaim_memo = None
         return self.preempt(w, victims, reclaimed, outcome, leaf)
 
+    def held_from(self, w: Workload, leaf: QuotaNode) -> str | None:
+        """The preemptor whose reclaimed room ``w`` would take by borrowing below a node it waits on
+        (None: ``w`` stays within its guarantee, or nobody waits there)."""
+        if not self.s.reclaim_holds or self.s.tree.within_guarantee(leaf, w.demand):
+            return None
+        for uid, held in self.s.reclaim_holds.items():
+            if uid != w.uid and any(node.name in held for node in leaf.lineage):
+                return uid
+        return None
+
     def fits_now(self, w: Workload, leaf: QuotaNode, now: float) -> bool:
         return isinstance(self.placer.try_admit(w, leaf, now), Unit)
 
@@ -256,6 +266,10 @@ class Preemption:
             decisions.append(Preempt(v, v.reason, w.uid))
         for v in started:
             self.ledger.note_victims(self.s.tree.leaves[v.queue])
+        if any(v.reason is not None and v.reason.code == ReasonCode.RECLAIMED for v in started):
+            held = tuple(name for (kind, name, _r), _need in outcome.blockers if kind == "node")
+            if held:
+                self.s.reclaim_holds[w.uid] = held
         self.wait_for(w, started, outcome)
         return decisions
 

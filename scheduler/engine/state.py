@@ -103,6 +103,10 @@ class EngineState:
         self.borrowing: set[str] = set()  # leaves using more than their min: where reclaim looks
         self.leaf_borrowed: dict[str, Resources] = {}
         self.borrow_admissions = 0  # admissions into borrowing leaves: new work a reclaim could take
+        # per preemptor waiting for reclaimed victims: the nodes whose room it counts on. A job that would
+        # borrow below one of them is not admitted meanwhile, or it takes the room the reclaim frees
+        # (and is reclaimed in turn while another borrower takes it: the guarantee never comes back).
+        self.reclaim_holds: dict[str, tuple[str, ...]] = {}
         self.victim_leaves: set[str] = set()
         self.victim_leaf_count: dict[str, int] = {}
         # per node: what its borrowing leaves use in all, by resource slot (guaranteed resources only)
