@@ -34,7 +34,10 @@ demo: $(NATIVE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check quota queue scheduler simulations tests benchmarks
-	$(BIN)/mypy quota queue scheduler simulations
+	@# mypy resolves `rayqueue.*` imports through the same layout setup.py stages for mypyc (the folders
+	@# are mapped into `rayqueue` by package-dir, which mypy cannot read): every module checked by its name.
+	@mkdir -p build/typing/rayqueue && for p in quota queue scheduler simulations crds; do ln -sfn ../../../$$p build/typing/rayqueue/$$p; done
+	MYPYPATH=build/typing $(BIN)/mypy -p rayqueue.quota -p rayqueue.queue -p rayqueue.scheduler -p rayqueue.simulations
 	$(BIN)/lint-imports
 
 # The dashboard's browser test drives Debian's chromium (tests/test_dashboard_browser.py fails without it).

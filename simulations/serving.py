@@ -245,10 +245,10 @@ class ServingTracker:
             dt = now - run.last_t
             if dt > 0:
                 gpu_per = parse_resources(run.load.replica, field="replica").get(GPU, 0)
-                for unit, n in run.by_unit.items():
+                for unit, replicas in run.by_unit.items():
                     if unit in self.elastic:
-                        run.acs_gpu_s += n * gpu_per / MILLI * dt
-                        run.acs_cost += n * gpu_per / MILLI * dt / 3600 * self.prices.get(unit, 0.0)
+                        run.acs_gpu_s += replicas * gpu_per / MILLI * dt
+                        run.acs_cost += replicas * gpu_per / MILLI * dt / 3600 * self.prices.get(unit, 0.0)
                 run.replica_s += sum(run.by_unit.values()) * dt
                 run.lent_gpu_s += run.lent / MILLI * dt
             run.last_t = now

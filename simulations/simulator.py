@@ -310,8 +310,8 @@ class Simulator:
                 else:
                     rec.status = "pending"
             # 2b. the services' load steps due now: their autoscalers ask for replicas
-            if serving is not None and (serving.next_change() is not None and serving.next_change() <= now
-                                        or not serving.started):
+            step_due = serving.next_change() if serving is not None else None
+            if serving is not None and (step_due is not None and step_due <= now or not serving.started):
                 serving.apply(now)
                 events += 1
                 last_change = now

@@ -17,7 +17,7 @@ from typing import Any
 import kmock
 import pytest
 from kmock_cluster import RAYCLUSTERS, RAYSERVICES, _close_schema
-from operator_env import TREES, Env, environment, eventually, rayjob
+from operator_env import NODES, POLICIES, TREES, Env, environment, eventually, node, policy_manifest, rayjob
 
 from rayqueue.scheduler.operator.rayjobs import ADMISSION_ANNOTATION, CONDITION_ANNOTATION
 from rayqueue.scheduler.workloads.serving import HOT_RESERVE_ANNOTATION
@@ -424,3 +424,28 @@ async def test_the_operator_needs_no_more_than_its_cluster_role_grants() -> None
                   if (need := _rbac_need(s.method, s.path)) is not None}
         assert ("patch", "ray.io", "rayservices") in needed and ("list", "ray.io", "rayclusters") in needed
         assert needed - granted == set()
+
+
+async def test_a_service_over_two_units_gets_the_head_unit_for_its_head_and_every_units_tolerations_for_workers(
+) -> None:
+    # ECS then ACS: the head sits in the first unit with room, the replicas spill from unit to unit as
+    # they scale, so the workers carry every unit's tolerations and no nodeSelector of their own.
+    acs_toleration = {"key": "virtual-kubelet.io/provider", "operator": "Exists", "effect": "NoSchedule"}
+    async with serving_env(runtime=600) as env:
+        await env.create(TREES, serving_tree())
+        await env.create(NODES, node("ecs-1", "8", {"node.alibabacloud.com/pool": "ecs"}))
+        await env.create(POLICIES, policy_manifest([
+            {"resource": "ecs", "nodeSelector": {"node.alibabacloud.com/pool": "ecs"}},
+            {"resource": "acs", "nodeSelector": {"type": "virtual-kubelet"}, "max": 10,
+             "tolerations": [acs_toleration]},
+        ]))
+        await env.start_operator()
+        await env.create(RAYSERVICES, rayservice("web", "serve", replicas=1, low=1, high=5))
+        await eventually(lambda: record(env, RAYSERVICES, "serve", "web"), what="web admitted")
+        cluster = obj(env, RAYSERVICES, "serve", "web")["spec"]["rayClusterConfig"]
+        head = cluster["headGroupSpec"]["template"]
+        assert head["spec"]["nodeSelector"] == {"node.alibabacloud.com/pool": "ecs"}
+        worker = cluster["workerGroupSpecs"][0]["template"]
+        assert acs_toleration in worker["spec"]["tolerations"]
+        assert not worker["spec"].get("nodeSelector")
+        assert "rayqueue.io/unit" not in worker["metadata"]["labels"]

@@ -87,12 +87,12 @@ def engine_snapshot(engine: Engine, now: float, *, shown_per_queue: int = 200, f
                       "min": dict(n.min), "max": dict(n.max), "usage": {k: v for k, v in n.used.items() if v},
                       "borrowed": dict(n.borrowed), "resources": resources, "pending": 0, "running": 0})
     by_path = {n["path"]: n for n in nodes}
-    for n in list(nodes):
-        if n["leaf"]:
-            path = n["path"]
+    for row in list(nodes):
+        if row["leaf"]:
+            path = row["path"]
             while path:
-                by_path[path]["pending"] += counts.get(n["name"], 0)
-                by_path[path]["running"] += running.get(n["name"], 0)
+                by_path[path]["pending"] += counts.get(row["name"], 0)
+                by_path[path]["running"] += running.get(row["name"], 0)
                 path = path.rpartition("/")[0]
     units = [{"name": u.name, "resource": u.resource, "capacity": u.capacity, "max_pods": u.max_pods,
               "usage": {k: v for k, v in u.used.items() if v and k != MAX_JOBS}, "pods": u.pods}

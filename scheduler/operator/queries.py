@@ -62,7 +62,8 @@ def tree_status(engine: Engine) -> dict[str, Any]:
     lineages: dict[str, list[str]] = {}
     for n in views:
         if n.is_leaf:
-            line, at = [], n.name
+            line: list[str] = []
+            at: str | None = n.name
             while at is not None:
                 line.append(at)
                 at = parents[at]

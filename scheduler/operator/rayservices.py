@@ -208,7 +208,7 @@ class RayServiceFollower(ServingBase):
             for t in u.tolerations:
                 if t not in tolerations:
                     tolerations.append(dict(t))
-        return placement(head), Placement("*", "*", {}, {}, tuple(tolerations))
+        return placement(head), Placement("*", "*", {}, {}, tolerations)
 
     def _record_patch(self, body: Mapping[str, Any], svc: Any) -> dict[str, Any]:
         c = svc.cluster

@@ -65,7 +65,7 @@ class Recovery:
             w = self.workload(row)
             preempting = row.state == st.PREEMPTING
             reason = None
-            if preempting and row.reason_code in ReasonCode.__members__.values():
+            if preempting and row.reason_code is not None and row.reason_code in ReasonCode.__members__.values():
                 reason = Reason(ReasonCode(row.reason_code), row.reason or "being preempted (restored)")
             s.engine.restore(w, row.unit, row.admitted_at or s.clock(), preempted_by=row.preempted_by,
                              preempting=preempting, reason=reason)

@@ -406,7 +406,8 @@ class Serving:
             rows = list(db.exec(select(ServiceRecord).where(ServiceRecord.name == ref)
                                 .order_by(col(ServiceRecord.submitted_at))))
         live = [r for r in rows if r.state in LIVE]
-        return (live or rows or [None])[-1]
+        candidates = live or rows
+        return candidates[-1] if candidates else None
 
     def explain(self, ref: str) -> dict[str, Any]:
         row = self.find(ref)
