@@ -84,6 +84,11 @@ async def test_a_burst_preempts_the_borrower_in_the_cycle_that_saw_it_and_a_scal
         await settle(svc)
         assert svc.store.get(borrower).state == st.PENDING
         assert svc.serving.explain("web")["preemptions"] == 1
+        # `rayqueue history web`: the service's own events, by name as by id.
+        events, total = svc.history("web")
+        assert [e["kind"] for e in events][:2] == ["Submitted", "Admitted"] and total == len(events)
+        assert {e["job"] for e in events} == {web.id}
+        assert svc.history(web.id) == (events, total)
 
         serve.target["predict"] = 1  # the load is gone: the replica returns to headroom
         await svc.serving.poll_once()

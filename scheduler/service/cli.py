@@ -349,7 +349,7 @@ def cancel(job: str = typer.Argument(...), url: str = UrlOption, token: str | No
 
 
 def history(
-    job: str | None = typer.Argument(None, help="One job (id or name); all jobs when left out."),
+    job: str | None = typer.Argument(None, help="One job or service (id or name); all when left out."),
     limit: int = typer.Option(DEFAULT_LIMIT, "--limit", "-n", min=0, help="Only the last N events (0: all)."),
     offset: int = typer.Option(0, "--offset", min=0, help="Skip the last N events first."),
     url: str = UrlOption,

@@ -321,6 +321,8 @@ class Service:
     def history(
         self, ref: str | None = None, limit: int | None = None, offset: int = 0
     ) -> tuple[list[dict[str, Any]], int]:
+        if ref is not None and not self._is_job(ref) and (service := self.serving.find(ref)) is not None:
+            return self.queries.events_of(service.id, limit, offset)
         return self.queries.history(ref, limit, offset)
 
     async def logs(self, ref: str) -> dict[str, Any]:

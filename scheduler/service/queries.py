@@ -96,8 +96,14 @@ class Queries:
     ) -> tuple[list[dict[str, Any]], int]:
         """The newest ``limit`` events (of one job) after the ``offset`` newest, oldest first, and how many
         there are in all."""
-        job_id = self.resolve(ref).id if ref else None
-        events, total = self.s.store.events_page(job_id, limit, offset)
+        return self.events_of(self.resolve(ref).id if ref else None, limit, offset)
+
+    def events_of(
+        self, owner: str | None, limit: int | None = None, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The events of one job or service by its id (of all when ``owner`` is None), paged as
+        :meth:`history` says."""
+        events, total = self.s.store.events_page(owner, limit, offset)
         return [
             {"job": e.job_id, "at": e.at, "kind": e.kind, "state": e.state, "unit": e.unit, "message": e.message}
             for e in events
