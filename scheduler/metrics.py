@@ -167,6 +167,15 @@ class Metrics:
         self._publish("pending", self.pending, pending)
         self._publish("admitted_active", self.admitted_active, active)
 
+    def count_preemption(self, engine: Engine, victim_queue: str, preemptor: str, reason: str) -> None:
+        """One job preempted: counted under its own queue (evicted) and under the queue of the job or
+        service it made room for (preempted)."""
+        self.evicted.labels(queue=victim_queue, reason=reason).inc()
+        job = engine.job(preemptor)
+        service = engine.service(preemptor) if job is None else None
+        by_queue = job.queue if job is not None else service.queue if service is not None else ""
+        self.preempted.labels(preempting_queue=by_queue, reason=reason).inc()
+
     def publish_jobs(self, counts: Mapping[Labels, float]) -> None:
         """Standalone: jobs per (queue, state) as its store counts them."""
         self._publish("jobs", self.jobs, dict(counts))

@@ -89,6 +89,8 @@ async def test_a_burst_preempts_the_borrower_in_the_cycle_that_saw_it_and_a_scal
         assert [e["kind"] for e in events][:2] == ["Submitted", "Admitted"] and total == len(events)
         assert {e["job"] for e in events} == {web.id}
         assert svc.history(web.id) == (events, total)
+        metrics = svc.state.metrics.exposition().decode()
+        assert 'rayqueue_preempted_workloads_total{preempting_queue="serving",reason="Reclaimed"} 1.0' in metrics
 
         serve.target["predict"] = 1  # the load is gone: the replica returns to headroom
         await svc.serving.poll_once()

@@ -208,8 +208,7 @@ class Release:
         # not ``wrote``: the suspended object may already be Suspended (KubeRay never started it), and
         # that version, echoed by the watch, is what releases the quota
         s.jobs[w.uid] = body
-        s.metrics.evicted.labels(w.queue, d.reason.code.value).inc()
-        s.metrics.preempted.labels(preemptor.queue if preemptor is not None else "", d.reason.code.value).inc()
+        s.metrics.count_preemption(s.engine, w.queue, d.preemptor, d.reason.code.value)
         s.events.post(body, "RayJob", "Preempted", f"{d.reason.code.value}: {message}", "Warning")
         s.record(Change(w.uid, st.PREEMPTING, s.clock(), message,
                         {"state": st.PREEMPTING, "preempted_by": d.preemptor, "reason_code": d.reason.code.value},

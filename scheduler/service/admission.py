@@ -122,10 +122,7 @@ class Admission:
             preempted_by=d.preemptor,  # a restart resumes this preemption instead of deciding it again
         )
         s.preempting.add(w.uid)
-        s.metrics.evicted.labels(queue=w.queue, reason=d.reason.code.value).inc()
-        preemptor = s.engine.job(d.preemptor)
-        s.metrics.preempted.labels(preempting_queue=preemptor.queue if preemptor is not None else "",
-                                   reason=d.reason.code.value).inc()
+        s.metrics.count_preemption(s.engine, w.queue, d.preemptor, d.reason.code.value)
         if row.released and row.submission_id:
             s.active[w.uid] = row.submission_id
             s.spawn(self.release.stop_in_ray(w.uid, row.submission_id))
