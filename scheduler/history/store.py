@@ -370,6 +370,22 @@ class Store:
                 return None
             return self._apply(cur, row, job_id, kind, message, at, fields)
 
+    def start_many(self, started: Sequence[tuple[str, str]], at: float, **fields: Any) -> list[JobRecord | None]:
+        """``Running`` for each ``(job id, Ray submission id)`` whose job is still ``Admitted`` under that
+        submission id, all in one transaction (the status poll sees many jobs start at once); for each,
+        its new row, or None where the job moved on meanwhile (cancelled, preempted, requeued)."""
+        out: list[JobRecord | None] = []
+        with self.writing() as conn:
+            cur = _cursor(conn)
+            for job_id, sid in started:
+                row = self._read(cur, job_id)
+                if row is None or row["state"] != ADMITTED or row["submission_id"] != sid:
+                    out.append(None)
+                    continue
+                out.append(self._apply(cur, row, job_id, RUNNING, f"Ray runs {sid}", at,
+                                       {**fields, "state": RUNNING, "running_at": at}))
+        return out
+
     def admit(self, job_id: str, message: str, at: float, **fields: Any) -> JobRecord | None:
         """``Admitted``: the job's row gets ``fields`` and its next attempt's Ray submission id, read and
         written in one transaction; None if the job is gone."""
