@@ -4,15 +4,18 @@ so that the figures of ``benchmarks/standalone_latency.py --overhead`` cannot qu
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from fake_ray import FakeRay, settle
-from standalone_env import rayjob, tree
+from standalone_env import HANG_GUARD_S, rayjob, tree
 
 from rayqueue.quota.tree import QuotaTree
+from rayqueue.scheduler.history.store import _Checkpointer
 from rayqueue.scheduler.service import store as st
 from rayqueue.scheduler.service.core import Service, ServiceConfig
 from rayqueue.scheduler.service.store import Store
@@ -86,3 +89,40 @@ def test_a_start_is_recorded_only_for_a_job_still_admitted_under_that_submission
     reopened = Store(f"sqlite:///{tmp_path}/s.db")  # committed, not only in this connection
     assert reopened.get("a").state == st.RUNNING  # type: ignore[union-attr]
     assert reopened.get("a").released is False  # type: ignore[union-attr]  # a bool again, read raw from SQLite
+
+
+def test_no_commit_runs_a_wal_checkpoint_the_store_runs_them_in_a_thread(tmp_path: Path,
+                                                                          monkeypatch: Any) -> None:
+    """A WAL checkpoint (copy the log into the database file, sync both) took 10 to 20 ms, and SQLite ran
+    it inside whichever commit passed 1,000 pages of log: a submission's. With the store's checkpoint
+    thread held, the log grows past that and the database file is not touched by any commit; let go,
+    the thread copies the log in."""
+    gate = threading.Event()
+    ran: list[str] = []
+    checkpoint = _Checkpointer.checkpoint
+
+    def held(self: _Checkpointer) -> None:
+        gate.wait(HANG_GUARD_S)
+        ran.append(threading.current_thread().name)
+        checkpoint(self)
+
+    monkeypatch.setattr(_Checkpointer, "checkpoint", held)
+    db = tmp_path / "s.db"
+    store = Store(f"sqlite:///{db}")
+    try:
+        size = db.stat().st_size
+        manifest = "x" * 20_000  # five pages or so a job
+        for i in range(300):  # about 1,500 pages of log
+            store.add_jobs([st.JobRecord(id=f"j{i}", name=f"j{i}", queue="team-a", manifest=manifest, submitted_at=1.0)])
+        assert Path(f"{db}-wal").stat().st_size > 4 * 1000 * 4096  # past SQLite's own checkpoint point
+        assert db.stat().st_size == size  # no commit copied the log into the database
+        gate.set()
+        deadline = time.monotonic() + HANG_GUARD_S
+        while db.stat().st_size == size and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert db.stat().st_size > size
+        assert ran and all(name == "rayqueue-sqlite-checkpoint" for name in ran)
+        assert len(store.jobs()) == 300
+    finally:
+        gate.set()
+        store.close()
