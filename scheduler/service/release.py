@@ -185,6 +185,7 @@ class Release:
                 *(asyncio.to_thread(s.ray.status, sid) for _, sid in followed), return_exceptions=True
             )
         changed = False
+        started: list[tuple[str, str]] = []
         for (job_id, sid), result in zip(followed, results, strict=True):
             if isinstance(result, BaseException):
                 continue  # Ray unreachable: ask again next time
@@ -192,7 +193,12 @@ class Release:
                 continue  # still running, as recorded: the common case, checked without a coroutine per job
             if s.active.get(job_id) != sid:
                 continue  # cancelled or requeued meanwhile
+            if isinstance(result, RayStatus) and result.status == "RUNNING":
+                started.append((job_id, sid))  # recorded below, all in one transaction
+                continue
             changed |= await self._observe(job_id, sid, result)
+        if started:
+            await self.record_starts(started)
         if changed:
             async with s.engine_lock:
                 await self._cycle()
@@ -207,16 +213,8 @@ class Release:
                 self.requeue(job_id, "Lost", f"Ray no longer knows submission {sid} (cluster restarted?)")
             return True
         if status.status == "RUNNING":
-            if sid in s.past_admitted:
-                return False
-            now = s.clock()
-            row = s.store.transition_from(job_id, st.ADMITTED, "Running", f"Ray runs {sid}", at=now,
-                                          state=st.RUNNING, running_at=now)
-            if row is not None:
-                s.metrics.start_seconds.labels(queue=row.queue).observe(max(0.0, now - row.submitted_at))
-            # Running now, or already past Admitted (being preempted): a row leaves Admitted once per
-            # submission id (a new attempt gets a new one), so this job's row need not be read again.
-            s.past_admitted.add(sid)
+            if sid not in s.past_admitted:
+                await self.record_starts([(job_id, sid)])
             return False
         if not status.terminal:
             return False
@@ -235,6 +233,20 @@ class Release:
                 return False
             self.finalize(job_id, status, logs)
         return True
+
+    async def record_starts(self, started: list[tuple[str, str]]) -> None:
+        """Ray runs these ``(job id, submission id)``: ``Running``, in one transaction written off the event
+        loop (a poll can see dozens of jobs start; one commit each, on the loop, held up the submissions)."""
+        s = self.s
+        now = s.clock()
+        rows = await asyncio.to_thread(s.store.start_many, started, now)
+        for (job_id, sid), row in zip(started, rows, strict=True):
+            if row is not None:
+                s.metrics.start_seconds.labels(queue=row.queue).observe(max(0.0, now - row.submitted_at))
+            # Running now, or already past Admitted (being preempted): a row leaves Admitted once per
+            # submission id (a new attempt gets a new one), so this job's row need not be read again.
+            if s.active.get(job_id) == sid:
+                s.past_admitted.add(sid)
 
     def finalize(self, job_id: str, status: RayStatus, logs: str | None) -> None:
         """Ray ended the job: commit its end and log tail, then release its quota."""

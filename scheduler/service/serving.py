@@ -152,6 +152,8 @@ class Serving:
         refusal is added to ``prepared`` (the caller raises for the whole submission and ``undo``es)."""
         s = self.s
         out: list[AcceptedService] = []
+        if not prepared.services:
+            return out  # most submissions: no need to read which applications the live services own
         owned = self._owned_applications()
         for p in prepared.services:
             req = p.request

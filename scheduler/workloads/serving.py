@@ -37,6 +37,7 @@ from rayqueue.scheduler.workloads.rayjob import (
     _pod_request,
     _schema_message,
 )
+from rayqueue.scheduler.workloads.schema_check import Check, compile_check
 
 RAYSERVICE = "RayService"
 RAYCLUSTER = "RayCluster"
@@ -158,8 +159,16 @@ def _validator(kind: str) -> Any:
     return jsonschema.Draft7Validator(json.loads(text))
 
 
+@cache
+def _fast_check(kind: str) -> Check | None:
+    return compile_check(_validator(kind).schema)
+
+
 def crd_violations(manifest: Mapping[str, Any], kind: str) -> list[str]:
     """Every place where ``manifest`` breaks KubeRay's ``kind`` CRD (RayCluster or RayService)."""
+    fast = _fast_check(kind)
+    if fast is not None and fast(manifest):
+        return []  # valid: jsonschema (which writes the messages) is only needed for a refusal
     errors = sorted(_validator(kind).iter_errors(manifest), key=lambda e: list(map(str, e.absolute_path)))
     return [f"{_json_path(manifest, e.absolute_path) or 'document'}: {_schema_message(e)}" for e in errors]
 
