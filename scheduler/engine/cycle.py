@@ -16,7 +16,7 @@ from rayqueue.scheduler.engine.parking import Parking
 from rayqueue.scheduler.engine.placement import Placer
 from rayqueue.scheduler.engine.preemption import Preemption
 from rayqueue.scheduler.engine.serving import Serving
-from rayqueue.scheduler.engine.state import EngineState, Outcome
+from rayqueue.scheduler.engine.state import EngineState, Outcome, Turn
 from rayqueue.scheduler.engine.units import Unit
 from rayqueue.scheduler.engine.wakeup import ANY
 
@@ -58,11 +58,9 @@ class Cycle:
         rounds = 0
         while True:
             while heap:
-                entry = heappop(heap)
-                version: int = entry[5]
-                name: str = entry[6]
-                q = queues.get(name)
-                if q is None or version != q.heap_version:
+                entry: Turn = heappop(heap)
+                q = queues.get(entry.queue)
+                if q is None or entry.version != q.heap_version:
                     continue
                 q.heap_key = None  # its live entry is out of the heap
                 w = q.candidate()
@@ -129,7 +127,7 @@ class Cycle:
             return [Reject(w, never)]
         leaf = self.s.tree.leaves[w.queue]
         if self.s.reclaim_holds:
-            if self.s.reclaim_holds.pop(w.uid, None) is not None:
+            if self.s.unhold(w.uid):
                 self.s.dirty.add(ANY)  # the jobs held back for it compete again
             holder = self.preemption.held_from(w, leaf)
             if holder is not None:
