@@ -149,7 +149,7 @@ class LeafQueue:
         # list: a leaf runs few jobs next to the backlog it queues, and bisect + memmove beat a SortedList there.
         self.victim_order: list[VictimKey] = []
         self.heap_version = 0  # the engine's cross-queue heap: the version and key of the live entry
-        self.heap_key: OrderKey | None = None  # a plain tuple too (see OrderKey)
+        self.heap_key: Any = None  # the live entry itself (the engine's ``state.Turn``), or None
 
     def __len__(self) -> int:
         return len(self.pending)

@@ -81,6 +81,7 @@ class QuotaNode:
         "weight",
         "depth",
         "lineage",
+        "limit_keys",
     )
 
     def __init__(
@@ -115,6 +116,9 @@ class QuotaNode:
         self.depth: int = 0 if parent is None else parent.depth + 1
         # self, parent, ..., root: the walk every admit/release does.
         self.lineage: tuple[QuotaNode, ...] = (self,) if parent is None else (self, *parent.lineage)
+        # ("node", name, resource) by slot: a handle on one of this node's limits, made once, that a
+        # caller keeps in sets and dicts (what ``blocked_at`` returns) instead of building it per check.
+        self.limit_keys: list[tuple[Any, ...]] = [("node", name, r) for r in SLOTS.names]
 
     @property
     def is_leaf(self) -> bool:
@@ -135,6 +139,9 @@ class QuotaNode:
             SLOTS.widen(self.max_by_slot, NO_LIMIT)
             SLOTS.widen(self.min_by_slot, 0)
             SLOTS.widen(self.guarantee_by_slot, NO_LIMIT)
+        names = SLOTS.names
+        for i in range(len(self.limit_keys), len(names)):
+            self.limit_keys.append(("node", self.name, names[i]))
 
     def borrowed(self, resources: frozenset[str] | None = None) -> Resources:
         """Usage above this node's ``min``, per resource (what a reclaim could take back)."""
@@ -290,6 +297,42 @@ class QuotaTree:
                         out = []
                     out.append((node, SLOTS.names[i]))
         return out
+
+    def blocked_at(self, leaf: QuotaNode, demand: Demand) -> list[tuple[tuple[Any, ...], int]] | None:
+        """``over_max`` as (the node's limit key, the amount asked) per limit the demand would exceed,
+        lowest node first; None when the demand fits."""
+        out: list[tuple[tuple[Any, ...], int]] | None = None
+        slots, amounts = demand.slots, demand.amounts
+        for node in leaf.lineage:
+            if not node.max:
+                continue
+            if len(node.used) < demand.width or len(node.limit_keys) < demand.width:
+                node.widen()
+            used, limits = node.used, node.max_by_slot
+            for k in range(len(slots)):
+                i = slots[k]
+                limit = limits[i]
+                if limit != NO_LIMIT and used[i] + amounts[k] > limit:
+                    if out is None:
+                        out = []
+                    out.append((node.limit_keys[i], amounts[k]))
+        return out
+
+    def exceeds_max(self, leaf: QuotaNode, demand: Demand) -> bool:
+        """Whether ``over_max`` would find anything, without making its list."""
+        slots, amounts = demand.slots, demand.amounts
+        for node in leaf.lineage:
+            if not node.max:
+                continue
+            if len(node.used) < demand.width:
+                node.widen()
+            used, limits = node.used, node.max_by_slot
+            for k in range(len(slots)):
+                i = slots[k]
+                limit = limits[i]
+                if limit != NO_LIMIT and used[i] + amounts[k] > limit:
+                    return True
+        return False
 
     def never_fits(self, leaf: QuotaNode, request: Resources) -> QuotaViolation | None:
         """A violation even on an empty tree: the request is larger than a ``max`` on its path."""

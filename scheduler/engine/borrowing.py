@@ -73,8 +73,9 @@ class BorrowLedger:
             deltas: list[int] = []
             changed = False
             any_now = False
+            borrows = name in borrowing
             for i in slots:
-                now = used[i] if name in borrowing and i < len(used) else 0
+                now = used[i] if borrows and i < len(used) else 0
                 was = before[i] if before is not None and i < len(before) else 0
                 if now:
                     any_now = True

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from typing import Final
 
 from rayqueue.queue.queues import LeafQueue
 from rayqueue.queue.workload import Reason, ReasonCode, Workload, WorkloadState
-from rayqueue.quota.quantity import describe
+from rayqueue.quota.quantity import Resources, describe
 from rayqueue.quota.tree import QuotaNode
 from rayqueue.scheduler.engine.borrowing import BorrowLedger
 from rayqueue.scheduler.engine.decisions import Admit, Decision, Placement, Reject
@@ -16,7 +17,7 @@ from rayqueue.scheduler.engine.parking import Parking
 from rayqueue.scheduler.engine.placement import Placer
 from rayqueue.scheduler.engine.preemption import Preemption
 from rayqueue.scheduler.engine.serving import Serving
-from rayqueue.scheduler.engine.state import EngineState, Outcome
+from rayqueue.scheduler.engine.state import EngineState, Outcome, Turn
 from rayqueue.scheduler.engine.units import Unit
 from rayqueue.scheduler.engine.wakeup import ANY
 
@@ -58,11 +59,9 @@ class Cycle:
         rounds = 0
         while True:
             while heap:
-                entry = heappop(heap)
-                version: int = entry[5]
-                name: str = entry[6]
-                q = queues.get(name)
-                if q is None or version != q.heap_version:
+                entry: Turn = heappop(heap)
+                q = queues.get(entry.queue)
+                if q is None or entry.version != q.heap_version:
                     continue
                 q.heap_key = None  # its live entry is out of the heap
                 w = q.candidate()
@@ -129,7 +128,7 @@ class Cycle:
             return [Reject(w, never)]
         leaf = self.s.tree.leaves[w.queue]
         if self.s.reclaim_holds:
-            if self.s.reclaim_holds.pop(w.uid, None) is not None:
+            if self.s.unhold(w.uid):
                 self.s.dirty.add(ANY)  # the jobs held back for it compete again
             holder = self.preemption.held_from(w, leaf)
             if holder is not None:
@@ -176,13 +175,16 @@ class Cycle:
         if w.waiting_for:
             w.waiting_for = set()
         borrowing = self.s.leaf_borrowed.get(leaf.name)  # a snapshot: the engine replaces, never mutates it
-        w.reason = Reason(
-            ReasonCode.ADMITTED,
-            lambda: f"admitted to {leaf.path} on unit {unit.name}" + (f", borrowing {describe(borrowing)}" if borrowing else ""),
-        )
+        w.reason = Reason(ReasonCode.ADMITTED, _admitted_message(leaf.path, unit.name, borrowing))
         placement = self.s.placements.get(unit.name)
         if placement is None:
             placement = self.s.placements[unit.name] = Placement(
                 unit.name, unit.resource, unit.node_selector, unit.pod_labels, unit.tolerations
             )
         return Admit(w, placement)
+
+
+def _admitted_message(path: str, unit: str, borrowing: Resources | None) -> Callable[[], str]:
+    # A function of its own: a lambda inside ``Cycle.admit`` made mypyc build an environment object for
+    # every call of ``admit`` (its locals live there), not only for the message.
+    return lambda: f"admitted to {path} on unit {unit}" + (f", borrowing {describe(borrowing)}" if borrowing else "")

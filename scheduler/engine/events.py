@@ -60,7 +60,7 @@ class Events:
     def finish(self, uid: str) -> Workload:
         """The job finished, failed or was deleted: release what it held. Pending jobs are removed."""
         w = self.s.get(uid)
-        if self.s.reclaim_holds.pop(uid, None) is not None:
+        if self.s.unhold(uid):
             self.s.dirty.add(ANY)  # the jobs held back for it compete again
         if w.state in (WorkloadState.ADMITTED, WorkloadState.PREEMPTING):
             self.release(w)

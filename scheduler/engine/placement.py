@@ -24,14 +24,17 @@ class Placer:
 
     def try_admit(self, w: Workload, leaf: QuotaNode, now: float) -> Unit | Outcome:
         # Every full node on the way up, so a wake from one of them checks the others first.
-        over = self.s.tree.over_max(leaf, w.demand)
+        over = self.s.tree.blocked_at(leaf, w.demand)
         if over:
-            first, r = over[0]
-            return Outcome(
-                Reason(ReasonCode.QUOTA_MAX_EXCEEDED, _violation_message(first, r, first.used_of(r), w.request[r])),
-                [(("node", node.name, r), w.request[r]) for node, r in over],
-            )
+            key, need = over[0]
+            first = self.s.tree.nodes[key[1]]
+            r: str = key[2]
+            return Outcome(Reason(ReasonCode.QUOTA_MAX_EXCEEDED, _violation_message(first, r, first.used_of(r), need)), over)
         return self.place(w, now)
+
+    def fits(self, w: Workload, leaf: QuotaNode, now: float) -> bool:
+        """Whether ``try_admit`` would place the job now (without saying why not)."""
+        return not self.s.tree.exceeds_max(leaf, w.demand) and isinstance(self.place(w, now), Unit)
 
     def place(self, w: Workload, now: float) -> Unit | Outcome:
         policy = self.s.units.when_try_next

@@ -16,7 +16,6 @@ from rayqueue.scheduler.engine.decisions import Preempt
 from rayqueue.scheduler.engine.events import Events
 from rayqueue.scheduler.engine.placement import Placer
 from rayqueue.scheduler.engine.state import EngineState, Outcome
-from rayqueue.scheduler.engine.units import Unit
 
 
 class Preemption:
@@ -67,13 +66,23 @@ class Preemption:
         (None: ``w`` stays within its guarantee, or nobody waits there)."""
         if not self.s.reclaim_holds or self.s.tree.within_guarantee(leaf, w.demand):
             return None
-        for uid, held in self.s.reclaim_holds.items():
-            if uid != w.uid and any(node.name in held for node in leaf.lineage):
-                return uid
-        return None
+        # The earliest hold on any node of its path (each node's holders are in the order of the holds).
+        holders = self.s.holders
+        best: str | None = None
+        best_place = 0
+        for node in leaf.lineage:
+            at = holders.get(node.name)
+            if at is None:
+                continue
+            for uid, place in at.items():
+                if uid != w.uid:
+                    if best is None or place < best_place:
+                        best, best_place = uid, place
+                    break
+        return best
 
     def fits_now(self, w: Workload, leaf: QuotaNode, now: float) -> bool:
-        return isinstance(self.placer.try_admit(w, leaf, now), Unit)
+        return self.placer.fits(w, leaf, now)
 
     def choose_victims(
         self, w: Workload, q: LeafQueue, leaf: QuotaNode, now: float, outcome: Outcome, own: bool
@@ -269,7 +278,7 @@ class Preemption:
         if any(v.reason is not None and v.reason.code == ReasonCode.RECLAIMED for v in started):
             held = tuple(name for (kind, name, _r), _need in outcome.blockers if kind == "node")
             if held:
-                self.s.reclaim_holds[w.uid] = held
+                self.s.hold(w.uid, held)
         self.wait_for(w, started, outcome)
         return decisions
 

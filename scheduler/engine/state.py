@@ -50,8 +50,38 @@ class EngineStats:
     withdrawn: int = 0  # admissions taken back in the cycle that made them (see Engine._withdraw)
 
 
-# A borrowing share of nothing, boxed once (see ``offer``).
-_NO_SHARE: Final[object] = 0.0
+class Turn:
+    """A queue's entry in the heap of queues: its candidate's order across queues, and which queue
+    (an entry is live while its version is the queue's). A class rather than a tuple for the reason
+    ``wakeup.Entry`` is one: compiled, ``__lt__`` compares the fields as C values."""
+
+    __slots__ = ("outside", "negprio", "share", "submitted", "seq", "version", "queue")
+
+    def __init__(self, outside: int, negprio: int, share: float, submitted: float, seq: int, version: int,
+                 queue: str) -> None:
+        self.outside = outside
+        self.negprio = negprio
+        self.share = share
+        self.submitted = submitted
+        self.seq = seq
+        self.version = version
+        self.queue = queue
+
+    def __lt__(self, other: Turn) -> bool:
+        """(within guarantee first, -priority, fair share, submission time, arrival)."""
+        if self.outside != other.outside:
+            return self.outside < other.outside
+        if self.negprio != other.negprio:
+            return self.negprio < other.negprio
+        if self.share != other.share:
+            return self.share < other.share
+        if self.submitted != other.submitted:
+            return self.submitted < other.submitted
+        return self.seq < other.seq
+
+    def same_order(self, outside: int, negprio: int, share: float, submitted: float, seq: int) -> bool:
+        return (self.outside == outside and self.negprio == negprio and self.share == share
+                and self.submitted == submitted and self.seq == seq)
 
 
 class Outcome:
@@ -86,9 +116,8 @@ class EngineState:
         self.workloads: dict[str, Workload] = {}
         self.queues: dict[str, LeafQueue] = {}
         self.seq = itertools.count(1)
-        # (within guarantee?, -priority, fair share, submitted, seq, version, queue): one flat tuple, so a
-        # heap comparison is one tuple comparison (typed as a plain tuple: see ``wakeup``).
-        self.heap: list[tuple[Any, ...]] = []
+        # Each queue that has a job to try, by that job's order across queues (see ``Turn``).
+        self.heap: list[Turn] = []
         self.placements: dict[str, Placement] = {}  # per unit, shared by every job admitted there
         self.index = WakeIndex()
         self.dirty: set[BlockerKey] = set()  # blockers to look at in the next wake-up round
@@ -107,6 +136,11 @@ class EngineState:
         # borrow below one of them is not admitted meanwhile, or it takes the room the reclaim frees
         # (and is reclaimed in turn while another borrower takes it: the guarantee never comes back).
         self.reclaim_holds: dict[str, tuple[str, ...]] = {}
+        # The same holds by node: node name -> {holder uid: its place among the holds}, so that asking
+        # whether a job's path is held looks at its few nodes, not at every hold. A hold is dropped
+        # before its job may hold again, so each node's holders are in the order of their places.
+        self.holders: dict[str, dict[str, int]] = {}
+        self.hold_places = 0
         self.victim_leaves: set[str] = set()
         self.victim_leaf_count: dict[str, int] = {}
         # per node: what its borrowing leaves use in all, by resource slot (guaranteed resources only)
@@ -134,18 +168,43 @@ class EngineState:
             q.heap_key = None
             return
         leaf = self.tree.leaves[q.name]
-        within = 0 if self.tree.within_guarantee(leaf, w.demand) else 1
-        share: object = self.tree.fair_share(leaf) if q.name in self.borrowing else _NO_SHARE
-        # The priority, submission time and arrival come from the job's order key as it holds them: no
-        # int or float boxed anew per offer, and equal fields are the same object, which a tuple
-        # comparison in the heap passes without calling the field's comparison.
-        order = w.order
-        key: tuple[Any, ...] = (within, order[0], share, order[1], order[3])
-        if key == q.heap_key:
+        outside = 0 if self.tree.within_guarantee(leaf, w.demand) else 1
+        share = self.tree.fair_share(leaf) if q.name in self.borrowing else 0.0
+        order = w.order  # (-priority, submitted_at, name, seq, job)
+        negprio: int = order[0]
+        submitted: float = order[1]
+        seq: int = order[3]
+        live: Turn | None = q.heap_key
+        if live is not None and live.same_order(outside, negprio, share, submitted, seq):
             return
         q.heap_version += 1
-        q.heap_key = key
-        heappush(self.heap, key + (q.heap_version, q.name))
+        turn = Turn(outside, negprio, share, submitted, seq, q.heap_version, q.name)
+        q.heap_key = turn
+        heappush(self.heap, turn)
+
+    def hold(self, uid: str, nodes: tuple[str, ...]) -> None:
+        """``uid`` waits for room reclaimed under ``nodes``: borrowers below them are held back."""
+        self.unhold(uid)
+        self.reclaim_holds[uid] = nodes
+        self.hold_places += 1
+        for name in nodes:
+            at = self.holders.get(name)
+            if at is None:
+                at = self.holders[name] = {}
+            at[uid] = self.hold_places
+
+    def unhold(self, uid: str) -> bool:
+        """Drop ``uid``'s hold; False when it held nothing."""
+        nodes = self.reclaim_holds.pop(uid, None)
+        if nodes is None:
+            return False
+        for name in nodes:
+            at = self.holders.get(name)
+            if at is not None:
+                at.pop(uid, None)
+                if not at:
+                    del self.holders[name]
+        return True
 
     def get(self, uid: str) -> Workload:
         try:

@@ -22,8 +22,8 @@ heappush: Final = heapq.heappush
 
 # The tuples below are typed as plain tuples (``tuple[Any, ...]``), not by their fields: mypyc unboxes a
 # fixed-length tuple type into a C struct on every read from a list, set or dict (a reference taken on
-# each field) and boxes it into a new tuple on every store or hash. These keys and entries live in
-# heaps, sets and dicts, and are read far more often than their fields are.
+# each field) and boxes it into a new tuple on every store or hash. These keys live in sets and dicts,
+# and are read far more often than their fields are.
 
 # ("node", name, resource) | ("unit", name, resource) | ("pods", name, "") | ("terminating", unit, "") | ("any", "", "")
 BlockerKey = tuple[Any, ...]
@@ -31,14 +31,38 @@ ANY: Final[BlockerKey] = ("any", "", "")
 
 # How parked jobs wake: (within guarantee first, -priority, submission time, name, arrival).
 WakeOrder = tuple[Any, ...]
-# The wake order, the park token, the job: one flat tuple, so a heap comparison is one tuple comparison.
-# Orders are unique (arrival is), so jobs are never compared.
-Entry = tuple[Any, ...]
-# Where an entry holds the park token and the job. Module constants are Final throughout the hot
-# modules: mypyc inlines them (or keeps them in a C static) instead of a dict lookup in the module's
-# globals at every use.
-TOKEN: Final = 5
-JOB: Final = 6
+
+
+class Entry:
+    """A parked job in a blocker's bucket: its wake order's fields, its park token and the job.
+
+    A class rather than a tuple because the buckets are heaps: compiled, ``__lt__`` compares the fields
+    as C values, where a tuple comparison asked each pair of items for equality, then for order,
+    each through Python's generic comparison (about a fifth of a drain's instructions went to
+    comparing heap entries). Orders are unique (arrival is), so jobs are never compared."""
+
+    __slots__ = ("outside", "negprio", "submitted", "name", "seq", "token", "job")
+
+    def __init__(self, order: WakeOrder, token: int, job: Workload) -> None:
+        self.outside: int = order[0]
+        self.negprio: int = order[1]
+        self.submitted: float = order[2]
+        self.name: str = order[3]
+        self.seq: int = order[4]
+        self.token = token
+        self.job = job
+
+    def __lt__(self, other: Entry) -> bool:
+        """The wake order: (within guarantee first, -priority, submission time, name, arrival)."""
+        if self.outside != other.outside:
+            return self.outside < other.outside
+        if self.negprio != other.negprio:
+            return self.negprio < other.negprio
+        if self.submitted != other.submitted:
+            return self.submitted < other.submitted
+        if self.name != other.name:
+            return self.name < other.name
+        return self.seq < other.seq
 
 
 class _Blocker:
@@ -75,7 +99,7 @@ class WakeIndex:
         if i == len(needs) or needs[i] != need:
             needs.insert(i, need)
             blocker.buckets.insert(i, [])
-        heappush(blocker.buckets[i], order + (token, w))
+        heappush(blocker.buckets[i], Entry(order, token, w))
 
     def pop_fitting(self, key: BlockerKey, room: int | None) -> list[tuple[Workload, int]]:
         """Remove and return (job, token) of the best-ordered live jobs whose needs fit in ``room``
@@ -96,9 +120,8 @@ class WakeIndex:
                 bucket = buckets[i]
                 while bucket:
                     head = bucket[0]
-                    job: Workload = head[JOB]
-                    token: int = head[TOKEN]
-                    if job.park_token == token and job.state == pending:
+                    job = head.job
+                    if job.park_token == head.token and job.state == pending:
                         break
                     heappop(bucket)
                 if not bucket:
@@ -112,7 +135,7 @@ class WakeIndex:
             if best is None:
                 break
             heappop(buckets[best_i])
-            woken.append((best[JOB], best[TOKEN]))
+            woken.append((best.job, best.token))
             budget -= needs[best_i]
         if not needs:
             del self._blockers[key]
